@@ -1,0 +1,1 @@
+"""Generated from contracts/proto by `make gen`; do not edit."""

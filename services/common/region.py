@@ -1,0 +1,103 @@
+"""The region registry: cities, their administrative codes and peer endpoints.
+
+Loaded from deploy configuration (``deploy/config/region.yaml`` by default) so an operator
+adds a city or moves an endpoint without a code change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class RegionConfigError(ValueError):
+    """The region file is malformed; the message names the file and the entry."""
+
+
+@dataclass(frozen=True, slots=True)
+class City:
+    key: str
+    name: str
+    admin_code: str
+    topic_prefix: str
+    score_scale: str | None = None
+    endpoints: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def connected(self) -> bool:
+        return bool(self.endpoints)
+
+    def endpoint(self, service: str) -> str:
+        try:
+            return self.endpoints[service]
+        except KeyError:
+            raise RegionConfigError(f"city {self.key!r} has no {service!r} endpoint") from None
+
+
+@dataclass(frozen=True, slots=True)
+class Region:
+    id: str
+    name: str
+    cities: Mapping[str, City]
+
+    def city(self, key: str) -> City:
+        try:
+            return self.cities[key]
+        except KeyError:
+            known = ", ".join(sorted(self.cities))
+            raise RegionConfigError(f"unknown city {key!r}; known: {known}") from None
+
+    def by_admin_code(self, admin_code: str) -> City | None:
+        """The city whose division code is ``admin_code``, or whose prefecture contains it."""
+        exact = [c for c in self.cities.values() if c.admin_code == admin_code]
+        if exact:
+            return exact[0]
+        prefecture = admin_code[:4] + "00"
+        matches = [c for c in self.cities.values() if c.admin_code == prefecture]
+        return matches[0] if matches else None
+
+    def peers_of(self, key: str) -> list[City]:
+        """Connected cities other than ``key``: the ones a node replicates with."""
+        self.city(key)
+        return [c for k, c in self.cities.items() if k != key and c.connected]
+
+
+def _require(entry: Mapping[str, Any], name: str, where: str) -> str:
+    value = entry.get(name)
+    if not isinstance(value, str) or not value:
+        raise RegionConfigError(f"{where}: {name!r} is required and must be a string")
+    return value
+
+
+def load_region(path: Path) -> Region:
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise RegionConfigError(f"{path}: cannot read region file: {exc}") from exc
+    if not isinstance(raw, dict) or not isinstance(raw.get("cities"), dict):
+        raise RegionConfigError(f"{path}: expected a mapping with a 'cities' mapping")
+    meta = raw.get("region") or {}
+    cities: dict[str, City] = {}
+    for key, entry in raw["cities"].items():
+        where = f"{path}: cities.{key}"
+        if not isinstance(entry, dict):
+            raise RegionConfigError(f"{where}: expected a mapping")
+        code = _require(entry, "admin_code", where)
+        if len(code) != 6 or not code.isdigit():
+            raise RegionConfigError(f"{where}: admin_code {code!r} is not a 6-digit GB/T 2260 code")
+        endpoints = entry.get("endpoints") or {}
+        if not isinstance(endpoints, dict):
+            raise RegionConfigError(f"{where}: endpoints must be a mapping service -> host:port")
+        cities[str(key)] = City(
+            key=str(key),
+            name=_require(entry, "name", where),
+            admin_code=code,
+            topic_prefix=str(entry.get("topic_prefix", f"{key}.")),
+            score_scale=entry.get("score_scale"),
+            endpoints={str(k): str(v) for k, v in endpoints.items()},
+        )
+    return Region(id=str(meta.get("id", "region")), name=str(meta.get("name", "")), cities=cities)

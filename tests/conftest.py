@@ -1,0 +1,63 @@
+"""Test harness: a real Kafka broker for the run, and an isolated topic prefix per test.
+
+A broker answering at ``KAFKA_BOOTSTRAP`` is reused; otherwise one is started in a temporary
+state directory on free ports and stopped when the run ends.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from deploy.broker import Broker, broker_answers, start_broker
+from services.common.settings import Settings, load_settings
+from services.common.topics import load_catalogue, provision
+
+
+@pytest.fixture(scope="session")
+def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    bootstrap = os.environ.get("KAFKA_BOOTSTRAP", "127.0.0.1:19092")
+    if broker_answers(bootstrap):
+        yield Broker(bootstrap=bootstrap, state_dir=None)
+        return
+    broker = start_broker(tmp_path_factory.mktemp("kafka"))
+    try:
+        yield broker
+    finally:
+        broker.down()
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(kafka_broker: Broker) -> str:
+    return kafka_broker.bootstrap
+
+
+@pytest.fixture
+def topic_prefix() -> str:
+    """A prefix of its own for every test, so tests never see each other's events."""
+    return f"t{uuid.uuid4().hex[:10]}."
+
+
+@pytest.fixture
+def node_settings(kafka_bootstrap: str, topic_prefix: str, tmp_path: Path) -> Settings:
+    return load_settings(
+        {
+            "CREDITLINK_CITY": "suzhou",
+            "KAFKA_BOOTSTRAP": kafka_bootstrap,
+            "CREDITLINK_TOPIC_PREFIX": topic_prefix,
+            "CREDITLINK_DATA_DIR": str(tmp_path / "data"),
+        }
+    )
+
+
+@pytest.fixture
+async def provisioned(node_settings: Settings) -> Settings:
+    """Settings whose topics exist on the broker, created from the catalogue."""
+    await provision(
+        node_settings.kafka_bootstrap, load_catalogue(), prefix=node_settings.topic_prefix
+    )
+    return node_settings
