@@ -69,14 +69,16 @@ schemas-check: venv ## every schema compatible with its earlier versions per top
 	$(PY) -m services.common.avro check
 
 .PHONY: gen
-gen: venv ## regenerate the peer contracts' Python code into contracts/gen/python
+gen: venv ## regenerate contracts/gen/python from the protos and contracts/asyncapi.yaml from schemas/
 	$(PY) -m contracts.codegen generate
+	$(PY) -m contracts.asyncapi generate
 
 .PHONY: contracts-check
-contracts-check: venv ## buf lint, buf breaking against the released baseline, generated code current
+contracts-check: venv ## buf lint, buf breaking vs the released baseline, generated code and AsyncAPI current
 	cd contracts && ../$(VENV)/bin/buf lint
 	cd contracts && ../$(VENV)/bin/buf breaking --against baseline/v1.0.0
 	$(PY) -m contracts.codegen check
+	$(PY) -m contracts.asyncapi check
 
 .PHONY: certs
 certs: venv ## dev CA and one server + client certificate per city into deploy/local/certs (idempotent)

@@ -1,0 +1,667 @@
+"""Conformance cases for the creditlink peer contracts, runnable against any endpoint.
+
+A peer city points it at its own implementation (or ours) with the certificate of a city the
+endpoint's policy lets call it::
+
+    python -m contracts.conformance --target 127.0.0.1:50151 \\
+        --ca deploy/local/certs/ca.crt --cert deploy/local/certs/wuxi.crt \\
+        --key deploy/local/certs/wuxi.key [--server-name localhost] [--only list-sync]
+
+It prints one line per case — ``PASS``, ``FAIL`` (with the reason) or ``SKIP`` (the endpoint
+does not serve that service, or has no data the case needs) — then a summary line
+``N passed, N failed, N skipped``, and exits 1 if any case failed.
+
+The cases use only what the contracts promise: status codes and ``creditlink-denial``
+trailers of refusals, shapes of answers, resumable streams, and the digest algorithm. They
+need no data in the endpoint except where they say so (and then skip without it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import tempfile
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from creditlink.peer.v1 import (
+    alert_exchange_pb2,
+    alert_exchange_pb2_grpc,
+    common_pb2,
+    credit_check_pb2,
+    credit_check_pb2_grpc,
+    list_sync_pb2,
+    list_sync_pb2_grpc,
+    score_recognition_pb2,
+    score_recognition_pb2_grpc,
+)
+from services.common.list_digest import DigestLine, bucket_digests
+
+DENIAL_TRAILER = "creditlink-denial"
+TIMEOUT = 10.0
+ORG_KEY = "L:91320500MA1W8XY409"
+UNKNOWN_PERSON = "N:" + "0" * 63 + "1"
+PACKAGE = "creditlink.peer.v1."
+
+
+class CaseFailed(AssertionError):
+    """The endpoint did not do what the contract says."""
+
+
+class CaseSkipped(Exception):
+    """The case does not apply to this endpoint."""
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    target: str
+    ca: Path
+    cert: Path
+    key: Path
+    server_name: str | None = None
+
+    def credentials(
+        self, *, cert: Path | None = None, key: Path | None = None, with_client_cert: bool = True
+    ) -> grpc.ChannelCredentials:
+        if not with_client_cert:
+            return grpc.ssl_channel_credentials(root_certificates=self.ca.read_bytes())
+        return grpc.ssl_channel_credentials(
+            root_certificates=self.ca.read_bytes(),
+            private_key=(key or self.key).read_bytes(),
+            certificate_chain=(cert or self.cert).read_bytes(),
+        )
+
+    def channel(self, credentials: grpc.ChannelCredentials | None = None) -> grpc.aio.Channel:
+        options: list[tuple[str, Any]] = []
+        if self.server_name:
+            options.append(("grpc.ssl_target_name_override", self.server_name))
+        return grpc.aio.secure_channel(
+            self.target, credentials or self.credentials(), options=options
+        )
+
+
+@dataclass
+class Session:
+    """What every case may use: the endpoint, an open channel, the services it serves."""
+
+    endpoint: Endpoint
+    channel: grpc.aio.Channel
+    services: set[str] = field(default_factory=set)
+
+    def require(self, service: str) -> None:
+        if PACKAGE + service not in self.services:
+            raise CaseSkipped(f"endpoint does not serve {service}")
+
+
+Case = Callable[[Session], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class CaseResult:
+    name: str
+    outcome: str  # PASS | FAIL | SKIP
+    detail: str = ""
+
+    def line(self) -> str:
+        return f"{self.outcome} {self.name}" + (f" - {self.detail}" if self.detail else "")
+
+
+CASES: list[tuple[str, Case]] = []
+
+
+def case(name: str) -> Callable[[Case], Case]:
+    def register(function: Case) -> Case:
+        CASES.append((name, function))
+        return function
+
+    return register
+
+
+def expect(condition: bool, message: str) -> None:
+    if not condition:
+        raise CaseFailed(message)
+
+
+async def expect_status(
+    call: Awaitable[Any], code: grpc.StatusCode, *, denial_prefix: str | None = None
+) -> grpc.aio.AioRpcError:
+    try:
+        await call
+    except grpc.aio.AioRpcError as error:
+        expect(
+            error.code() == code,
+            f"expected {code.name}, got {error.code().name}: {error.details()}",
+        )
+        if denial_prefix is not None:
+            denial = dict(error.trailing_metadata() or ()).get(DENIAL_TRAILER)
+            expect(
+                isinstance(denial, str) and denial.startswith(denial_prefix),
+                f"expected a {DENIAL_TRAILER} trailer starting {denial_prefix!r}, got {denial!r}",
+            )
+        return error
+    raise CaseFailed(f"expected {code.name}, the call succeeded")
+
+
+async def reflected_services(channel: grpc.aio.Channel) -> set[str]:
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+    request = reflection_pb2.ServerReflectionRequest(list_services="")
+    call = stub.ServerReflectionInfo(iter([request]), timeout=TIMEOUT)
+    async for response in call:
+        return {service.name for service in response.list_services_response.service}
+    return set()
+
+
+# --- transport ----------------------------------------------------------------------------
+
+
+@case("transport.health-serving")
+async def _health(session: Session) -> None:
+    answer = await health_pb2_grpc.HealthStub(session.channel).Check(
+        health_pb2.HealthCheckRequest(), timeout=TIMEOUT
+    )
+    expect(answer.status == health_pb2.HealthCheckResponse.SERVING, f"health is {answer.status}")
+
+
+@case("transport.reflection-lists-peer-services")
+async def _reflection(session: Session) -> None:
+    expect(
+        "grpc.health.v1.Health" in session.services, f"reflection lists {sorted(session.services)}"
+    )
+    expect(
+        any(s.startswith(PACKAGE) for s in session.services),
+        "no creditlink.peer.v1 service reflected",
+    )
+
+
+@case("transport.no-client-certificate-refused")
+async def _no_cert(session: Session) -> None:
+    async with session.endpoint.channel(
+        session.endpoint.credentials(with_client_cert=False)
+    ) as channel:
+        await expect_status(
+            health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=TIMEOUT
+            ),
+            grpc.StatusCode.UNAVAILABLE,
+        )
+
+
+@case("transport.foreign-ca-certificate-refused")
+async def _foreign(session: Session) -> None:
+    from services.common.certs import issue_city_certificate, new_ca
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cert, key = Path(tmp) / "foreign.crt", Path(tmp) / "foreign.key"
+        issue_city_certificate(new_ca("conformance foreign CA"), "wuxi").write(cert, key)
+        async with session.endpoint.channel(
+            session.endpoint.credentials(cert=cert, key=key)
+        ) as channel:
+            await expect_status(
+                health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(), timeout=TIMEOUT
+                ),
+                grpc.StatusCode.UNAVAILABLE,
+            )
+
+
+# --- CreditCheckService -------------------------------------------------------------------
+
+
+def _check_stub(session: Session) -> credit_check_pb2_grpc.CreditCheckServiceStub:
+    session.require("CreditCheckService")
+    return credit_check_pb2_grpc.CreditCheckServiceStub(session.channel)
+
+
+@case("credit-check.organisation-answered")
+async def _check_org(session: Session) -> None:
+    response = await _check_stub(session).CheckSubject(
+        credit_check_pb2.CheckSubjectRequest(
+            subject_key=ORG_KEY,
+            scenario=credit_check_pb2.SCENARIO_GOVERNMENT_PROCUREMENT,
+            purpose="conformance",
+        ),
+        timeout=TIMEOUT,
+    )
+    expect(response.subject_key == ORG_KEY, "subject_key not echoed")
+    for membership in response.memberships:
+        expect(membership.entry_key != "", "membership without entry_key")
+        expect(
+            membership.list_type != common_pb2.LIST_TYPE_UNSPECIFIED, "membership without list_type"
+        )
+        expect(
+            len(membership.issuing_city) == 6 and membership.issuing_city.isdigit(),
+            "issuing_city is not a code",
+        )
+        expect(
+            membership.status != common_pb2.LIST_ENTRY_STATUS_UNSPECIFIED,
+            "membership without status",
+        )
+        expect(
+            membership.objection_pending
+            == (membership.status == common_pb2.LIST_ENTRY_STATUS_OBJECTION_PENDING),
+            "objection_pending disagrees with status",
+        )
+
+
+@case("credit-check.empty-purpose-invalid-argument")
+async def _check_no_purpose(session: Session) -> None:
+    await expect_status(
+        _check_stub(session).CheckSubject(
+            credit_check_pb2.CheckSubjectRequest(subject_key=ORG_KEY), timeout=TIMEOUT
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+
+
+@case("credit-check.malformed-subject-invalid-argument")
+async def _check_bad_key(session: Session) -> None:
+    await expect_status(
+        _check_stub(session).CheckSubject(
+            credit_check_pb2.CheckSubjectRequest(
+                subject_key="X:320500199001011234", purpose="conformance"
+            ),
+            timeout=TIMEOUT,
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+
+
+@case("credit-check.person-without-consent-permission-denied")
+async def _check_no_consent(session: Session) -> None:
+    await expect_status(
+        _check_stub(session).CheckSubject(
+            credit_check_pb2.CheckSubjectRequest(subject_key=UNKNOWN_PERSON, purpose="conformance"),
+            timeout=TIMEOUT,
+        ),
+        grpc.StatusCode.PERMISSION_DENIED,
+        denial_prefix="consent-missing",
+    )
+
+
+@case("credit-check.person-with-forged-consent-permission-denied")
+async def _check_forged(session: Session) -> None:
+    forged = "clc1.eyJ2IjoxfQ.AAAA"
+    await expect_status(
+        _check_stub(session).CheckSubject(
+            credit_check_pb2.CheckSubjectRequest(
+                subject_key=UNKNOWN_PERSON, purpose="conformance", consent_token=forged
+            ),
+            timeout=TIMEOUT,
+        ),
+        grpc.StatusCode.PERMISSION_DENIED,
+        denial_prefix="consent-",
+    )
+
+
+@case("credit-check.batch-answers-each-subject-in-order")
+async def _check_batch(session: Session) -> None:
+    keys = [ORG_KEY, UNKNOWN_PERSON, "L:91320200MA1MXXXX0X"]
+    response = await _check_stub(session).CheckSubjects(
+        credit_check_pb2.CheckSubjectsRequest(
+            subjects=[credit_check_pb2.SubjectQuery(subject_key=k) for k in keys],
+            purpose="conformance",
+        ),
+        timeout=TIMEOUT,
+    )
+    expect(
+        [r.subject_key for r in response.results] == keys, "results not one per subject in order"
+    )
+    expect(
+        response.results[1].error.code == "consent-missing",
+        f"person without consent: {response.results[1].error}",
+    )
+    expect(
+        response.results[0].error.code == "", f"organisation refused: {response.results[0].error}"
+    )
+
+
+@case("credit-check.batch-over-1000-invalid-argument")
+async def _check_batch_limit(session: Session) -> None:
+    await expect_status(
+        _check_stub(session).CheckSubjects(
+            credit_check_pb2.CheckSubjectsRequest(
+                subjects=[credit_check_pb2.SubjectQuery(subject_key=ORG_KEY)] * 1001,
+                purpose="conformance",
+            ),
+            timeout=TIMEOUT,
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+
+
+@case("credit-check.oversized-request-resource-exhausted")
+async def _check_oversized(session: Session) -> None:
+    await expect_status(
+        _check_stub(session).CheckSubject(
+            credit_check_pb2.CheckSubjectRequest(
+                subject_key=ORG_KEY, purpose="x" * (5 * 1024 * 1024)
+            ),
+            timeout=TIMEOUT,
+        ),
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    )
+
+
+# --- ListSyncService ----------------------------------------------------------------------
+
+
+def _sync_stub(session: Session) -> list_sync_pb2_grpc.ListSyncServiceStub:
+    session.require("ListSyncService")
+    return list_sync_pb2_grpc.ListSyncServiceStub(session.channel)
+
+
+async def _all_entries(
+    stub: list_sync_pb2_grpc.ListSyncServiceStub, bucket_count: int, page_size: int
+) -> list[list_sync_pb2.ListEntry]:
+    entries: list[list_sync_pb2.ListEntry] = []
+    token = ""
+    for _ in range(100_000):
+        page = await stub.ListEntries(
+            list_sync_pb2.ListEntriesRequest(
+                bucket_count=bucket_count, page_size=page_size, page_token=token
+            ),
+            timeout=TIMEOUT,
+        )
+        entries.extend(page.entries)
+        token = page.next_page_token
+        if not token:
+            return entries
+    raise CaseFailed("ListEntries paging never ended")
+
+
+@case("list-sync.digest-shape")
+async def _digest_shape(session: Session) -> None:
+    digest = await _sync_stub(session).GetListDigest(
+        list_sync_pb2.GetListDigestRequest(bucket_count=16), timeout=TIMEOUT
+    )
+    expect(digest.bucket_count == 16, f"bucket_count {digest.bucket_count}")
+    expect(
+        [b.bucket for b in digest.buckets] == list(range(16)), "not one digest per bucket in order"
+    )
+    expect(all(len(b.sha256) == 32 for b in digest.buckets), "bucket hash is not 32 bytes")
+    expect(
+        len(digest.issuing_city) == 6 and digest.issuing_city.isdigit(),
+        "issuing_city is not a code",
+    )
+
+
+@case("list-sync.digest-bad-bucket-count-invalid-argument")
+async def _digest_bad(session: Session) -> None:
+    await expect_status(
+        _sync_stub(session).GetListDigest(
+            list_sync_pb2.GetListDigestRequest(bucket_count=3), timeout=TIMEOUT
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+
+
+@case("list-sync.entries-match-digest")
+async def _entries_match(session: Session) -> None:
+    stub = _sync_stub(session)
+    digest = await stub.GetListDigest(
+        list_sync_pb2.GetListDigestRequest(bucket_count=16), timeout=TIMEOUT
+    )
+    entries = await _all_entries(stub, 16, 500)
+    lines = [
+        DigestLine(
+            e.entry_key,
+            e.version,
+            common_pb2.ListEntryStatus.Name(e.status).removeprefix("LIST_ENTRY_STATUS_"),
+        )
+        for e in entries
+    ]
+    ours = bucket_digests(lines, 16)
+    for theirs, mine in zip(digest.buckets, ours, strict=True):
+        expect(
+            (theirs.entry_count, theirs.sha256) == (mine.entry_count, mine.sha256),
+            f"bucket {mine.bucket}: digest says {theirs.entry_count} entries "
+            f"({theirs.sha256.hex()[:12]}), ListEntries gives {mine.entry_count} "
+            f"({mine.sha256.hex()[:12]})",
+        )
+
+
+@case("list-sync.entries-paging-complete-and-ordered")
+async def _entries_paging(session: Session) -> None:
+    stub = _sync_stub(session)
+    whole = await _all_entries(stub, 16, 1000)
+    if len(whole) < 2:
+        raise CaseSkipped("fewer than 2 entries to page through")
+    paged = await _all_entries(stub, 16, 1)
+    keys = [e.entry_key for e in paged]
+    expect(
+        keys == sorted(keys, key=lambda k: k.encode()),
+        "page entries not in ascending entry_key order",
+    )
+    expect(len(set(keys)) == len(keys), "an entry appears on two pages")
+    expect(
+        set(keys) == {e.entry_key for e in whole},
+        "page_size 1 and page_size 1000 give different entries",
+    )
+
+
+@case("list-sync.stream-bad-cursor-invalid-argument")
+async def _stream_bad_cursor(session: Session) -> None:
+    async def first() -> None:
+        call = _sync_stub(session).StreamListChanges(
+            list_sync_pb2.StreamListChangesRequest(cursor=b"\x00not-a-cursor-we-issued"),
+            timeout=TIMEOUT,
+        )
+        async for _ in call:
+            break
+
+    await expect_status(first(), grpc.StatusCode.INVALID_ARGUMENT)
+
+
+async def _backlog(
+    stub: list_sync_pb2_grpc.ListSyncServiceStub, cursor: bytes
+) -> tuple[list[tuple[str, bytes]], bool]:
+    changes: list[tuple[str, bytes]] = []
+    caught_up = False
+    call = stub.StreamListChanges(
+        list_sync_pb2.StreamListChangesRequest(cursor=cursor, follow=False), timeout=TIMEOUT
+    )
+    async for message in call:
+        if message.HasField("change"):
+            expect(not caught_up, "a change after the caught_up marker without follow")
+            expect(message.cursor != b"", "change without a cursor")
+            changes.append((message.change.change_id, message.cursor))
+        elif message.HasField("caught_up"):
+            caught_up = True
+    return changes, caught_up
+
+
+@case("list-sync.stream-resumes-without-gap-or-duplicate")
+async def _stream_resume(session: Session) -> None:
+    stub = _sync_stub(session)
+    changes, caught_up = await _backlog(stub, b"")
+    expect(caught_up, "the backlog did not end with a caught_up marker")
+    if len(changes) < 2:
+        raise CaseSkipped("fewer than 2 retained changes to resume between")
+    middle = len(changes) // 2
+    resumed, _ = await _backlog(stub, changes[middle - 1][1])
+    expect(
+        [c for c, _ in resumed] == [c for c, _ in changes[middle:]],
+        f"resuming after change {middle} gave {len(resumed)} changes, "
+        f"expected {len(changes) - middle}",
+    )
+
+
+@case("list-sync.follow-sends-caught-up")
+async def _stream_follow(session: Session) -> None:
+    call = _sync_stub(session).StreamListChanges(
+        list_sync_pb2.StreamListChangesRequest(follow=True), timeout=TIMEOUT
+    )
+    try:
+        async for message in call:
+            if message.HasField("caught_up"):
+                return
+    finally:
+        call.cancel()
+    raise CaseFailed("the followed stream ended without a caught_up marker")
+
+
+# --- ScoreRecognitionService --------------------------------------------------------------
+
+
+def _score_stub(session: Session) -> score_recognition_pb2_grpc.ScoreRecognitionServiceStub:
+    session.require("ScoreRecognitionService")
+    return score_recognition_pb2_grpc.ScoreRecognitionServiceStub(session.channel)
+
+
+@case("score.scale-shape")
+async def _scale(session: Session) -> None:
+    scale = (
+        await _score_stub(session).GetScoreScale(
+            score_recognition_pb2.GetScoreScaleRequest(), timeout=TIMEOUT
+        )
+    ).scale
+    expect(scale.scale_name != "", "scale without a name")
+    expect(scale.min_score < scale.max_score, "min_score is not below max_score")
+    ps = [q.p for q in scale.quantiles]
+    expect(
+        len(ps) >= 2 and ps == sorted(ps) and ps[0] == 0 and ps[-1] == 1,
+        "quantiles do not run from p=0 to p=1",
+    )
+
+
+@case("score.unknown-version-not-found")
+async def _scale_missing(session: Session) -> None:
+    await expect_status(
+        _score_stub(session).GetScoreScale(
+            score_recognition_pb2.GetScoreScaleRequest(
+                distribution_version=f"no-such-{uuid.uuid4().hex}"
+            ),
+            timeout=TIMEOUT,
+        ),
+        grpc.StatusCode.NOT_FOUND,
+    )
+
+
+@case("score.recognize-without-consent-permission-denied")
+async def _recognize(session: Session) -> None:
+    await expect_status(
+        _score_stub(session).RecognizeScore(
+            score_recognition_pb2.RecognizeScoreRequest(
+                subject_key=UNKNOWN_PERSON, purpose="conformance"
+            ),
+            timeout=TIMEOUT,
+        ),
+        grpc.StatusCode.PERMISSION_DENIED,
+        denial_prefix="consent-missing",
+    )
+
+
+# --- AlertExchangeService -----------------------------------------------------------------
+
+
+def _alert_stub(session: Session) -> alert_exchange_pb2_grpc.AlertExchangeServiceStub:
+    session.require("AlertExchangeService")
+    return alert_exchange_pb2_grpc.AlertExchangeServiceStub(session.channel)
+
+
+@case("alerts.update-unknown-alert-not-found")
+async def _alert_missing(session: Session) -> None:
+    await expect_status(
+        _alert_stub(session).UpdateAlertStatus(
+            alert_exchange_pb2.UpdateAlertStatusRequest(
+                alert_id=f"conformance-{uuid.uuid4().hex}",
+                status=alert_exchange_pb2.ALERT_STATUS_ACKNOWLEDGED,
+                change_id=str(uuid.uuid4()),
+            ),
+            timeout=TIMEOUT,
+        ),
+        grpc.StatusCode.NOT_FOUND,
+    )
+
+
+@case("alerts.subscribe-bad-cursor-invalid-argument")
+async def _alert_cursor(session: Session) -> None:
+    async def first() -> None:
+        call = _alert_stub(session).SubscribeAlerts(
+            alert_exchange_pb2.SubscribeAlertsRequest(cursor=b"\x00not-a-cursor-we-issued"),
+            timeout=TIMEOUT,
+        )
+        async for _ in call:
+            break
+
+    await expect_status(first(), grpc.StatusCode.INVALID_ARGUMENT)
+
+
+# --- running ------------------------------------------------------------------------------
+
+
+async def run(endpoint: Endpoint, only: Sequence[str] = ()) -> list[CaseResult]:
+    results: list[CaseResult] = []
+    async with endpoint.channel() as channel:
+        session = Session(endpoint, channel)
+        try:
+            session.services = await reflected_services(channel)
+        except grpc.aio.AioRpcError as error:
+            results.append(
+                CaseResult("transport.connect", "FAIL", f"{error.code().name}: {error.details()}")
+            )
+            return results
+        for name, function in CASES:
+            if only and not any(name.startswith(prefix) for prefix in only):
+                continue
+            try:
+                await function(session)
+            except CaseSkipped as skipped:
+                results.append(CaseResult(name, "SKIP", str(skipped)))
+            except CaseFailed as failed:
+                results.append(CaseResult(name, "FAIL", str(failed)))
+            except grpc.aio.AioRpcError as error:
+                results.append(
+                    CaseResult(name, "FAIL", f"unexpected {error.code().name}: {error.details()}")
+                )
+            else:
+                results.append(CaseResult(name, "PASS"))
+    return results
+
+
+def summary(results: Sequence[CaseResult]) -> str:
+    count = {
+        outcome: sum(r.outcome == outcome for r in results) for outcome in ("PASS", "FAIL", "SKIP")
+    }
+    return f"{count['PASS']} passed, {count['FAIL']} failed, {count['SKIP']} skipped"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m contracts.conformance",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--target", required=True, help="host:port of the endpoint")
+    parser.add_argument(
+        "--ca", type=Path, required=True, help="CA certificate the endpoint's certificate chains to"
+    )
+    parser.add_argument(
+        "--cert", type=Path, required=True, help="client certificate of a city the endpoint serves"
+    )
+    parser.add_argument("--key", type=Path, required=True, help="its private key")
+    parser.add_argument(
+        "--server-name", help="name to check in the endpoint's certificate instead of the host"
+    )
+    parser.add_argument(
+        "--only", action="append", default=[], help="run only cases whose name starts with this"
+    )
+    args = parser.parse_args(argv)
+    endpoint = Endpoint(args.target, args.ca, args.cert, args.key, args.server_name)
+    results = asyncio.run(run(endpoint, args.only))
+    for result in results:
+        print(result.line())
+    print(summary(results))
+    return 1 if any(r.outcome == "FAIL" for r in results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

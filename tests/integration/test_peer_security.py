@@ -1,0 +1,372 @@
+"""The security of peer calls over real sockets, real TLS and the real broker (DESIGN §3).
+
+Suzhou serves a CreditCheckService behind the common bootstrap (mTLS, policy, consent,
+audit). Callers present certificates from the tests' own CA: Wuxi, Changzhou, Jiashan, a
+certificate from a foreign CA, an expired one, one naming a city outside the region, or none.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from creditlink.peer.v1 import common_pb2, credit_check_pb2, credit_check_pb2_grpc
+from services.common.audit import AUDIT_TOPIC, AuditChainWriter, read_audit_topic, verify_chain
+from services.common.avro import AvroSerde
+from services.common.grpc_server import (
+    DENIAL_TRAILER,
+    PeerServer,
+    TlsFiles,
+    secure_channel,
+    start_peer_server,
+)
+from services.common.kafka import make_producer
+from services.common.settings import REPO_ROOT, Settings, load_settings
+from services.common.topics import load_catalogue, provision
+from tests.peer_kit import (
+    ORG,
+    OTHER_PERSON,
+    PERSON,
+    ConsentKit,
+    FakeCreditCheck,
+    PeerPki,
+    credit_check_binding,
+    make_consent_kit,
+    make_pki,
+    make_security,
+)
+
+pytestmark = [pytest.mark.kafka, pytest.mark.timeout(120)]
+
+WUXI, CHANGZHOU = "320200", "320400"
+
+
+@dataclass
+class Node:
+    server: PeerServer
+    pki: PeerPki
+    consent: ConsentKit
+    settings: Settings
+    audit: AuditChainWriter
+    serde: AvroSerde
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.server.port}"
+
+    def stub(
+        self, tls: TlsFiles
+    ) -> tuple[grpc.aio.Channel, credit_check_pb2_grpc.CreditCheckServiceStub]:
+        channel = secure_channel(self.target, tls)
+        return channel, credit_check_pb2_grpc.CreditCheckServiceStub(channel)
+
+    async def audit_records(self) -> list[dict[str, Any]]:
+        await self.audit.flush()
+        messages = await read_audit_topic(self.settings, self.audit.topic)
+        return [self.serde.decode(m.value) for m in messages]
+
+
+@pytest.fixture(scope="module")
+async def node(
+    kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Node]:
+    settings = load_settings(
+        {
+            "CREDITLINK_CITY": "suzhou",
+            "KAFKA_BOOTSTRAP": kafka_bootstrap,
+            "CREDITLINK_TOPIC_PREFIX": f"t{uuid.uuid4().hex[:10]}.",
+        }
+    )
+    audit_only = [spec for spec in load_catalogue() if spec.name == AUDIT_TOPIC]
+    await provision(kafka_bootstrap, audit_only, prefix=settings.topic_prefix)
+    pki = make_pki(tmp_path_factory.mktemp("pki"))
+    consent = make_consent_kit()
+    security = make_security(consent.keyring)
+    serde = AvroSerde()
+    producer = make_producer(settings, client_id="audit-test")
+    await producer.start()
+    audit = AuditChainWriter(settings, serde, producer, node_city="320500", service="lists")
+    await audit.start()
+    servicer = FakeCreditCheck(
+        security, {ORG: [common_pb2.LIST_TYPE_BLACK], PERSON: [common_pb2.LIST_TYPE_WATCH]}
+    )
+    server = await start_peer_server(
+        bind="127.0.0.1:0",
+        tls=pki.tls("suzhou"),
+        services=[credit_check_binding(servicer)],
+        security=security,
+        audit=audit,
+    )
+    try:
+        yield Node(server, pki, consent, settings, audit, serde)
+    finally:
+        await server.stop(0)
+        await producer.stop()
+
+
+async def _check(node: Node, caller: str, **fields: Any) -> credit_check_pb2.CheckSubjectResponse:
+    channel, stub = node.stub(node.pki.tls(caller))
+    async with channel:
+        response: credit_check_pb2.CheckSubjectResponse = await stub.CheckSubject(
+            credit_check_pb2.CheckSubjectRequest(**fields), timeout=10
+        )
+        return response
+
+
+async def _refusal(node: Node, caller: str, **fields: Any) -> grpc.aio.AioRpcError:
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await _check(node, caller, **fields)
+    return refused.value
+
+
+def _denial(error: grpc.aio.AioRpcError) -> str | None:
+    for key, value in error.trailing_metadata() or ():
+        if key == DENIAL_TRAILER:
+            return str(value)
+    return None
+
+
+# --- transport: who may connect at all ----------------------------------------------------
+
+
+async def test_city_with_valid_certificate_is_answered_and_audited(node: Node) -> None:
+    response = await _check(
+        node,
+        "wuxi",
+        subject_key=ORG,
+        scenario=credit_check_pb2.SCENARIO_TENDERING,
+        purpose="WXZB-2024-0031",
+    )
+    assert [m.list_type for m in response.memberships] == [common_pb2.LIST_TYPE_BLACK]
+    last = (await node.audit_records())[-1]
+    assert last["caller_city"] == WUXI
+    assert last["callee_city"] == "320500"
+    assert last["method"] == "/creditlink.peer.v1.CreditCheckService/CheckSubject"
+    assert last["status_code"] == "OK"
+    assert last["subject_key"] == ORG
+    assert last["purpose"] == "TENDERING: WXZB-2024-0031"
+    assert len(last["peer_certificate_sha256"]) == 64
+
+
+async def test_client_without_certificate_is_refused(node: Node) -> None:
+    tls = node.pki.tls("wuxi")
+    credentials = grpc.ssl_channel_credentials(root_certificates=tls.ca.read_bytes())
+    async with grpc.aio.secure_channel(node.target, credentials) as channel:
+        stub = credit_check_pb2_grpc.CreditCheckServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stub.CheckSubject(
+                credit_check_pb2.CheckSubjectRequest(subject_key=ORG, purpose="x"), timeout=5
+            )
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE  # the TLS handshake fails
+
+
+@pytest.mark.parametrize("certificate", ["foreign", "expired"])
+async def test_certificate_from_other_ca_or_expired_is_refused(
+    node: Node, certificate: str
+) -> None:
+    tls = node.pki.tls("suzhou")  # trust the right CA, present a bad certificate
+    bad = TlsFiles(
+        ca=tls.ca,
+        cert=node.pki.directory / f"{certificate}.crt",
+        key=node.pki.directory / f"{certificate}.key",
+    )
+    error = await _refusal_with(node, bad)
+    assert error.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def _refusal_with(node: Node, tls: TlsFiles) -> grpc.aio.AioRpcError:
+    async with secure_channel(node.target, tls) as channel:
+        stub = credit_check_pb2_grpc.CreditCheckServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stub.CheckSubject(
+                credit_check_pb2.CheckSubjectRequest(subject_key=ORG, purpose="x"), timeout=5
+            )
+    return refused.value
+
+
+async def test_certificate_naming_no_city_of_the_region_is_unauthenticated(node: Node) -> None:
+    error = await _refusal(node, "atlantis", subject_key=ORG, purpose="x")
+    assert error.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert _denial(error) == "unknown-city"
+
+
+async def test_health_and_reflection_are_served_over_mtls(node: Node) -> None:
+    async with secure_channel(node.target, node.pki.tls("jiashan")) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        answer = await health.Check(
+            health_pb2.HealthCheckRequest(service="creditlink.peer.v1.CreditCheckService"),
+            timeout=5,
+        )
+    assert answer.status == health_pb2.HealthCheckResponse.SERVING
+
+
+# --- policy -------------------------------------------------------------------------------
+
+
+async def test_method_denied_by_policy_is_permission_denied_and_audited(node: Node) -> None:
+    channel, stub = node.stub(node.pki.tls("changzhou"))
+    async with channel:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stub.CheckSubjects(
+                credit_check_pb2.CheckSubjectsRequest(
+                    subjects=[credit_check_pb2.SubjectQuery(subject_key=ORG)], purpose="bulk"
+                ),
+                timeout=10,
+            )
+    assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert _denial(refused.value) == "policy-denied"
+    last = (await node.audit_records())[-1]
+    assert (last["caller_city"], last["status_code"]) == (CHANGZHOU, "PERMISSION_DENIED")
+    assert last["method"] == "/creditlink.peer.v1.CreditCheckService/CheckSubjects"
+
+
+async def test_city_without_any_rule_is_denied(node: Node) -> None:
+    error = await _refusal(node, "jiashan", subject_key=ORG, purpose="x")
+    assert error.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert _denial(error) == "policy-denied"
+
+
+async def test_data_class_not_granted_is_denied(node: Node) -> None:
+    kit = node.consent
+    token = kit.issuers["suzhou"].issue(
+        subject_key=PERSON, audience_city=CHANGZHOU, lifetime_seconds=600
+    )
+    error = await _refusal(node, "changzhou", subject_key=PERSON, consent_token=token, purpose="x")
+    assert error.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert _denial(error) == "data-class-denied"
+
+
+# --- consent ------------------------------------------------------------------------------
+
+
+async def test_natural_person_with_valid_consent_is_answered(node: Node) -> None:
+    token = node.consent.issuers["suzhou"].issue(
+        subject_key=PERSON, audience_city=WUXI, lifetime_seconds=600
+    )
+    response = await _check(
+        node, "wuxi", subject_key=PERSON, consent_token=token, purpose="deposit waiver"
+    )
+    assert [m.list_type for m in response.memberships] == [common_pb2.LIST_TYPE_WATCH]
+    last = (await node.audit_records())[-1]
+    assert last["consent_reference"] is not None
+    assert last["subject_key"] == PERSON
+
+
+def _tokens(kit: ConsentKit) -> dict[str, str]:
+    suzhou = kit.issuers["suzhou"]
+    valid = suzhou.issue(subject_key=PERSON, audience_city=WUXI, lifetime_seconds=600)
+    head, body, signature = valid.split(".")
+    forged_signature = ("A" if signature[0] != "A" else "B") + signature[1:]
+    return {
+        "consent-missing": "",
+        "consent-expired": suzhou.issue(
+            subject_key=PERSON, audience_city=WUXI, lifetime_seconds=60, now=1_600_000_000
+        ),
+        "consent-wrong-city": suzhou.issue(
+            subject_key=PERSON, audience_city=CHANGZHOU, lifetime_seconds=600
+        ),
+        "consent-wrong-subject": suzhou.issue(
+            subject_key=OTHER_PERSON, audience_city=WUXI, lifetime_seconds=600
+        ),
+        "consent-bad-signature": f"{head}.{body}.{forged_signature}",
+        "consent-malformed": "not-a-token",
+    }
+
+
+@pytest.mark.parametrize(
+    "reason",
+    [
+        "consent-missing",
+        "consent-expired",
+        "consent-wrong-city",
+        "consent-wrong-subject",
+        "consent-bad-signature",
+        "consent-malformed",
+    ],
+)
+async def test_natural_person_without_valid_consent_is_refused(node: Node, reason: str) -> None:
+    token = _tokens(node.consent)[reason]
+    error = await _refusal(node, "wuxi", subject_key=PERSON, consent_token=token, purpose="x")
+    assert error.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert _denial(error) == reason
+    last = (await node.audit_records())[-1]
+    assert (last["status_code"], last["subject_key"], last["consent_reference"]) == (
+        "PERMISSION_DENIED",
+        PERSON,
+        None,
+    )
+
+
+async def test_batch_refuses_only_the_items_without_consent(node: Node) -> None:
+    token = node.consent.issuers["suzhou"].issue(
+        subject_key=PERSON, audience_city=WUXI, lifetime_seconds=600
+    )
+    channel, stub = node.stub(node.pki.tls("wuxi"))
+    async with channel:
+        response = await stub.CheckSubjects(
+            credit_check_pb2.CheckSubjectsRequest(
+                subjects=[
+                    credit_check_pb2.SubjectQuery(subject_key=ORG),
+                    credit_check_pb2.SubjectQuery(subject_key=PERSON, consent_token=token),
+                    credit_check_pb2.SubjectQuery(subject_key=OTHER_PERSON, consent_token=token),
+                ],
+                purpose="bulk",
+            ),
+            timeout=10,
+        )
+    assert [r.error.code for r in response.results] == ["", "", "consent-wrong-subject"]
+    assert len(response.results[1].memberships) == 1
+
+
+# --- the audit chain on the broker --------------------------------------------------------
+
+
+async def test_audit_chain_of_all_calls_verifies(node: Node) -> None:
+    await _check(node, "wuxi", subject_key=ORG, purpose="chain check")
+    await node.audit.flush()
+    messages = await read_audit_topic(node.settings, node.audit.topic)
+    report = verify_chain(messages)
+    assert report.ok, [str(p) for p in report.problems]
+    assert [m.key for m in messages] == [str(i) for i in range(1, len(messages) + 1)]
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [
+            sys.executable,
+            "-m",
+            "services.common.audit",
+            "verify",
+            "--bootstrap",
+            node.settings.kafka_bootstrap,
+            "--topic",
+            node.audit.topic,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=REPO_ROOT,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"{len(messages)} records" in done.stdout
+
+
+async def test_restarted_writer_continues_the_chain(node: Node) -> None:
+    head = node.audit.head
+    producer = make_producer(node.settings, client_id="audit-test-2")
+    await producer.start()
+    try:
+        again = AuditChainWriter(node.settings, node.serde, producer, node_city="320500")
+        await node.audit.flush()
+        await again.start()
+        assert again.head == head
+    finally:
+        await producer.stop()

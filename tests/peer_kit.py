@@ -1,0 +1,321 @@
+"""Test helpers for the peer-call security kit: certificates, keys, a fake servicer, a server.
+
+Every test makes its own CA and certificates in a temporary directory, so no test depends on
+``make certs`` having run and none can leak a key into the repository.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from creditlink.peer.v1 import (
+    common_pb2,
+    credit_check_pb2,
+    credit_check_pb2_grpc,
+    list_sync_pb2,
+    list_sync_pb2_grpc,
+)
+from services.common.certs import CertifiedKey, issue_city_certificate, new_ca
+from services.common.consent import ConsentIssuer, ConsentKeyring
+from services.common.grpc_server import (
+    Denied,
+    PeerSecurity,
+    ServiceBinding,
+    TlsFiles,
+    current_call,
+)
+from services.common.list_digest import (
+    DigestLine,
+    bucket_count_or_default,
+    bucket_digests,
+    bucket_of,
+)
+from services.common.policy import parse_policy
+from services.common.region import Region, load_region
+from services.common.settings import REPO_ROOT
+
+REGION = load_region(REPO_ROOT / "deploy" / "config" / "region.yaml")
+CODES = {key: city.admin_code for key, city in REGION.cities.items()}
+
+ORG = "L:91320500MA1W8XY409"
+PERSON = "N:" + "ab" * 32
+OTHER_PERSON = "N:" + "cd" * 32
+
+# Suzhou serves. Wuxi may check subjects (both classes); Changzhou may check organisations
+# only; nobody may call CheckSubjects except Wuxi. Jiashan has no rule at all.
+TEST_POLICY = {
+    "version": 1,
+    "data_classes": {"organisation": "orgs", "natural_person": "people", "aggregate": "scales"},
+    "rules": [
+        {
+            "callers": ["wuxi"],
+            "methods": ["/creditlink.peer.v1.CreditCheckService/*"],
+            "data_classes": ["organisation", "natural_person"],
+        },
+        {
+            "callers": ["changzhou"],
+            "methods": ["/creditlink.peer.v1.CreditCheckService/CheckSubject"],
+            "data_classes": ["organisation"],
+        },
+    ],
+}
+
+
+@dataclass(frozen=True)
+class PeerPki:
+    """A region CA with certificates for some cities, plus a foreign CA and an expired cert."""
+
+    directory: Path
+    ca: CertifiedKey
+
+    def tls(self, name: str) -> TlsFiles:
+        return TlsFiles(
+            ca=self.directory / "ca.crt",
+            cert=self.directory / f"{name}.crt",
+            key=self.directory / f"{name}.key",
+        )
+
+
+def make_pki(
+    directory: Path, cities: tuple[str, ...] = ("suzhou", "wuxi", "changzhou", "jiashan")
+) -> PeerPki:
+    directory.mkdir(parents=True, exist_ok=True)
+    ca = new_ca("test region CA")
+    ca.write(directory / "ca.crt", directory / "ca.key")
+    for city in cities:
+        issue_city_certificate(ca, city).write(directory / f"{city}.crt", directory / f"{city}.key")
+    # A certificate naming Wuxi, from a CA the server does not trust.
+    foreign = new_ca("someone else's CA")
+    issue_city_certificate(foreign, "wuxi").write(
+        directory / "foreign.crt", directory / "foreign.key"
+    )
+    # A certificate of the right CA that expired yesterday.
+    now = dt.datetime.now(dt.UTC)
+    issue_city_certificate(
+        ca, "wuxi", not_before=now - dt.timedelta(days=30), not_after=now - dt.timedelta(days=1)
+    ).write(directory / "expired.crt", directory / "expired.key")
+    # A certificate of the right CA naming a city that is not in the region.
+    issue_city_certificate(ca, "atlantis").write(
+        directory / "atlantis.crt", directory / "atlantis.key"
+    )
+    return PeerPki(directory, ca)
+
+
+@dataclass(frozen=True)
+class ConsentKit:
+    issuers: Mapping[str, ConsentIssuer]
+    keyring: ConsentKeyring
+
+
+def make_consent_kit(cities: tuple[str, ...] = ("suzhou", "wuxi", "changzhou")) -> ConsentKit:
+    issuers = {c: ConsentIssuer(CODES[c], Ed25519PrivateKey.generate()) for c in cities}
+    keyring = ConsentKeyring({i.city_code: i.private_key.public_key() for i in issuers.values()})
+    return ConsentKit(issuers, keyring)
+
+
+def make_security(keyring: ConsentKeyring, region: Region = REGION) -> PeerSecurity:
+    policy = parse_policy(TEST_POLICY, source="test-policy", cities=region.cities.keys())
+    return PeerSecurity(city="suzhou", region=region, policy=policy, keyring=keyring)
+
+
+class FakeCreditCheck(credit_check_pb2_grpc.CreditCheckServiceServicer):
+    """Answers from a dict subject_key -> list types; enough to exercise the security kit."""
+
+    def __init__(self, security: PeerSecurity, lists: Mapping[str, list[int]]) -> None:
+        self._security = security
+        self._lists = lists
+
+    def _memberships(self, subject_key: str) -> list[credit_check_pb2.Membership]:
+        return [
+            credit_check_pb2.Membership(
+                entry_key=f"320500/{common_pb2.ListType.Name(t)}/{subject_key}/0000000000000000",
+                list_type=t,
+                issuing_city="320500",
+                status=common_pb2.LIST_ENTRY_STATUS_ACTIVE,
+                version=1,
+            )
+            for t in self._lists.get(subject_key, [])
+        ]
+
+    async def CheckSubject(
+        self, request: credit_check_pb2.CheckSubjectRequest, context: grpc.aio.ServicerContext
+    ) -> credit_check_pb2.CheckSubjectResponse:
+        if not request.purpose:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "purpose is required")
+        return credit_check_pb2.CheckSubjectResponse(
+            subject_key=request.subject_key, memberships=self._memberships(request.subject_key)
+        )
+
+    async def CheckSubjects(
+        self, request: credit_check_pb2.CheckSubjectsRequest, context: grpc.aio.ServicerContext
+    ) -> credit_check_pb2.CheckSubjectsResponse:
+        if len(request.subjects) > 1000:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "at most 1000 subjects")
+        call = current_call()
+        results = []
+        for query in request.subjects:
+            try:
+                self._security.check_subject(call, query.subject_key, query.consent_token)
+            except Denied as denied:
+                results.append(
+                    credit_check_pb2.SubjectCheckResult(
+                        subject_key=query.subject_key,
+                        error=common_pb2.FieldViolation(
+                            field="consent_token", code=denied.denial, message=denied.details
+                        ),
+                    )
+                )
+                continue
+            results.append(
+                credit_check_pb2.SubjectCheckResult(
+                    subject_key=query.subject_key, memberships=self._memberships(query.subject_key)
+                )
+            )
+        return credit_check_pb2.CheckSubjectsResponse(results=results)
+
+
+def credit_check_binding(servicer: FakeCreditCheck) -> ServiceBinding:
+    return ServiceBinding(
+        servicer,
+        credit_check_pb2_grpc.add_CreditCheckServiceServicer_to_server,
+        "creditlink.peer.v1.CreditCheckService",
+    )
+
+
+class InMemoryListSync(list_sync_pb2_grpc.ListSyncServiceServicer):
+    """A minimal, correct ListSyncService over a fixed list of changes (a reference for the
+    conformance runner's list-sync cases; the real one lives in services/lists)."""
+
+    CURSOR_PREFIX = b"mem1:"
+
+    def __init__(self, city_code: str, changes: list[list_sync_pb2.ListChange]) -> None:
+        self._city = city_code
+        self._changes = changes
+
+    def _entries(self) -> list[list_sync_pb2.ListEntry]:
+        latest: dict[str, list_sync_pb2.ListEntry] = {}
+        for change in self._changes:
+            latest[change.entry.entry_key] = change.entry
+        return sorted(latest.values(), key=lambda e: e.entry_key.encode())
+
+    async def StreamListChanges(
+        self, request: list_sync_pb2.StreamListChangesRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[list_sync_pb2.StreamListChangesResponse]:
+        start = 0
+        if request.cursor:
+            text = request.cursor.removeprefix(self.CURSOR_PREFIX)
+            if text == request.cursor or not text.isdigit() or int(text) > len(self._changes):
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "cursor not issued here")
+            start = int(text)
+        for position in range(start, len(self._changes)):
+            yield list_sync_pb2.StreamListChangesResponse(
+                change=self._changes[position],
+                cursor=self.CURSOR_PREFIX + str(position + 1).encode(),
+            )
+        yield list_sync_pb2.StreamListChangesResponse(
+            caught_up=list_sync_pb2.CaughtUp(changes_sent=len(self._changes) - start),
+            cursor=self.CURSOR_PREFIX + str(len(self._changes)).encode(),
+        )
+        if request.follow:
+            await asyncio.Event().wait()
+
+    def _bucket_count(self, requested: int) -> int | None:
+        try:
+            return bucket_count_or_default(requested)
+        except ValueError:
+            return None
+
+    async def GetListDigest(
+        self, request: list_sync_pb2.GetListDigestRequest, context: grpc.aio.ServicerContext
+    ) -> list_sync_pb2.GetListDigestResponse:
+        count = self._bucket_count(request.bucket_count)
+        if count is None:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "bad bucket_count")
+        assert count is not None
+        lines = [
+            DigestLine(
+                e.entry_key,
+                e.version,
+                common_pb2.ListEntryStatus.Name(e.status).removeprefix("LIST_ENTRY_STATUS_"),
+            )
+            for e in self._entries()
+        ]
+        return list_sync_pb2.GetListDigestResponse(
+            issuing_city=self._city,
+            bucket_count=count,
+            buckets=[
+                list_sync_pb2.BucketDigest(
+                    bucket=b.bucket, entry_count=b.entry_count, sha256=b.sha256
+                )
+                for b in bucket_digests(lines, count)
+            ],
+            cursor=self.CURSOR_PREFIX + str(len(self._changes)).encode(),
+        )
+
+    async def ListEntries(
+        self, request: list_sync_pb2.ListEntriesRequest, context: grpc.aio.ServicerContext
+    ) -> list_sync_pb2.ListEntriesResponse:
+        count = self._bucket_count(request.bucket_count)
+        if count is None:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "bad bucket_count")
+        assert count is not None
+        wanted = set(request.buckets)
+        after = request.page_token
+        size = min(request.page_size or 500, 1000)
+        chosen = [
+            e
+            for e in self._entries()
+            if (not wanted or bucket_of(e.entry_key, count) in wanted) and e.entry_key > after
+        ]
+        page = chosen[:size]
+        token = page[-1].entry_key if len(chosen) > size else ""
+        return list_sync_pb2.ListEntriesResponse(entries=page, next_page_token=token)
+
+
+def sample_changes(city_code: str = "320500", count: int = 8) -> list[list_sync_pb2.ListChange]:
+    """``count`` changes over ``count // 2`` entries: each designated, half later removed."""
+    changes = []
+    entries = max(1, count // 2)
+    for sequence in range(1, count + 1):
+        number = (sequence - 1) % entries
+        removed = sequence > entries
+        entry = list_sync_pb2.ListEntry(
+            entry_key=f"{city_code}/BLACK/L:9132050000000000{number:02d}/{number:016x}",
+            list_type=common_pb2.LIST_TYPE_BLACK,
+            issuing_city=city_code,
+            subject_key=f"L:9132050000000000{number:02d}",
+            status=common_pb2.LIST_ENTRY_STATUS_REMOVED
+            if removed
+            else common_pb2.LIST_ENTRY_STATUS_ACTIVE,
+            removal_reason=common_pb2.REMOVAL_REASON_EXPIRED
+            if removed
+            else common_pb2.REMOVAL_REASON_UNSPECIFIED,
+            version=2 if removed else 1,
+        )
+        changes.append(
+            list_sync_pb2.ListChange(
+                change_id=f"{city_code}-{sequence}",
+                issuing_city=city_code,
+                sequence=sequence,
+                action=list_sync_pb2.LIST_CHANGE_ACTION_REMOVED
+                if removed
+                else list_sync_pb2.LIST_CHANGE_ACTION_DESIGNATED,
+                entry=entry,
+            )
+        )
+    return changes
+
+
+def list_sync_binding(servicer: InMemoryListSync) -> ServiceBinding:
+    return ServiceBinding(
+        servicer,
+        list_sync_pb2_grpc.add_ListSyncServiceServicer_to_server,
+        "creditlink.peer.v1.ListSyncService",
+    )

@@ -1,0 +1,434 @@
+"""Unit tests of the security kit: consent tokens, pseudonyms, the policy, certificates and the
+audit chain verifier (no broker, no sockets)."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from hypothesis import given
+from hypothesis import strategies as st
+
+from services.common.audit import (
+    GENESIS_HASH,
+    SCHEMA,
+    AuditMessage,
+    chain_hash,
+    format_key,
+    parse_key,
+    verify_chain,
+)
+from services.common.avro import AvroSerde
+from services.common.certs import city_uri, issue_dev_certificates
+from services.common.consent import ConsentError, ConsentFailure, ConsentIssuer, ConsentKeyring
+from services.common.policy import (
+    DEFAULT_POLICY_FILE,
+    PolicyError,
+    data_class_of,
+    load_policy,
+    parse_policy,
+)
+from services.common.pseudonym import (
+    DEV_REGION_KEY,
+    InvalidResidentId,
+    PseudonymKeyError,
+    is_valid_subject_key,
+    load_region_key,
+    person_subject_key,
+    pseudonym,
+)
+from tests.peer_kit import CODES, REGION, TEST_POLICY
+
+SUZHOU, WUXI, CHANGZHOU = CODES["suzhou"], CODES["wuxi"], CODES["changzhou"]
+PERSON = "N:" + "ab" * 32
+NOW = 1_760_000_000
+
+# --- consent tokens -----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def issuer() -> ConsentIssuer:
+    return ConsentIssuer(SUZHOU, Ed25519PrivateKey.generate())
+
+
+@pytest.fixture(scope="module")
+def keyring(issuer: ConsentIssuer) -> ConsentKeyring:
+    return ConsentKeyring({SUZHOU: issuer.private_key.public_key()})
+
+
+def _failure(keyring: ConsentKeyring, token: str | None, **overrides: Any) -> ConsentFailure:
+    args: dict[str, Any] = {"audience_city": WUXI, "subject_key": PERSON, "now": NOW} | overrides
+    with pytest.raises(ConsentError) as refused:
+        keyring.verify(token, **args)
+    return refused.value.failure
+
+
+def test_valid_token_grants_its_claims(issuer: ConsentIssuer, keyring: ConsentKeyring) -> None:
+    token = issuer.issue(
+        subject_key=PERSON, audience_city=WUXI, lifetime_seconds=3600, purpose="loan", now=NOW
+    )
+    grant = keyring.verify(token, audience_city=WUXI, subject_key=PERSON, now=NOW + 10)
+    assert (grant.issuer_city, grant.audience_city, grant.subject_key, grant.purpose) == (
+        SUZHOU,
+        WUXI,
+        PERSON,
+        "loan",
+    )
+    assert grant.expires_at == NOW + 3600
+    assert len(grant.token_id) == 32
+
+
+def test_each_failure_has_its_own_reason(issuer: ConsentIssuer, keyring: ConsentKeyring) -> None:
+    def token(**overrides: Any) -> str:
+        args: dict[str, Any] = {
+            "subject_key": PERSON,
+            "audience_city": WUXI,
+            "lifetime_seconds": 600,
+            "now": NOW,
+        } | overrides
+        return issuer.issue(**args)
+
+    assert _failure(keyring, None) is ConsentFailure.MISSING
+    assert _failure(keyring, "") is ConsentFailure.MISSING
+    assert _failure(keyring, "clc1.x") is ConsentFailure.MALFORMED
+    assert _failure(keyring, "clc1.!!!.???") is ConsentFailure.MALFORMED
+    assert _failure(keyring, token(), now=NOW + 600 + 61) is ConsentFailure.EXPIRED
+    assert _failure(keyring, token(now=NOW + 3600)) is ConsentFailure.NOT_YET_VALID
+    assert _failure(keyring, token(audience_city=CHANGZHOU)) is ConsentFailure.WRONG_CITY
+    assert _failure(keyring, token(subject_key="N:" + "cd" * 32)) is ConsentFailure.WRONG_SUBJECT
+    assert _failure(keyring, token(lifetime_seconds=400 * 86400)) is ConsentFailure.MALFORMED
+    stranger = ConsentIssuer(SUZHOU, Ed25519PrivateKey.generate())
+    forged = stranger.issue(subject_key=PERSON, audience_city=WUXI, lifetime_seconds=60, now=NOW)
+    assert _failure(keyring, forged) is ConsentFailure.UNKNOWN_ISSUER
+
+
+def test_a_token_with_altered_claims_fails_its_signature(
+    issuer: ConsentIssuer, keyring: ConsentKeyring
+) -> None:
+    import base64
+    import json
+
+    good = issuer.issue(subject_key=PERSON, audience_city=CHANGZHOU, lifetime_seconds=600, now=NOW)
+    head, body, signature = good.split(".")
+    claims = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+    claims["aud"] = WUXI  # redirect the consent to another city
+    altered = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
+    assert _failure(keyring, f"{head}.{altered}.{signature}") is ConsentFailure.BAD_SIGNATURE
+
+
+def test_issuer_claim_must_match_the_signing_key(keyring: ConsentKeyring) -> None:
+    # Suzhou's key registered, but a token claiming Wuxi as issuer signed with... Suzhou's key
+    # would need Suzhou's private key; a kid of Suzhou's with iss=Wuxi is refused outright.
+    impostor = ConsentIssuer(WUXI, Ed25519PrivateKey.generate())
+    ring = ConsentKeyring({SUZHOU: impostor.private_key.public_key()})
+    token = impostor.issue(subject_key=PERSON, audience_city=WUXI, lifetime_seconds=60, now=NOW)
+    assert _failure(ring, token) is ConsentFailure.UNKNOWN_ISSUER
+
+
+@given(st.text(max_size=300))
+def test_arbitrary_strings_never_crash_verification(text: str) -> None:
+    ring = ConsentKeyring({SUZHOU: Ed25519PrivateKey.generate().public_key()})
+    with pytest.raises(ConsentError):
+        ring.verify(text, audience_city=WUXI, subject_key=PERSON, now=NOW)
+
+
+# --- pseudonyms ---------------------------------------------------------------------------
+
+RESIDENT_ID = "11010519491231002X"  # the GB 11643 standard's worked example
+
+
+def test_pseudonym_is_keyed_hmac_of_the_normalised_number() -> None:
+    import hashlib
+    import hmac
+
+    expected = hmac.new(DEV_REGION_KEY, RESIDENT_ID.encode(), hashlib.sha256).hexdigest()
+    assert pseudonym(RESIDENT_ID, DEV_REGION_KEY) == expected
+    assert pseudonym(" 11010519491231002x ", DEV_REGION_KEY) == expected
+    assert pseudonym("１１０１０５１９４９１２３１００２Ｘ", DEV_REGION_KEY) == expected
+    assert pseudonym(RESIDENT_ID, b"k" * 32) != expected
+    key = person_subject_key(RESIDENT_ID, DEV_REGION_KEY)
+    assert is_valid_subject_key(key)
+    assert key == "N:" + expected
+
+
+def test_invalid_numbers_are_not_pseudonymised_and_not_echoed() -> None:
+    with pytest.raises(InvalidResidentId) as refused:
+        pseudonym("110105194912310021", DEV_REGION_KEY)
+    assert "110105" not in str(refused.value)
+
+
+def test_region_key_comes_from_the_environment(tmp_path: Path) -> None:
+    key = bytes(range(32))
+    assert load_region_key({"CREDITLINK_PSEUDONYM_KEY": key.hex()}) == key
+    key_file = tmp_path / "region.key"
+    key_file.write_text(key.hex() + "\n")
+    assert load_region_key({"CREDITLINK_PSEUDONYM_KEY_FILE": str(key_file)}) == key
+    assert load_region_key({"CREDITLINK_DEV": "1"}) == DEV_REGION_KEY
+    with pytest.raises(PseudonymKeyError, match="CREDITLINK_PSEUDONYM_KEY"):
+        load_region_key({})
+    with pytest.raises(PseudonymKeyError, match="at least 32"):
+        load_region_key({"CREDITLINK_PSEUDONYM_KEY": "00" * 8})
+
+
+# --- policy -------------------------------------------------------------------------------
+
+CITIES = REGION.cities.keys()
+CHECK = "/creditlink.peer.v1.CreditCheckService/CheckSubject"
+BATCH = "/creditlink.peer.v1.CreditCheckService/CheckSubjects"
+
+
+def test_policy_denies_by_default_and_grants_per_method_and_class() -> None:
+    policy = parse_policy(TEST_POLICY, source="test", cities=CITIES)
+    wuxi = policy.decide(server="suzhou", caller="wuxi", method=BATCH)
+    assert wuxi.permits("organisation")
+    assert wuxi.permits("natural_person")
+    changzhou = policy.decide(server="suzhou", caller="changzhou", method=CHECK)
+    assert changzhou.permits("organisation")
+    assert not changzhou.permits("natural_person")
+    assert not policy.decide(server="suzhou", caller="changzhou", method=BATCH).allowed
+    assert not policy.decide(server="suzhou", caller="jiashan", method=CHECK).allowed
+    assert not policy.decide(
+        server="suzhou", caller="wuxi", method="/creditlink.peer.v1.ListSyncService/ListEntries"
+    ).allowed
+
+
+def test_self_and_servers_scope_rules() -> None:
+    raw = {
+        "version": 1,
+        "data_classes": {"organisation": "orgs"},
+        "rules": [
+            {
+                "callers": ["self"],
+                "methods": ["/creditlink.peer.v1.RecordIntakeService/*"],
+                "data_classes": ["organisation"],
+            },
+            {
+                "servers": ["wuxi"],
+                "callers": ["suzhou"],
+                "methods": [CHECK],
+                "data_classes": ["organisation"],
+            },
+        ],
+    }
+    policy = parse_policy(raw, source="test", cities=CITIES)
+    intake = "/creditlink.peer.v1.RecordIntakeService/SubmitRecords"
+    assert policy.decide(server="suzhou", caller="suzhou", method=intake).allowed
+    assert not policy.decide(server="suzhou", caller="wuxi", method=intake).allowed
+    assert policy.decide(server="wuxi", caller="suzhou", method=CHECK).allowed
+    assert not policy.decide(server="changzhou", caller="suzhou", method=CHECK).allowed
+
+
+@pytest.mark.parametrize(
+    ("rule", "message"),
+    [
+        ({"callers": ["gotham"]}, "unknown caller"),
+        ({"data_classes": ["secrets"]}, "unknown data class"),
+        ({"methods": ["CheckSubject"]}, "is not '/package.Service/Method'"),
+        ({"callers": []}, "non-empty list"),
+    ],
+)
+def test_malformed_policy_refuses_to_load(rule: dict[str, Any], message: str) -> None:
+    base = {"callers": ["wuxi"], "methods": [CHECK], "data_classes": ["organisation"]} | rule
+    raw = {"version": 1, "data_classes": {"organisation": "orgs"}, "rules": [base]}
+    with pytest.raises(PolicyError, match=message):
+        parse_policy(raw, source="test", cities=CITIES)
+
+
+def test_deployed_policy_loads_and_keeps_intake_internal() -> None:
+    policy = load_policy(DEFAULT_POLICY_FILE, cities=CITIES)
+    intake = "/creditlink.peer.v1.RecordIntakeService/SubmitRecords"
+    assert policy.decide(server="suzhou", caller="suzhou", method=intake).allowed
+    assert not policy.decide(server="suzhou", caller="wuxi", method=intake).allowed
+    scale = "/creditlink.peer.v1.ScoreRecognitionService/GetScoreScale"
+    assert policy.decide(server="suzhou", caller="wuxi", method=scale).data_classes == {"aggregate"}
+    assert not policy.decide(server="suzhou", caller="jiashan", method=CHECK).allowed
+    # Every rule names methods that exist in the contracts.
+    from creditlink.peer.v1 import (
+        alert_exchange_pb2,
+        credit_check_pb2,
+        list_sync_pb2,
+        record_intake_pb2,
+        score_recognition_pb2,
+    )
+
+    services = [
+        service
+        for module in (
+            alert_exchange_pb2,
+            credit_check_pb2,
+            list_sync_pb2,
+            record_intake_pb2,
+            score_recognition_pb2,
+        )
+        for service in module.DESCRIPTOR.services_by_name.values()
+    ]
+    known = {f"/{s.full_name}/{m.name}" for s in services for m in s.methods}
+    known |= {f"/{s.full_name}/*" for s in services}
+    raw = yaml.safe_load(DEFAULT_POLICY_FILE.read_text(encoding="utf-8"))
+    for rule in raw["rules"]:
+        assert set(rule["methods"]) <= known, rule["methods"]
+
+
+def test_data_class_of_subject_keys() -> None:
+    assert data_class_of("L:91320500MA1W8XY409") == "organisation"
+    assert data_class_of(PERSON) == "natural_person"
+    assert data_class_of("320500199001011234") is None
+
+
+# --- certificates -------------------------------------------------------------------------
+
+
+def test_dev_certificates_name_the_city_and_are_idempotent(tmp_path: Path) -> None:
+    first = issue_dev_certificates(tmp_path, ["suzhou", "wuxi"])
+    assert all(line.startswith("issued") for line in first)
+    cert = x509.load_pem_x509_certificate((tmp_path / "wuxi.crt").read_bytes())
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.UniformResourceIdentifier) == [city_uri("wuxi")]
+    assert cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[0].value == "wuxi"
+    assert (tmp_path / "wuxi.key").stat().st_mode & 0o077 == 0
+    before = (tmp_path / "wuxi.crt").read_bytes()
+    second = issue_dev_certificates(tmp_path, ["suzhou", "wuxi"])
+    assert all(line.startswith("kept") for line in second)
+    assert (tmp_path / "wuxi.crt").read_bytes() == before
+    # A new CA invalidates every city certificate.
+    (tmp_path / "ca.crt").unlink()
+    third = issue_dev_certificates(tmp_path, ["suzhou", "wuxi"])
+    assert [line.split()[0] for line in third[:2]] == ["issued", "issued"]
+
+
+# --- the audit chain ----------------------------------------------------------------------
+
+SERDE = AvroSerde()
+
+
+def _record(seq: int, prev_hash: str, **overrides: Any) -> dict[str, Any]:
+    record: dict[str, Any] = {
+        "seq": seq,
+        "node_city": SUZHOU,
+        "direction": "INBOUND",
+        "caller_city": WUXI,
+        "callee_city": SUZHOU,
+        "method": CHECK,
+        "subject_key": "L:91320500MA1W8XY409",
+        "purpose": "TENDERING",
+        "consent_reference": None,
+        "status_code": "OK",
+        "latency_ms": 3,
+        "trace_id": None,
+        "peer_certificate_sha256": None,
+        "at": datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC),
+        "prev_hash": prev_hash,
+        "hash": "",
+    } | overrides
+    record["hash"] = chain_hash(SERDE, record)
+    return record
+
+
+def _chain(length: int, chain: str | None = None, start_offset: int = 0) -> list[AuditMessage]:
+    messages = []
+    previous = GENESIS_HASH
+    for seq in range(1, length + 1):
+        record = _record(seq, previous, latency_ms=seq)
+        previous = record["hash"]
+        messages.append(
+            AuditMessage(
+                offset=start_offset + seq - 1,
+                key=format_key(chain, seq),
+                value=SERDE.encode(SCHEMA, record),
+            )
+        )
+    return messages
+
+
+def _decode(message: AuditMessage) -> dict[str, Any]:
+    return SERDE.decode(message.value)
+
+
+def _replace(message: AuditMessage, record: dict[str, Any]) -> AuditMessage:
+    return dataclasses.replace(message, value=SERDE.encode(SCHEMA, record))
+
+
+def _renumber(messages: list[AuditMessage]) -> list[AuditMessage]:
+    """Offsets as the broker would assign them to the tampered copy."""
+    return [dataclasses.replace(m, offset=i) for i, m in enumerate(messages)]
+
+
+def test_intact_chain_verifies() -> None:
+    report = verify_chain(_chain(6))
+    assert report.ok
+    assert report.chains[None].records == 6
+
+
+def test_changed_record_is_named() -> None:
+    messages = _chain(6)
+    record = _decode(messages[3]) | {"status_code": "PERMISSION_DENIED"}
+    messages[3] = _replace(messages[3], record)
+    report = verify_chain(messages)
+    assert [(p.kind, p.seq, p.offset) for p in report.problems] == [("changed", 4, 3)]
+    assert "seq 4 at offset 3" in str(report.problems[0])
+
+
+def test_changed_record_with_recomputed_hash_is_named_by_the_broken_link() -> None:
+    messages = _chain(6)
+    forged = _record(4, _decode(messages[3])["prev_hash"], latency_ms=4, caller_city=CHANGZHOU)
+    messages[3] = _replace(messages[3], forged)
+    report = verify_chain(messages)
+    assert [(p.kind, p.seq, p.offset) for p in report.problems] == [("changed", 4, 3)]
+    assert "prev_hash of seq 5" in report.problems[0].detail
+
+
+def test_removed_record_is_named() -> None:
+    messages = _renumber([m for m in _chain(6) if parse_key(m.key)[1] != 3])
+    report = verify_chain(messages)
+    assert [(p.kind, p.seq, p.offset) for p in report.problems] == [("removed", 4, 2)]
+    assert "seq 3 missing" in report.problems[0].detail
+
+
+def test_removed_first_record_is_named() -> None:
+    report = verify_chain(_renumber(_chain(4)[1:]))
+    assert [(p.kind, p.detail) for p in report.problems] == [
+        ("removed", "seq 1 missing between the start and this record")
+    ]
+
+
+def test_reordered_records_are_named() -> None:
+    messages = _chain(6)
+    messages[2], messages[3] = messages[3], messages[2]
+    report = verify_chain(_renumber(messages))
+    assert [(p.kind, p.seq, p.offset) for p in report.problems] == [("reordered", 3, 3)]
+    assert "comes after seq 4 (offset 2)" in report.problems[0].detail
+
+
+def test_duplicated_record_is_named() -> None:
+    messages = _chain(4)
+    report = verify_chain(_renumber([*messages, messages[1]]))
+    assert [(p.kind, p.seq, p.offset) for p in report.problems] == [("duplicated", 2, 4)]
+
+
+def test_key_must_carry_the_seq() -> None:
+    messages = _chain(3)
+    messages[1] = dataclasses.replace(messages[1], key="7")
+    report = verify_chain(messages)
+    assert [(p.kind, p.seq) for p in report.problems] == [("bad-key", 2)]
+
+
+def test_garbage_is_reported_not_raised() -> None:
+    messages = [*_chain(2), AuditMessage(offset=2, key="3", value=b"not avro")]
+    report = verify_chain(messages)
+    assert [(p.kind, p.offset) for p in report.problems] == [("undecodable", 2)]
+
+
+def test_interleaved_chains_verify_independently() -> None:
+    lists = _chain(3, "lists")
+    alerts = _chain(3, "alerts")
+    interleaved = _renumber([m for pair in zip(lists, alerts, strict=True) for m in pair])
+    assert verify_chain(interleaved).ok
+    tampered = [m for m in interleaved if m.key != "alerts:2"]
+    report = verify_chain(_renumber(tampered))
+    assert [(p.kind, p.chain, p.seq) for p in report.problems] == [("removed", "alerts", 3)]
