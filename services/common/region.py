@@ -26,6 +26,8 @@ class City:
     topic_prefix: str
     score_scale: str | None = None
     endpoints: Mapping[str, str] = field(default_factory=dict)
+    #: service -> host:port of its health and metrics endpoint (``observability.OpsServer``)
+    ops: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def connected(self) -> bool:
@@ -99,5 +101,6 @@ def load_region(path: Path) -> Region:
             topic_prefix=str(entry.get("topic_prefix", f"{key}.")),
             score_scale=entry.get("score_scale"),
             endpoints={str(k): str(v) for k, v in endpoints.items()},
+            ops={str(k): str(v) for k, v in (entry.get("ops") or {}).items()},
         )
     return Region(id=str(meta.get("id", "region")), name=str(meta.get("name", "")), cities=cities)

@@ -1,0 +1,233 @@
+"""The operator CLI: one entry point for running and repairing city nodes.
+
+    python -m deploy.ops --help
+
+Commands that talk to a node take ``--city``; its endpoints, topic prefix and certificates
+come from the region file (``deploy/config/region.yaml``) and ``deploy/local/certs``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from deploy import region as supervisor
+from deploy.broker import REPO_ROOT, Broker, broker_answers
+from services.common.region import Region, load_region
+from services.common.settings import load_settings
+from services.common.topics import load_catalogue, provision
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+region_app = typer.Typer(no_args_is_help=True, help="start, stop and watch the local region")
+topics_app = typer.Typer(no_args_is_help=True, help="topics from the catalogue")
+app.add_typer(region_app, name="region")
+app.add_typer(topics_app, name="topics")
+
+console = Console()
+REGION_FILE = REPO_ROOT / "deploy" / "config" / "region.yaml"
+DEFAULT_BOOTSTRAP = "127.0.0.1:19092"
+CityOption = Annotated[str, typer.Option("--city", "-c", help="city key from the region file")]
+
+
+def _region() -> Region:
+    return load_region(Path(os.environ.get("CREDITLINK_REGION_FILE", REGION_FILE)))
+
+
+def _bootstrap() -> str:
+    return os.environ.get("KAFKA_BOOTSTRAP", DEFAULT_BOOTSTRAP)
+
+
+def _python_module(module: str, *args: str, env: dict[str, str] | None = None) -> int:
+    return subprocess.call(  # noqa: S603 -- our own modules, fixed arguments
+        [sys.executable, "-m", module, *args], cwd=REPO_ROOT, env=env
+    )
+
+
+def _city_env(city: str) -> dict[str, str]:
+    node = _region().city(city)
+    return {
+        **os.environ,
+        "CREDITLINK_CITY": node.key,
+        "KAFKA_BOOTSTRAP": _bootstrap(),
+        "CREDITLINK_TOPIC_PREFIX": node.topic_prefix,
+        "CREDITLINK_DEV": os.environ.get("CREDITLINK_DEV", "1"),
+    }
+
+
+def local_broker() -> Broker:
+    """The region's broker: the one answering at KAFKA_BOOTSTRAP, or one we start there."""
+    bootstrap = _bootstrap()
+    port = bootstrap.rpartition(":")[2]
+    return Broker(
+        bootstrap=bootstrap,
+        state_dir=REPO_ROOT / ".cache" / "kafka" / "region",
+        port=int(port),
+        controller_port=int(port) + 1,
+    )
+
+
+# --- region -------------------------------------------------------------------------------
+@region_app.command("up")
+def region_up(
+    cities: Annotated[
+        list[str] | None, typer.Argument(help="default: the three demo cities")
+    ] = None,
+    timeout: Annotated[float, typer.Option(help="seconds to wait for health")] = 120.0,
+) -> None:
+    """Start the broker (if none answers), certificates, topics and every service of each city."""
+    chosen = tuple(cities or supervisor.DEMO_CITIES)
+    region = _region()
+    broker = local_broker()
+    if broker_answers(broker.bootstrap):
+        console.print(f"broker     {broker.bootstrap} (already running)")
+    else:
+        broker.up()
+        console.print(f"broker     {broker.bootstrap} (started)")
+    _python_module("services.common.certs", "issue")
+    catalogue = load_catalogue()
+    for key in chosen:
+        report = asyncio.run(
+            provision(broker.bootstrap, catalogue, prefix=region.city(key).topic_prefix)
+        )
+        console.print(
+            f"topics     {key}: {len(report.created)} created, {len(report.unchanged)} present, "
+            f"{len(report.drift)} drifted"
+        )
+    procs = supervisor.processes(region, chosen)
+    data_root = REPO_ROOT / ".cache" / "region" / "data"
+    for proc in procs:
+        supervisor.start(proc, bootstrap=broker.bootstrap, data_root=data_root)
+    late = supervisor.wait_healthy(procs, timeout_s=timeout)
+    _print_status(procs)
+    if late:
+        console.print(f"[red]not healthy after {timeout:.0f} s: {[p.name for p in late]}[/red]")
+        raise typer.Exit(1)
+
+
+@region_app.command("down")
+def region_down(
+    keep_broker: Annotated[bool, typer.Option(help="leave Kafka running")] = False,
+) -> None:
+    """Stop every service process of the local region (and the broker we started)."""
+    for proc in supervisor.processes(_region(), tuple(_region().cities)):
+        if proc.city.ops.get(proc.service) and supervisor.stop(proc):
+            console.print(f"stopped    {proc.name}")
+    if not keep_broker:
+        local_broker().down()
+        console.print("broker     stopped")
+
+
+def _print_status(procs: list[supervisor.Process]) -> bool:
+    table = Table("city", "service", "pid", "health", "endpoint")
+    all_up = True
+    for proc in procs:
+        up, detail = supervisor.health(proc)
+        all_up &= up
+        table.add_row(
+            proc.city.key,
+            proc.service,
+            str(proc.pid() or "-"),
+            f"[green]{detail}[/green]" if up else f"[red]{detail}[/red]",
+            proc.city.endpoints.get(proc.service, "-"),
+        )
+    console.print(table)
+    return all_up
+
+
+@region_app.command("status")
+def region_status(
+    cities: Annotated[list[str] | None, typer.Argument()] = None,
+    lag: Annotated[bool, typer.Option(help="also show consumer lag per group")] = True,
+) -> None:
+    """Health of every service and consumer lag per group. Exit 1 if anything is down."""
+    chosen = tuple(cities or supervisor.DEMO_CITIES)
+    all_up = _print_status(supervisor.processes(_region(), chosen))
+    if lag and broker_answers(_bootstrap(), timeout_s=2.0):
+        table = Table("group", "lag (messages)")
+        for group, behind in asyncio.run(consumer_lag(_bootstrap())):
+            table.add_row(group, f"{behind:,}")
+        console.print(table)
+    if not all_up:
+        raise typer.Exit(1)
+
+
+async def consumer_lag(bootstrap: str) -> list[tuple[str, int]]:
+    """Total lag of each consumer group: end offsets minus committed offsets."""
+    from aiokafka import AIOKafkaConsumer
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    reader = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await admin.start()
+    await reader.start()
+    try:
+        result: list[tuple[str, int]] = []
+        for group_id, *_rest in sorted(await admin.list_consumer_groups()):
+            committed = await admin.list_consumer_group_offsets(group_id)
+            if not committed:
+                continue
+            ends = await reader.end_offsets(list(committed))
+            behind = sum(
+                max(0, ends[tp] - meta.offset) for tp, meta in committed.items() if meta.offset >= 0
+            )
+            result.append((group_id, behind))
+        return result
+    finally:
+        await reader.stop()
+        await admin.close()
+
+
+# --- topics -------------------------------------------------------------------------------
+@topics_app.command("apply")
+def topics_apply(
+    city: CityOption = "suzhou",
+    check: Annotated[bool, typer.Option(help="exit 1 if drift remains")] = False,
+    fix_config: Annotated[bool, typer.Option(help="apply config drift")] = False,
+) -> None:
+    """Create the city's missing topics from the catalogue and show drift."""
+    prefix = _region().city(city).topic_prefix
+    args = ["apply", "--prefix", prefix, "--bootstrap", _bootstrap()]
+    args += ["--check"] if check else []
+    args += ["--fix-config"] if fix_config else []
+    raise typer.Exit(_python_module("services.common.topics", *args))
+
+
+# --- records, lists, scores, alerts, audit, certs ------------------------------------------
+@app.command("records-import")
+def records_import(
+    files: Annotated[list[Path], typer.Argument(help="CSV or JSON Lines, UTF-8 or GB18030")],
+    city: CityOption = "suzhou",
+) -> None:
+    """Import departments' record files into a city's intake (progress bar; safe to re-run)."""
+    raise typer.Exit(
+        _python_module("services.intake", "import", *map(str, files), env=_city_env(city))
+    )
+
+
+@app.command("audit-verify")
+def audit_verify(city: CityOption = "suzhou") -> None:
+    """Verify the city's audit hash chains; names the position of any tampering."""
+    topic = load_settings(_city_env(city)).topic("audit.peer-calls.v1")
+    raise typer.Exit(
+        _python_module(
+            "services.common.audit", "verify", "--bootstrap", _bootstrap(), "--topic", topic
+        )
+    )
+
+
+@app.command("certs-issue")
+def certs_issue() -> None:
+    """Create or renew the dev CA and one certificate per city (deploy/local/certs)."""
+    raise typer.Exit(_python_module("services.common.certs", "issue"))
+
+
+if __name__ == "__main__":
+    app()

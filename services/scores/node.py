@@ -1,0 +1,422 @@
+"""Wiring of the scores service of one city node: Kafka, the score table, the scale catalogue,
+the distribution publisher, the peer-scale sync and the mTLS gRPC server.
+
+Example::
+
+    node = ScoresNode.from_environment()      # or ScoresNode(settings, region, ...) in tests
+    await node.start()
+    await node.server.serve_until_signalled()
+    await node.stop()
+
+What runs, once started:
+
+- **score table** (``stream.py``): faust agent ``track_scores`` keeps ``pseudonym_to_score``
+  and the in-memory population from ``credit.scores.v1``;
+- **scale catalogue**: a reader of ``credit.score-scales.v1`` from the beginning (own versions
+  and mirrored peer versions), caught up before the server answers;
+- **distribution refresh**: every ``refresh_seconds`` the population is turned into a
+  candidate version and published when :class:`~services.scores.scales.RefreshPolicy` says so;
+- **peer-scale sync**: every ``peer_sync_seconds`` each connected peer's current scale is
+  fetched with ``GetScoreScale`` over mTLS and, when new, mirrored onto the own scales topic,
+  so ``RecognizeScore`` can link to the caller's scale;
+- **gRPC server**: ``ScoreRecognitionService`` behind the common bootstrap (mTLS, policy,
+  consent, hash-chained audit on ``audit.peer-calls.v1``, health, reflection).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import grpc
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from creditlink.peer.v1 import score_recognition_pb2 as pb
+from creditlink.peer.v1 import score_recognition_pb2_grpc as pb_grpc
+from services.common.audit import AuditChainWriter
+from services.common.avro import AvroSerde, SerdeError
+from services.common.grpc_server import (
+    PeerSecurity,
+    PeerServer,
+    TlsFiles,
+    secure_channel,
+    start_peer_server,
+)
+from services.common.kafka import EventPublisher, make_consumer, make_producer
+from services.common.logging import get_logger
+from services.common.region import Region, load_region
+from services.common.settings import Settings, load_settings
+from services.scores.config import ScoresConfig, ScoresOptions, load_scores_config
+from services.scores.linking import DEFAULT_QUANTILE_POINTS
+from services.scores.recognition import EVENT_TYPE as RECOGNIZED_EVENT
+from services.scores.recognition import SCHEMA as RECOGNITION_SCHEMA
+from services.scores.recognition import Recognition
+from services.scores.scales import (
+    PublishedScale,
+    RefreshPolicy,
+    ScaleCatalogue,
+    ScaleDefinition,
+    ScaleError,
+    ScorePopulation,
+    publish_scale,
+)
+from services.scores.servicer import ScoreRecognitionServicer
+from services.scores.stream import ScoreStream, build_score_stream
+
+SERVICE: Final = "scores"
+SCALES_TOPIC: Final = "credit.score-scales.v1"
+RECOGNITIONS_TOPIC: Final = "credit.score-recognitions.v1"
+SCALE_SCHEMA: Final = "creditlink.v1.ScoreScale"
+SCALE_PUBLISHED_EVENT: Final = "cn.creditlink.score-scale.published.v1"
+SCALE_MIRRORED_EVENT: Final = "cn.creditlink.score-scale.mirrored.v1"
+PEER_CALL_TIMEOUT_SECONDS: Final = 5.0
+RECOVERY_TIMEOUT_SECONDS: Final = 120.0
+
+
+class KafkaRecognitionRecorder:
+    """Writes each recognition to ``credit.score-recognitions.v1`` and waits for ``acks=all``."""
+
+    def __init__(self, publisher: EventPublisher) -> None:
+        self._publisher = publisher
+
+    async def record(self, recognition: Recognition) -> None:
+        await self._publisher.publish(
+            RECOGNITIONS_TOPIC,
+            RECOGNITION_SCHEMA,
+            recognition.to_record(),
+            key=recognition.pseudonym,
+            event_type=RECOGNIZED_EVENT,
+        )
+
+
+class ScaleFollower:
+    """Reads ``credit.score-scales.v1`` from the beginning into a :class:`ScaleCatalogue`."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        serde: AvroSerde,
+        catalogue: ScaleCatalogue,
+        steps: Mapping[str, float],
+    ) -> None:
+        self._settings = settings
+        self._serde = serde
+        self._catalogue = catalogue
+        self._steps = steps
+        self._consumer: AIOKafkaConsumer | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._log = get_logger(component="scale-follower")
+
+    async def start(self) -> None:
+        """Assign every partition, read up to the end offsets, then follow in the background."""
+        # Without a group, a subscribed consumer is assigned every partition of the topic.
+        consumer = make_consumer(self._settings, SCALES_TOPIC, group_id=None)
+        await consumer.start()
+        self._consumer = consumer
+        for _ in range(100):
+            if consumer.assignment():
+                break
+            await asyncio.sleep(0.05)
+        assigned = sorted(consumer.assignment())
+        if not assigned:
+            raise RuntimeError(
+                f"topic {self._settings.topic(SCALES_TOPIC)} has no partitions; "
+                "provision the node's topics"
+            )
+        ends = await consumer.end_offsets(assigned)
+        for partition in assigned:
+            while await consumer.position(partition) < ends[partition]:
+                await self._read_batch(timeout_ms=500)
+        self._task = asyncio.create_task(self._follow(), name="scale-follower")
+
+    async def _follow(self) -> None:
+        while True:
+            await self._read_batch(timeout_ms=1000)
+
+    async def _read_batch(self, *, timeout_ms: int) -> None:
+        assert self._consumer is not None
+        batches = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=500)
+        for messages in batches.values():
+            for message in messages:
+                if message.value is None:
+                    continue
+                try:
+                    record = self._serde.decode(message.value, reader=SCALE_SCHEMA)
+                    scale = PublishedScale.from_record(
+                        record, step=self._steps.get(str(record["city_code"]), 0.0)
+                    )
+                except (SerdeError, ScaleError) as exc:
+                    self._log.error(
+                        "unreadable scale version", offset=message.offset, error=str(exc)
+                    )
+                    continue
+                self._catalogue.add(scale)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._consumer is not None:
+            await self._consumer.stop()
+
+
+@dataclass
+class ScoresNode:
+    """One city's scores service. ``peer_targets`` maps peer city keys to ``host:port``."""
+
+    settings: Settings
+    region: Region
+    config: ScoresConfig
+    security: PeerSecurity
+    tls: TlsFiles
+    bind: str
+    peer_targets: Mapping[str, str]
+    policy: RefreshPolicy = field(default_factory=RefreshPolicy)
+    refresh_seconds: float = 60.0
+    peer_sync_seconds: float = 30.0
+    quantile_points: int = DEFAULT_QUANTILE_POINTS
+    peer_server_name: Callable[[str], str | None] = lambda _city: None
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+
+    catalogue: ScaleCatalogue = field(default_factory=ScaleCatalogue, init=False)
+    population: ScorePopulation = field(default_factory=ScorePopulation, init=False)
+    _tasks: list[asyncio.Task[Any]] = field(default_factory=list, init=False)
+    _channels: dict[str, grpc.aio.Channel] = field(default_factory=dict, init=False)
+
+    def __post_init__(self) -> None:
+        self.city_code = self.region.city(self.settings.city).admin_code
+        self.definition: ScaleDefinition = self.config.scale_of(self.settings.city)
+        self.serde = AvroSerde()
+        self.log = get_logger(component="scores-node")
+        self._producer: AIOKafkaProducer | None = None
+        self._publisher: EventPublisher | None = None
+        self._follower: ScaleFollower | None = None
+        self._stream: ScoreStream | None = None
+        self._server: PeerServer | None = None
+        self.audit: AuditChainWriter | None = None
+
+    @classmethod
+    def from_environment(cls) -> ScoresNode:
+        settings = load_settings()
+        region = load_region(settings.region_file)
+        options = ScoresOptions.from_env(region, settings.city)
+        config = load_scores_config(region=region)
+        security = PeerSecurity.from_files(settings, region, keys_dir=options.certs_dir)
+        peers = {
+            city.key: city.endpoint(SERVICE)
+            for city in region.peers_of(settings.city)
+            if SERVICE in city.endpoints
+        }
+        return cls(
+            settings=settings,
+            region=region,
+            config=config,
+            security=security,
+            tls=TlsFiles.for_city(settings.city, options.certs_dir),
+            bind=options.bind,
+            peer_targets=peers,
+            policy=RefreshPolicy(min_population=options.min_population),
+            refresh_seconds=options.refresh_seconds,
+            peer_sync_seconds=options.peer_sync_seconds,
+        )
+
+    # --- parts ---------------------------------------------------------------------------
+
+    @property
+    def server(self) -> PeerServer:
+        if self._server is None:
+            raise RuntimeError("scores node not started")
+        return self._server
+
+    @property
+    def stream(self) -> ScoreStream:
+        if self._stream is None:
+            raise RuntimeError("scores node not started")
+        return self._stream
+
+    @property
+    def publisher(self) -> EventPublisher:
+        if self._publisher is None:
+            raise RuntimeError("scores node not started")
+        return self._publisher
+
+    def health_checks(self) -> dict[str, Callable[[], bool]]:
+        """What ``/healthz`` reports: the audit chain is writable and a scale is published.
+
+        A peer whose scale is unknown is not a reason to restart this node; it shows in the
+        logs ("peer scale unavailable") and in that peer's FAILED_PRECONDITION answers.
+        """
+        return {
+            "audit": lambda: self.audit is not None and self.audit.healthy,
+            "scale-published": lambda: self.catalogue.current(self.city_code) is not None,
+        }
+
+    def incentives_for(self, requesting_city_code: str, common_grade: str) -> tuple[str, ...]:
+        city = self.region.by_admin_code(requesting_city_code)
+        if city is None:
+            return ()
+        return tuple(i.name for i in self.config.incentives_for(city.key, common_grade))
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._producer = make_producer(self.settings, client_id=SERVICE)
+        await self._producer.start()
+        self._publisher = EventPublisher(self._producer, self.serde, self.settings, service=SERVICE)
+        self.audit = AuditChainWriter(
+            self.settings,
+            self.serde,
+            self._producer,
+            node_city=self.city_code,
+            chain=SERVICE,
+            service=SERVICE,
+        )
+        await self.audit.start()
+        steps = {d.city_code: d.step for d in self.config.scales.values()}
+        self._follower = ScaleFollower(self.settings, self.serde, self.catalogue, steps)
+        await self._follower.start()
+
+        self._stream = build_score_stream(self.settings, self.definition, self.population)
+        await self._stream.start()
+        await asyncio.wait_for(self._stream.recovered(), RECOVERY_TIMEOUT_SECONDS)
+        await self.refresh_distribution()
+
+        servicer = ScoreRecognitionServicer(
+            city_code=self.city_code,
+            catalogue=self.catalogue,
+            scores=self._stream,
+            recorder=KafkaRecognitionRecorder(self._publisher),
+            incentives_for=self.incentives_for,
+            clock=self.clock,
+        )
+        self._server = await start_peer_server(
+            bind=self.bind,
+            tls=self.tls,
+            services=[servicer.binding()],
+            security=self.security,
+            audit=self.audit,
+        )
+        self._tasks.append(
+            asyncio.create_task(self._every(self.refresh_seconds, self.refresh_distribution))
+        )
+        self._tasks.append(
+            asyncio.create_task(
+                self._every(self.peer_sync_seconds, self.sync_peer_scales, first_delay=0.0)
+            )
+        )
+        self.log.info(
+            "scores node serving",
+            bind=self.bind,
+            port=self._server.port,
+            scale=self.definition.scale_name,
+        )
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        if self._server is not None:
+            await self._server.stop(1.0)
+        for channel in self._channels.values():
+            await channel.close()
+        self._channels.clear()
+        if self._stream is not None:
+            await self._stream.stop()
+        if self._follower is not None:
+            await self._follower.stop()
+        if self._producer is not None:
+            await self._producer.flush()
+            await self._producer.stop()
+
+    async def _every(
+        self, seconds: float, job: Callable[[], Any], *, first_delay: float | None = None
+    ) -> None:
+        await asyncio.sleep(seconds if first_delay is None else first_delay)
+        while True:
+            try:
+                await job()
+            except Exception as exc:  # one failed round must not stop the loop
+                self.log.error("periodic job failed", job=job.__name__, error=repr(exc))
+            await asyncio.sleep(seconds)
+
+    # --- jobs ----------------------------------------------------------------------------
+
+    async def refresh_distribution(self) -> PublishedScale | None:
+        """Publish a new distribution version if the policy asks for one; return it."""
+        counts = self.population.snapshot()
+        if not counts:
+            return None
+        candidate = publish_scale(
+            self.definition, counts, self.config.cuts, now=self.clock(), points=self.quantile_points
+        )
+        reason = self.policy.decide(self.catalogue.current(self.city_code), candidate)
+        if reason is None:
+            return None
+        await self.publisher.publish(
+            SCALES_TOPIC,
+            SCALE_SCHEMA,
+            candidate.to_record(),
+            key=candidate.key,
+            event_type=SCALE_PUBLISHED_EVENT,
+        )
+        self.catalogue.add(candidate)
+        self.log.info(
+            "score distribution published",
+            distribution_version=candidate.distribution_version,
+            reason=str(reason),
+            population=candidate.population,
+        )
+        return candidate
+
+    def _channel(self, city: str) -> grpc.aio.Channel:
+        channel = self._channels.get(city)
+        if channel is None:
+            channel = secure_channel(
+                self.peer_targets[city], self.tls, server_name=self.peer_server_name(city)
+            )
+            self._channels[city] = channel
+        return channel
+
+    async def sync_peer_scales(self) -> list[PublishedScale]:
+        """Fetch every peer's current scale; mirror the versions not yet known. Return them."""
+        mirrored: list[PublishedScale] = []
+        for city in sorted(self.peer_targets):
+            expected = self.region.city(city).admin_code
+            stub = pb_grpc.ScoreRecognitionServiceStub(self._channel(city))
+            try:
+                response = await stub.GetScoreScale(
+                    pb.GetScoreScaleRequest(), timeout=PEER_CALL_TIMEOUT_SECONDS
+                )
+                scale = PublishedScale.from_proto(response.scale)
+            except grpc.aio.AioRpcError as exc:
+                self.log.warning("peer scale unavailable", peer=city, status=exc.code().name)
+                continue
+            except ScaleError as exc:
+                self.log.error("peer sent an unusable scale", peer=city, error=str(exc))
+                continue
+            if scale.city_code != expected:
+                self.log.error("peer sent another city's scale", peer=city, got=scale.city_code)
+                continue
+            if self.catalogue.version(scale.city_code, scale.distribution_version) is not None:
+                continue
+            await self.publisher.publish(
+                SCALES_TOPIC,
+                SCALE_SCHEMA,
+                scale.to_record(),
+                key=scale.key,
+                event_type=SCALE_MIRRORED_EVENT,
+            )
+            self.catalogue.add(scale)
+            mirrored.append(scale)
+            self.log.info(
+                "peer scale mirrored", peer=city, distribution_version=scale.distribution_version
+            )
+        return mirrored
