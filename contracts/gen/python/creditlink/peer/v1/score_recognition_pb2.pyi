@@ -46,7 +46,9 @@ class GradeBand(_message.Message):
     min_score: _builtins.float
     """The lowest score in the band (inclusive)."""
     max_score: _builtins.float
-    """The highest score in the band (inclusive)."""
+    """The upper bound of the band: exclusive, except for the top band, where it is inclusive
+    (the same rule as the Avro ScoreScale event).
+    """
     def __init__(
         self,
         *,
@@ -74,7 +76,9 @@ class CommonGradeCut(_message.Message):
     common_grade: _builtins.str
     """The common grade, for example "A"."""
     min_percentile: _builtins.float
-    """The lowest percentile rank (0 to 100) that falls in this grade."""
+    """The lowest percentile rank (0 to 100) that falls in this grade. The Avro events carry
+    the same boundary as a share from 0 to 1.
+    """
     def __init__(
         self,
         *,
@@ -307,7 +311,9 @@ class RecognizeScoreResponse(_message.Message):
     home_score: _builtins.float
     """The score on the home scale."""
     home_percentile: _builtins.float
-    """The percentile rank (0 to 100) of the score in the home distribution."""
+    """The percentile rank (0 to 100) of the score in the home distribution. The Avro
+    ScoreRecognition event carries it as a share from 0 to 1.
+    """
     home_distribution_version: _builtins.str
     """The home distribution version the score was ranked in."""
     requesting_scale_name: _builtins.str
@@ -322,7 +328,9 @@ class RecognizeScoreResponse(_message.Message):
     """The version of the common grade cuts used."""
     @_builtins.property
     def incentives(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """The codes of the incentives the home city grants at this grade, for information."""
+        """The incentives the requesting city grants at this common grade (its own catalogue,
+        for example "deposit-free public bicycle rental"). Empty when it grants none.
+        """
 
     @_builtins.property
     def recognised_at(self) -> _timestamp_pb2.Timestamp:
