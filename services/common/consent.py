@@ -64,6 +64,9 @@ class ConsentFailure(StrEnum):
     NOT_YET_VALID = "consent-not-yet-valid"
     WRONG_CITY = "consent-wrong-city"
     WRONG_SUBJECT = "consent-wrong-subject"
+    #: The token is genuine but was issued by a city other than the one holding the data
+    #: (a score's consent must come from the subject's home city).
+    WRONG_ISSUER = "consent-wrong-issuer"
 
 
 class ConsentError(Exception):

@@ -22,6 +22,7 @@ import grpc
 
 from creditlink.peer.v1 import score_recognition_pb2 as pb
 from creditlink.peer.v1 import score_recognition_pb2_grpc as pb_grpc
+from services.common.consent import ConsentFailure
 from services.common.grpc_server import Denied, ServiceBinding, current_call
 from services.common.logging import get_logger
 from services.common.pseudonym import is_valid_subject_key
@@ -153,7 +154,7 @@ class ScoreRecognitionServicer(pb_grpc.ScoreRecognitionServiceServicer):
             # Only the subject's home city (which holds the score) can grant access to it.
             raise _refuse(
                 grpc.StatusCode.PERMISSION_DENIED,
-                "consent-wrong-issuer",
+                ConsentFailure.WRONG_ISSUER.value,
                 f"consent for a score held by {self._city_code} must be issued by "
                 f"{self._city_code}, not {grant.issuer_city}",
             )
