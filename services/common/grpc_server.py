@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import hashlib
 import inspect
 import signal
@@ -168,12 +169,17 @@ def certificate_city(context: grpc.aio.ServicerContext) -> str | None:
 
 def _certificate_sha256(context: grpc.aio.ServicerContext) -> str | None:
     pems = _auth_values(context, "x509_pem_cert")
-    if not pems:
-        return None
+    return _pem_sha256(pems[0]) if pems else None
+
+
+@functools.lru_cache(maxsize=256)
+def _pem_sha256(pem: str) -> str:
+    """SHA-256 of the certificate's DER form. Cached: a peer presents the same certificate on
+    every call, and parsing it costs more than the rest of the identity check."""
     from cryptography import x509
     from cryptography.hazmat.primitives.serialization import Encoding
 
-    der = x509.load_pem_x509_certificate(pems[0].encode()).public_bytes(Encoding.DER)
+    der = x509.load_pem_x509_certificate(pem.encode()).public_bytes(Encoding.DER)
     return hashlib.sha256(der).hexdigest()
 
 
@@ -452,14 +458,18 @@ class AuthorizationInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc
 
     def __init__(self, security: PeerSecurity) -> None:
         self._security = security
+        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
 
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
         method = handler_call_details.method
+        # A method's handler never changes once the server runs: wrap it once, not per call.
+        if (cached := self._wrapped.get(method)) is not None:
+            return cached
+        handler = await continuation(handler_call_details)
         if handler is None or _is_exempt(method):
             return handler
         security = self._security
@@ -484,7 +494,8 @@ class AuthorizationInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc
             except Denied as denied:
                 await denied.abort(context)
 
-        return _wrap(handler, method, before, None)
+        wrapped = self._wrapped[method] = _wrap(handler, method, before, None)
+        return wrapped
 
 
 class AuditInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc is untyped
@@ -498,14 +509,17 @@ class AuditInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grp
     def __init__(self, writer: AuditChainWriter, *, node_city_code: str) -> None:
         self._writer = writer
         self._node = node_city_code
+        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
 
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
         method = handler_call_details.method
+        if (cached := self._wrapped.get(method)) is not None:
+            return cached
+        handler = await continuation(handler_call_details)
         if handler is None or _is_exempt(method):
             return handler
         writer = self._writer
@@ -542,7 +556,8 @@ class AuditInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grp
                 if status is grpc.StatusCode.OK:
                     raise
 
-        return _wrap(handler, method, before, after)
+        wrapped = self._wrapped[method] = _wrap(handler, method, before, after)
+        return wrapped
 
 
 # --- the server ---------------------------------------------------------------------------
