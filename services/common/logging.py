@@ -86,5 +86,8 @@ def configure_logging(*, city: str, service: str, level: str = "info") -> None:
 
 
 def get_logger(**bound: Any) -> Any:
-    """A structlog logger with extra bound context (``subject_key``, ``ce_id``…)."""
-    return structlog.get_logger().bind(**bound)
+    """A structlog logger with extra bound context (``subject_key``, ``ce_id``…).
+
+    Lazy: a module-level logger made before :func:`configure_logging` still renders JSON.
+    """
+    return structlog.get_logger(**bound)
