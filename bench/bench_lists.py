@@ -1,0 +1,468 @@
+"""Lists figures (issue 5), each next to a baseline measured in the same run on this machine.
+
+Two city nodes (Suzhou, Wuxi) run as real processes on the run's broker, over mTLS.
+
+- **propagation**: list decisions published onto Suzhou's ``credit.records.v1`` at 500/s; for
+  every twentieth one, the time until Wuxi's ``CheckSubject`` returns it (polled every 10 ms).
+  Baseline: one plain Kafka hop (produce → a consumer receives it) on the same broker at the
+  same rate — the path under test has two such hops plus a gRPC stream. A second row puts
+  the p99 against the issue's 1 s budget.
+- **CheckSubject**: QPS and p50/p99 with 16 concurrent callers against Wuxi, versus a trivial
+  grpc.aio unary echo (its own process, the same mTLS certificates, same payload size). A
+  second row compares with an empty CheckSubject behind the same security kit (authorization
+  and the audit chain, ``services/common/grpc_server.py``), which splits the kit's cost from
+  the lists service's own.
+- **CheckSubjects**: subjects/s in batches of 500, versus the unary CheckSubject QPS.
+
+    python -m bench lists            # or: make bench
+    python -m bench.bench_lists echo PORT TLS_DIR   # the echo baseline server (used by the bench)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from bench.harness import BenchContext, Comparison, benchmark, percentile
+from creditlink.peer.v1 import credit_check_pb2, credit_check_pb2_grpc
+from services.common.audit import AUDIT_TOPIC, AuditChainWriter
+from services.common.avro import AvroSerde
+from services.common.consent import ConsentKeyring
+from services.common.grpc_server import (
+    PeerSecurity,
+    ServiceBinding,
+    TlsFiles,
+    secure_channel,
+    start_peer_server,
+)
+from services.common.kafka import make_consumer, make_producer
+from services.common.policy import load_policy
+from services.common.region import load_region
+from services.common.settings import REPO_ROOT, load_settings
+from services.common.topics import load_catalogue, provision
+from services.lists.harness import ListsRegion, free_port
+from services.lists.testing import list_decision, organisation_key
+
+CALLERS = 16
+BATCH = 500
+ECHO_METHOD = "/creditlink.bench.v1.EchoService/Echo"
+
+
+# --- the echo baseline servers --------------------------------------------------------------
+
+
+class KitEcho(credit_check_pb2_grpc.CreditCheckServiceServicer):
+    """CheckSubject that answers nothing, behind the node's full security kit."""
+
+    async def CheckSubject(
+        self, request: credit_check_pb2.CheckSubjectRequest, context: grpc.aio.ServicerContext
+    ) -> credit_check_pb2.CheckSubjectResponse:
+        return credit_check_pb2.CheckSubjectResponse(subject_key=request.subject_key)
+
+    async def CheckSubjects(
+        self, request: credit_check_pb2.CheckSubjectsRequest, context: grpc.aio.ServicerContext
+    ) -> credit_check_pb2.CheckSubjectsResponse:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not part of the baseline")
+        raise AssertionError("abort returned")
+
+
+async def _echo(request: bytes, _context: grpc.aio.ServicerContext) -> bytes:
+    return request
+
+
+async def serve_echo(port: int, tls_dir: Path) -> None:
+    """A trivial grpc.aio unary echo behind the same mTLS as a city node (no interceptors)."""
+    server = grpc.aio.server()
+    handler = grpc.method_handlers_generic_handler(
+        "creditlink.bench.v1.EchoService",
+        {"Echo": grpc.unary_unary_rpc_method_handler(_echo)},
+    )
+    server.add_generic_rpc_handlers((handler,))
+    server.add_secure_port(
+        f"127.0.0.1:{port}", TlsFiles.for_city("wuxi", tls_dir).server_credentials()
+    )
+    await server.start()
+    await server.wait_for_termination()
+
+
+async def serve_kit_echo(port: int, tls_dir: Path, bootstrap: str, prefix: str) -> None:
+    """An empty CheckSubject behind ``start_peer_server``: mTLS, authorization and the audit
+    chain on Kafka, exactly as a city node serves it. Splits the kit's cost from ours."""
+    settings = load_settings(
+        {"CREDITLINK_CITY": "wuxi", "KAFKA_BOOTSTRAP": bootstrap, "CREDITLINK_TOPIC_PREFIX": prefix}
+    )
+    region = load_region(settings.region_file)
+    serde = AvroSerde()
+    producer = make_producer(settings, client_id="bench-kit-echo")
+    await producer.start()
+    audit = AuditChainWriter(settings, serde, producer, node_city="320200", chain="bench")
+    await audit.start()
+    security = PeerSecurity(
+        city="wuxi",
+        region=region,
+        policy=load_policy(cities=region.cities.keys()),
+        keyring=ConsentKeyring(),
+    )
+    server = await start_peer_server(
+        bind=f"127.0.0.1:{port}",
+        tls=TlsFiles.for_city("wuxi", tls_dir),
+        services=[
+            ServiceBinding(
+                KitEcho(),
+                credit_check_pb2_grpc.add_CreditCheckServiceServicer_to_server,
+                "creditlink.peer.v1.CreditCheckService",
+            )
+        ],
+        security=security,
+        audit=audit,
+    )
+    await server.server.wait_for_termination()
+
+
+# --- load -------------------------------------------------------------------------------------
+
+
+async def _closed_loop(
+    call: Callable[[int], Awaitable[object]], *, callers: int, seconds: float
+) -> tuple[int, list[float], float]:
+    """``callers`` coroutines calling back to back for ``seconds``.
+
+    Returns (calls, latencies in seconds, elapsed seconds).
+    """
+    latencies: list[float] = []
+    deadline = time.perf_counter() + seconds
+
+    async def caller(index: int) -> None:
+        n = index
+        while time.perf_counter() < deadline:
+            started = time.perf_counter()
+            await call(n)
+            latencies.append(time.perf_counter() - started)
+            n += callers
+
+    start = time.perf_counter()
+    await asyncio.gather(*(caller(i) for i in range(callers)))
+    return len(latencies), latencies, time.perf_counter() - start
+
+
+class Load:
+    """Calls, latencies and time of one contender, summed over rounds."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.latencies: list[float] = []
+        self.elapsed = 0.0
+
+    def add(self, calls: int, latencies: list[float], elapsed: float) -> None:
+        self.calls += calls
+        self.latencies.extend(latencies)
+        self.elapsed += elapsed
+
+    def totals(self) -> tuple[int, list[float], float]:
+        return self.calls, self.latencies, self.elapsed
+
+
+async def _wait_for_echo(target: str, tls: TlsFiles) -> None:
+    for _ in range(100):
+        async with secure_channel(target, tls) as channel:
+            try:
+                await channel.unary_unary(ECHO_METHOD)(b"ping", timeout=1)
+                return
+            except grpc.aio.AioRpcError:
+                await asyncio.sleep(0.1)
+    raise RuntimeError("the echo server did not start")
+
+
+async def _kafka_hop(bootstrap: str, *, rate: float, count: int) -> list[float]:
+    """Latency of one plain Kafka hop (acks=all producer → consumer) at ``rate`` msg/s."""
+    settings = load_settings({"KAFKA_BOOTSTRAP": bootstrap})
+    topic = f"bench-hop-{uuid.uuid4().hex[:8]}"
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, 1, 1)])
+    finally:
+        await admin.close()
+    producer = make_producer(settings, client_id="bench-hop")
+    consumer = make_consumer(settings, group_id=None, fetch_max_wait_ms=100)
+    consumer.subscribe([topic])
+    await producer.start()
+    await consumer.start()
+    sent: dict[bytes, float] = {}
+    latencies: list[float] = []
+    try:
+        await consumer.seek_to_end()
+
+        async def receive() -> None:
+            async for message in consumer:
+                if message.value in sent:
+                    latencies.append(time.perf_counter() - sent[message.value])
+                if len(latencies) >= count:
+                    return
+
+        receiving = asyncio.create_task(receive())
+        await asyncio.sleep(0.5)
+        for n in range(count):
+            value = f"{n}".encode()
+            sent[value] = time.perf_counter()
+            await producer.send(topic, value=value)
+            await asyncio.sleep(1 / rate)
+        await asyncio.wait_for(receiving, 30)
+    finally:
+        await consumer.stop()
+        await producer.stop()
+    return latencies
+
+
+# --- the benchmark ----------------------------------------------------------------------------
+
+
+@benchmark("lists")
+async def lists(ctx: BenchContext) -> list[Comparison]:
+    seconds = 1.5 if ctx.quick else 5.0
+    region = ListsRegion(
+        ctx.scratch / "lists", ctx.kafka_bootstrap, cities=("suzhou", "wuxi"), reconcile_seconds=600
+    )
+    await region.provision()
+    region.start_all()
+    echo_port, kit_port = free_port(), free_port()
+    tls_dir = str(region.tls_dir)
+    kit_prefix = region.nodes["wuxi"].settings.topic_prefix.replace("wuxi.", "kit.")
+    await provision(
+        ctx.kafka_bootstrap,
+        [spec for spec in load_catalogue() if spec.name == AUDIT_TOPIC],
+        prefix=kit_prefix,
+    )
+    servers = [
+        await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bench.bench_lists", *arguments, cwd=REPO_ROOT
+        )
+        for arguments in (
+            ["echo", str(echo_port), tls_dir],
+            ["kit-echo", str(kit_port), tls_dir, ctx.kafka_bootstrap, kit_prefix],
+        )
+    ]
+    try:
+        await region.wait_ready()
+        rows = await _propagation(region, seconds)
+        rows += await _checks(region, seconds, echo_port, kit_port)
+    finally:
+        for server in servers:
+            server.terminate()
+            await asyncio.wait_for(server.wait(), 10)
+        await region.close()
+    return rows
+
+
+async def _visible(stub: Any, subject: str, *, poll: float) -> None:
+    request = credit_check_pb2.CheckSubjectRequest(subject_key=subject, purpose="bench")
+    for _ in range(int(60 / poll)):
+        if (await stub.CheckSubject(request, timeout=10)).memberships:
+            return
+        await asyncio.sleep(poll)
+    raise RuntimeError(f"{subject} never became visible in Wuxi")
+
+
+async def _propagation(region: ListsRegion, seconds: float) -> list[Comparison]:
+    rate, sample_every, poll = 500.0, 20, 0.01
+    total = int(rate * seconds * 2)
+    channel = region.channel("suzhou", "wuxi")
+    stub = region.check_stub(channel)
+    # Warm up: Wuxi's mirror is connected to Suzhou's stream before the clock runs.
+    warm = list_decision(organisation_key(999_999), decision_number="苏市监信〔2024〕预热号")
+    await region.publish("suzhou", [warm])
+    await _visible(stub, organisation_key(999_999), poll=0.05)
+    records = [
+        list_decision(organisation_key(n), decision_number=f"苏市监信〔2024〕压{n}号")
+        for n in range(total)
+    ]
+    latencies: list[float] = []
+
+    async def watch(subject: str, published: float) -> None:
+        await _visible(stub, subject, poll=poll)
+        latencies.append(time.perf_counter() - published)
+
+    pollers: list[asyncio.Task[None]] = []
+    step = 25  # 25 records every 50 ms = 500/s
+    started = time.perf_counter()
+    for first in range(0, total, step):
+        batch = records[first : first + step]
+        await region.publish("suzhou", batch)
+        now = time.perf_counter()
+        for n, record in enumerate(batch, start=first):
+            if n % sample_every == 0:
+                pollers.append(asyncio.create_task(watch(record["subject"]["subject_key"], now)))
+        await asyncio.sleep(max(0.0, started + (first + step) / rate - time.perf_counter()))
+    await asyncio.wait_for(asyncio.gather(*pollers), 120)
+    await channel.close()
+    hop = await _kafka_hop(region.bootstrap, rate=rate, count=len(latencies))
+    p50, p99 = percentile(latencies, 50) * 1000, percentile(latencies, 99) * 1000
+    hop50, hop99 = percentile(hop, 50) * 1000, percentile(hop, 99) * 1000
+    label = f"propagation Suzhou→Wuxi CheckSubject @500/s (n={len(latencies)})"
+    return [
+        Comparison(f"{label} p50", p50, hop50, "ms", "one Kafka hop p50", higher_is_better=False),
+        Comparison(f"{label} p99", p99, hop99, "ms", "one Kafka hop p99", higher_is_better=False),
+        Comparison(
+            "propagation p99 against the 1 s budget",
+            p99,
+            1000.0,
+            "ms",
+            "issue 5 budget",
+            target=1.0,
+            higher_is_better=False,
+        ),
+    ]
+
+
+async def _checks(
+    region: ListsRegion, seconds: float, echo_port: int, kit_port: int
+) -> list[Comparison]:
+    # Half of the subjects are on Suzhou's black list (mirrored to Wuxi), half unknown.
+    subjects = [organisation_key(n if n % 2 else 500_000 + n) for n in range(2000)]
+
+    def request(n: int) -> credit_check_pb2.CheckSubjectRequest:
+        return credit_check_pb2.CheckSubjectRequest(
+            subject_key=subjects[n % len(subjects)],
+            scenario=credit_check_pb2.SCENARIO_GOVERNMENT_PROCUREMENT,
+            purpose="bench",
+        )
+
+    payload = request(0).SerializeToString()
+    tls = region.tls("suzhou")
+    channels = [region.channel("suzhou", "wuxi") for _ in range(4)]
+    stubs = [region.check_stub(c) for c in channels]
+    echo_target, kit_target = f"127.0.0.1:{echo_port}", f"127.0.0.1:{kit_port}"
+    await _wait_for_echo(echo_target, tls)
+    echo_channels = [secure_channel(echo_target, tls) for _ in range(4)]
+    echoes: list[Any] = [c.unary_unary(ECHO_METHOD) for c in echo_channels]
+    kit_channels = [secure_channel(kit_target, tls) for _ in range(4)]
+    kit_stubs = [credit_check_pb2_grpc.CreditCheckServiceStub(c) for c in kit_channels]
+    await _wait_for_kit(kit_stubs[0])
+
+    async def check(n: int) -> object:
+        return await stubs[n % len(stubs)].CheckSubject(request(n), timeout=10)
+
+    async def echo(n: int) -> object:
+        return await echoes[n % len(echoes)](payload, timeout=10)
+
+    async def kit_echo(n: int) -> object:
+        return await kit_stubs[n % len(kit_stubs)].CheckSubject(request(n), timeout=10)
+
+    async def check_batch(n: int) -> object:
+        first = (n * BATCH) % len(subjects)
+        batch = credit_check_pb2.CheckSubjectsRequest(
+            subjects=[
+                credit_check_pb2.SubjectQuery(subject_key=subjects[(first + i) % len(subjects)])
+                for i in range(BATCH)
+            ],
+            scenario=credit_check_pb2.SCENARIO_GOVERNMENT_PROCUREMENT,
+            purpose="bench",
+        )
+        return await stubs[n % len(stubs)].CheckSubjects(batch, timeout=30)
+
+    for warm_up in (check, echo, kit_echo):
+        await _closed_loop(warm_up, callers=CALLERS, seconds=0.5)
+    # This machine is shared: interleave short rounds so drift in its load hits every
+    # contender alike, instead of one long run each.
+    measured = {name: Load() for name in ("check", "echo", "kit", "batch")}
+    rounds = 2 if seconds < 2 else 5
+    for _ in range(rounds):
+        for name, call, callers in (
+            ("check", check, CALLERS),
+            ("echo", echo, CALLERS),
+            ("kit", kit_echo, CALLERS),
+            ("batch", check_batch, 4),
+        ):
+            measured[name].add(*await _closed_loop(call, callers=callers, seconds=seconds / rounds))
+    calls, lat, elapsed = measured["check"].totals()
+    echo_calls, echo_lat, echo_elapsed = measured["echo"].totals()
+    kit_calls, _kit_lat, kit_elapsed = measured["kit"].totals()
+    batches, _batch_lat, batch_elapsed = measured["batch"].totals()
+    for channel in (*channels, *echo_channels, *kit_channels):
+        await channel.close()
+    qps = calls / elapsed
+    subjects_per_second = batches * BATCH / batch_elapsed
+    return [
+        Comparison(
+            f"CheckSubject QPS, {CALLERS} callers",
+            qps,
+            echo_calls / echo_elapsed,
+            "req/s",
+            "grpc.aio unary echo, same mTLS",
+            target=0.7,
+        ),
+        Comparison(
+            f"CheckSubject QPS, {CALLERS} callers",
+            qps,
+            kit_calls / kit_elapsed,
+            "req/s",
+            "empty CheckSubject, same kit",
+            notes="same mTLS, authorization and audit chain: the lists service's own cost",
+        ),
+        Comparison(
+            "CheckSubject p50",
+            percentile(lat, 50) * 1000,
+            percentile(echo_lat, 50) * 1000,
+            "ms",
+            "echo p50",
+            higher_is_better=False,
+        ),
+        Comparison(
+            "CheckSubject p99",
+            percentile(lat, 99) * 1000,
+            percentile(echo_lat, 99) * 1000,
+            "ms",
+            "echo p99",
+            higher_is_better=False,
+        ),
+        Comparison(
+            f"CheckSubjects subjects/s, batches of {BATCH}",
+            subjects_per_second,
+            qps,
+            "subj/s",
+            "unary CheckSubject QPS",
+            target=20.0,
+        ),
+    ]
+
+
+async def _wait_for_kit(stub: Any) -> None:
+    for _ in range(200):
+        try:
+            await stub.CheckSubject(
+                credit_check_pb2.CheckSubjectRequest(
+                    subject_key="L:91320500MA1W8XY409", purpose="w"
+                ),
+                timeout=1,
+            )
+            return
+        except grpc.aio.AioRpcError:
+            await asyncio.sleep(0.1)
+    raise RuntimeError("the kit echo server did not start")
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) == 3 and argv[0] == "echo":
+        asyncio.run(serve_echo(int(argv[1]), Path(argv[2])))
+        return 0
+    if len(argv) == 5 and argv[0] == "kit-echo":
+        asyncio.run(serve_kit_echo(int(argv[1]), Path(argv[2]), argv[3], argv[4]))
+        return 0
+    print(
+        "usage: python -m bench.bench_lists echo PORT TLS_DIR\n"
+        "       python -m bench.bench_lists kit-echo PORT TLS_DIR BOOTSTRAP TOPIC_PREFIX",
+        file=sys.stderr,
+    )
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,87 @@
+"""Wiring: one intake writer of a city node (settings, region key, Kafka, ledger, pipeline).
+
+Start order matters for exactly-once: the transactional producer starts *first* — its
+``InitProducerId`` fences a crashed predecessor with the same ``transactional.id`` and has
+the broker abort that predecessor's open batch — and only then is the ledger read, up to the
+last stable offsets, which now lie past every batch that will ever commit under that id.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Final
+from zoneinfo import ZoneInfo
+
+from services.common.avro import AvroSerde
+from services.common.pseudonym import load_region_key
+from services.common.region import load_region
+from services.common.settings import Settings
+from services.common.workdays import WorkdayCalendar, default_calendar
+from services.intake.ledger import Ledger
+from services.intake.ledger_sync import LedgerFollower
+from services.intake.pipeline import IntakePipeline
+from services.intake.publisher import TransactionalPublisher
+from services.intake.validation import pseudonymiser
+
+CHINA_STANDARD_TIME: Final = ZoneInfo("Asia/Shanghai")
+
+
+def china_today() -> date:
+    """Today in China Standard Time: decision and report dates are CST calendar days."""
+    return datetime.now(CHINA_STANDARD_TIME).date()
+
+
+@dataclass(frozen=True, slots=True)
+class IntakeNode:
+    settings: Settings
+    city_code: str
+    region_key: bytes
+    serde: AvroSerde
+    ledger: Ledger
+    publisher: TransactionalPublisher
+    follower: LedgerFollower
+    pipeline: IntakePipeline
+
+
+@contextlib.asynccontextmanager
+async def intake_node(
+    settings: Settings,
+    *,
+    writer: str,
+    uploader_department: str | None = None,
+    today: Callable[[], date] = china_today,
+    calendar: WorkdayCalendar | None = None,
+    region_key: bytes | None = None,
+) -> AsyncIterator[IntakeNode]:
+    """A started writer whose ledger holds everything committed so far."""
+    city_code = load_region(settings.region_file).city(settings.city).admin_code
+    key = region_key if region_key is not None else load_region_key()
+    serde = AvroSerde()
+    ledger = Ledger()
+    publisher = TransactionalPublisher(settings, writer=writer)
+    follower = LedgerFollower(settings, serde, ledger)
+    await publisher.start()
+    try:
+        await follower.start()
+        try:
+            await follower.catch_up()
+            pipeline = IntakePipeline(
+                city=settings.city,
+                city_code=city_code,
+                serde=serde,
+                ledger=ledger,
+                publisher=publisher,
+                follower=follower,
+                pseudonymise=pseudonymiser(key),
+                calendar=calendar or default_calendar(),
+                today=today,
+                uploader_department=uploader_department,
+            )
+            yield IntakeNode(settings, city_code, key, serde, ledger, publisher, follower, pipeline)
+        finally:
+            await follower.stop()
+    finally:
+        await publisher.stop()

@@ -1,0 +1,357 @@
+"""The CPU-bound half of a bulk import, run in worker processes.
+
+A 2-core node spends most of an import in Python: decoding, CSV, validation, the content
+hash and Avro encoding (``/work/shared/notes/measured-baselines.md``). Those steps need no
+shared state, so the importer cuts a file into chunks of whole records and lets worker
+processes *prepare* them: each valid row comes back already encoded as the first version of
+its record, each invalid row with its reasons and its rendered (masked) payload. Deciding
+(new, duplicate, correction) and publishing stay in the importing process, in file order,
+so exactly-once does not depend on the workers at all — a worker's output is a pure function
+of the chunk.
+
+A record that turns out to be a correction (rare in a bulk file) is re-validated in the
+importing process, which encodes its higher version.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import multiprocessing
+import multiprocessing.connection
+import os
+import threading
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import BinaryIO, Final
+
+from aiokafka.partitioner import DefaultPartitioner
+
+from services.common.avro import AvroSerde
+from services.intake import events as ev
+from services.intake import files
+from services.intake.ledger import RecordState
+from services.intake.validation import (
+    INCONSISTENT,
+    UNPARSEABLE,
+    InvalidRecord,
+    ValidationContext,
+    ValidRecord,
+    Verdict,
+    Violation,
+    identify,
+    pseudonymiser,
+    validate_submission,
+)
+
+CHUNK_LINES: Final = 2000
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """Whole records of a file: raw bytes, the header they need, where they start."""
+
+    file_format: files.FileFormat
+    file_name: str
+    header: bytes  # CSV header line (empty for JSON Lines)
+    first_line: int  # physical line number of the chunk's first line
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedRecord:
+    """A valid row as the first version of its record: the ledger state it would add and the
+    event, encoded, with its partition, ready to append to a batch."""
+
+    line_number: int
+    state: RecordState
+    warnings: tuple[Violation, ...]
+    partition: int
+    key: bytes
+    value: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedRejection:
+    """An invalid or unreadable row, with its payload already rendered."""
+
+    line_number: int
+    rejection: InvalidRecord
+    payload: bytes
+    payload_encoding: str
+
+
+Prepared = PreparedRecord | PreparedRejection
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedChunk:
+    """A worker's answer for one chunk, column-wise: lists of plain values pickle several
+    times faster than a list of objects, and crossing the process boundary is per-row cost.
+    Dates travel as ordinals."""
+
+    lines: list[int]
+    # record_id, content_hash, category, department_code, department_name, decision_number
+    texts: list[tuple[str, str, str, str, str, str, str]]
+    days: list[tuple[int, int]]  # decision date, report date
+    partitions: list[int]
+    values: list[bytes]
+    warnings: dict[int, tuple[Violation, ...]]  # by position, only rows that have some
+    rejections: list[PreparedRejection]
+
+    def __len__(self) -> int:
+        return len(self.lines) + len(self.rejections)
+
+    def items(self) -> list[Prepared]:
+        """The rows as objects: valid rows in file order, then the rejections."""
+        prepared: list[Prepared] = []
+        no_warnings: tuple[Violation, ...] = ()
+        from_ordinal = date.fromordinal
+        for index, line in enumerate(self.lines):
+            record_id, digest, category, code, name, number, subject_key = self.texts[index]
+            decided, reported = self.days[index]
+            prepared.append(
+                PreparedRecord(
+                    line,
+                    RecordState(
+                        record_id,
+                        1,
+                        digest,
+                        category,
+                        code,
+                        name,
+                        number,
+                        from_ordinal(decided),
+                        from_ordinal(reported),
+                        subject_key,
+                    ),
+                    self.warnings.get(index, no_warnings),
+                    self.partitions[index],
+                    subject_key.encode(),
+                    self.values[index],
+                )
+            )
+        prepared.extend(self.rejections)
+        return prepared
+
+
+@dataclass(frozen=True, slots=True)
+class Preparation:
+    """Everything a worker needs besides the chunk; sent with each chunk (it is small)."""
+
+    city: str
+    city_code: str
+    region_key: bytes
+    today: date
+    submitted_at: datetime
+    uploader_department: str | None
+    #: Partitions of credit.records.v1: workers partition keys as the producer would.
+    partitions: int
+    traceparent: str | None
+
+
+def split_file(
+    stream: BinaryIO,
+    file_format: files.FileFormat,
+    file_name: str,
+    chunk_lines: int = CHUNK_LINES,
+) -> Iterator[Chunk]:
+    """Chunks of whole records, about ``chunk_lines`` physical lines each.
+
+    CSV records are found with the csv module itself over the bytes read as Latin-1, so a
+    chunk boundary falls exactly where the line-by-line reader ends a record — also for
+    malformed quoting. Latin-1 maps every byte to one character, and the bytes that matter
+    to CSV (comma, double quote, CR, LF) never occur inside a multi-byte UTF-8 or GB18030
+    character, so the records are the same as in the decoded text.
+    """
+    lines: list[tuple[int, bytes]] = []
+
+    def physical() -> Iterator[str]:
+        for number, raw in files.physical_lines(stream):
+            lines.append((number, raw))
+            yield raw.decode("latin-1") + "\n"
+
+    def chunk(header: bytes, taken: list[tuple[int, bytes]]) -> Chunk:
+        body = b"".join(raw + b"\n" for _, raw in taken)
+        return Chunk(file_format, file_name, header, taken[0][0], body)
+
+    if file_format == "jsonl":
+        for _ in physical():
+            if len(lines) >= chunk_lines:
+                yield chunk(b"", lines[:])
+                lines.clear()
+        if lines:
+            yield chunk(b"", lines)
+        return
+
+    header = b""
+    reader = csv.reader(physical(), strict=True)
+    while True:
+        try:
+            next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:
+            if not header:
+                raise files.FileFormatError(f"the header line is not CSV: {exc}") from None
+            # The worker's reader reports it; the record ends here as well.
+        if not header:
+            candidate = b"\n".join(raw for _, raw in lines) + b"\n"
+            # Blank or not is judged on the decoded text, as the line reader judges it.
+            if "".join(files.header_cells(candidate)).strip():
+                header = candidate
+                files.check_header(header)
+            lines.clear()
+            continue
+        if len(lines) >= chunk_lines:
+            yield chunk(header, lines[:])
+            lines.clear()
+    if lines and header:
+        yield chunk(header, lines)
+
+
+def chunk_rows(chunk: Chunk) -> Iterator[files.FileRow]:
+    """The rows of a chunk with their line numbers in the whole file."""
+    # Line numbers of the piece read on its own: the header's lines, then the body's.
+    header_lines = chunk.header.count(b"\n")
+    shift = chunk.first_line - (header_lines + 1)
+    rows: Iterable[files.FileRow] | None = None
+    if chunk.file_format == "csv" and header_lines == 1:
+        rows = files.read_csv_block(chunk.header, chunk.body)
+    if rows is None:
+        rows = files.read_rows(
+            io.BytesIO(chunk.header + chunk.body), chunk.file_format, at_file_start=False
+        )
+    for row in rows:
+        yield files.FileRow(
+            row.line_number + shift, row.submission, row.problem, row.render_payload
+        )
+
+
+def check_submission(
+    content: object,
+    problem: str | None,
+    context: ValidationContext,
+    uploader_department: str | None,
+) -> Verdict:
+    """Validate one submission (``problem``: why it could not be read at all), including the
+    uploader check of ``import --department``."""
+    if problem is not None or content is None:
+        identity = identify(content, context.city_code) if content is not None else None
+        reasons = (Violation("", UNPARSEABLE, problem or "no record"),)
+        return InvalidRecord(reasons, identity) if identity else InvalidRecord(reasons)
+    verdict = validate_submission(content, context)
+    if (
+        uploader_department is not None
+        and isinstance(verdict, ValidRecord)
+        and verdict.department_code != uploader_department
+    ):
+        return InvalidRecord(
+            (
+                Violation(
+                    "department_code",
+                    INCONSISTENT,
+                    f"the file was uploaded for department {uploader_department}",
+                ),
+            ),
+            identify(content, context.city_code),
+        )
+    return verdict
+
+
+def check_row(
+    row: files.FileRow, context: ValidationContext, uploader_department: str | None
+) -> Verdict:
+    return check_submission(row.submission, row.problem, context, uploader_department)
+
+
+def revalidate_line(
+    chunk: Chunk,
+    line_number: int,
+    *,
+    context: ValidationContext,
+    uploader_department: str | None,
+) -> Verdict:
+    """The verdict on one line of a chunk, computed again in this process."""
+    for row in chunk_rows(chunk):
+        if row.line_number == line_number:
+            return check_row(row, context, uploader_department)
+    raise LookupError(f"line {line_number} is not in the chunk")
+
+
+_SERDE: AvroSerde | None = None
+
+
+def exit_with_parent() -> None:
+    """Worker initializer: end this process when the importing process ends, however it
+    ends. A ``kill -9``-ed importer cannot shut its pool down, and a pool worker blocked on
+    its task queue would otherwise wait forever (it holds that pipe's write end itself)."""
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+
+    def watch() -> None:
+        multiprocessing.connection.wait([parent.sentinel])
+        os._exit(0)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
+def prepare_chunk(chunk: Chunk, preparation: Preparation) -> PreparedChunk:
+    """Validate and encode every row of a chunk (runs in a worker process)."""
+    global _SERDE  # one schema store per worker process, loaded on first use
+    if _SERDE is None:
+        _SERDE = AvroSerde()
+    serde = _SERDE
+    context = ValidationContext(
+        city_code=preparation.city_code,
+        today=preparation.today,
+        pseudonymise=pseudonymiser(preparation.region_key),
+    )
+    partitions = list(range(preparation.partitions))
+    partitioner = DefaultPartitioner()
+    out = PreparedChunk([], [], [], [], [], {}, [])
+    for row in chunk_rows(chunk):
+        verdict = check_row(row, context, preparation.uploader_department)
+        if isinstance(verdict, InvalidRecord):
+            payload, encoding = row.payload()
+            out.rejections.append(PreparedRejection(row.line_number, verdict, payload, encoding))
+            continue
+        source = ev.SubmissionSource(
+            channel="FILE",
+            submitted_at=preparation.submitted_at,
+            file_name=chunk.file_name,
+            line_number=row.line_number,
+        )
+        if verdict.warnings:
+            out.warnings[len(out.lines)] = verdict.warnings
+        out.lines.append(row.line_number)
+        out.texts.append(
+            (
+                verdict.record_id,
+                verdict.content_hash,
+                verdict.category,
+                verdict.department_code,
+                verdict.department_name,
+                verdict.decision_number,
+                verdict.subject_key,
+            )
+        )
+        out.days.append((verdict.decision_date.toordinal(), verdict.report_date.toordinal()))
+        key = verdict.subject_key.encode()
+        out.partitions.append(partitioner(key, partitions, partitions))
+        out.values.append(
+            serde.encode(
+                ev.CREDIT_RECORD_SCHEMA,
+                ev.credit_record(
+                    verdict,
+                    city_code=preparation.city_code,
+                    version=1,
+                    report_date=verdict.report_date,
+                    accepted_at=preparation.submitted_at,
+                    source=source,
+                ),
+            )
+        )
+    return out

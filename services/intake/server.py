@@ -1,0 +1,329 @@
+"""``RecordIntakeService`` over gRPC: departments submit records, one result per record.
+
+The servicer adapts calls to the pipeline and nothing else: requests become submissions,
+outcomes become ``RecordResult`` messages. mTLS, the authorization policy (only the city's
+own departments), health, reflection and graceful shutdown come from
+:mod:`services.common.grpc_server`.
+
+One writer, one producer, one transaction at a time: calls are served concurrently, but their
+batches go through the pipeline one after another (a stream is cut into micro-batches so
+many records share a transaction). Background tasks keep the ledger in step with other
+writers (a bulk import running next to the server), publish the 双公示 figures of the
+department-days touched since the last flush, and republish figures whose due date has just
+passed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import Any, Final
+
+import grpc
+from google.protobuf.message import DecodeError
+
+from creditlink.peer.v1 import record_intake_pb2, record_intake_pb2_grpc
+from services.common.grpc_server import (
+    PeerSecurity,
+    ServiceBinding,
+    TlsFiles,
+    start_peer_server,
+)
+from services.common.logging import get_logger
+from services.common.workdays import CalendarNotCovered
+from services.intake import grpc_codec
+from services.intake.events import SubmissionSource
+from services.intake.files import mask_payload_bytes
+from services.intake.node import IntakeNode, china_today
+from services.intake.pipeline import (
+    Accepted,
+    Outcome,
+    Submission,
+    disclosure_day_of,
+)
+
+SERVICE_NAME: Final = "creditlink.peer.v1.RecordIntakeService"
+MAX_BATCH: Final = 1000
+MAX_OUTSTANDING: Final = 10_000
+STREAM_MICRO_BATCH: Final = 500
+STREAM_LINGER_S: Final = 0.005
+REFRESH_INTERVAL_S: Final = 2.0
+QUALITY_INTERVAL_S: Final = 2.0
+DUE_SWEEP_INTERVAL_S: Final = 3600.0
+
+
+def record_result(index: int, outcome: Outcome) -> record_intake_pb2.RecordResult:
+    if isinstance(outcome, Accepted):
+        return record_intake_pb2.RecordResult(
+            index=index,
+            accepted=record_intake_pb2.RecordAccepted(
+                record_id=outcome.record_id,
+                version=outcome.version,
+                duplicate=outcome.duplicate,
+                subject_key=outcome.subject_key,
+                warnings=[grpc_codec.field_violation(w) for w in outcome.warnings],
+            ),
+        )
+    return record_intake_pb2.RecordResult(
+        index=index,
+        rejected=record_intake_pb2.RecordRejected(
+            reasons=[grpc_codec.field_violation(r) for r in outcome.reasons]
+        ),
+    )
+
+
+def _submission(record: record_intake_pb2.CreditRecord, source: SubmissionSource) -> Submission:
+    def render() -> tuple[bytes, str]:
+        return grpc_codec.rejection_payload(record), grpc_codec.PAYLOAD_ENCODING
+
+    return Submission(
+        content=grpc_codec.submission_from_proto(record), render_payload=render, source=source
+    )
+
+
+def _stream_submission(
+    message: record_intake_pb2.SubmitRecordStreamRequest | Undecodable, source: SubmissionSource
+) -> Submission:
+    if isinstance(message, Undecodable):
+        return Submission(
+            content=None,
+            render_payload=lambda: (mask_payload_bytes(message.data), "application/octet-stream"),
+            source=source,
+            problem=f"the stream message is not a SubmitRecordStreamRequest: {message.error}",
+        )
+    return _submission(message.record, source)
+
+
+def _metadata(context: grpc.aio.ServicerContext, name: str) -> str | None:
+    for key, value in context.invocation_metadata() or ():
+        if key == name and isinstance(value, str) and value:
+            return value
+    return None
+
+
+class RecordIntakeServicer(record_intake_pb2_grpc.RecordIntakeServiceServicer):
+    """Batch and stream submission; see the module docstring."""
+
+    def __init__(self, node: IntakeNode) -> None:
+        self._node = node
+        self._lock = asyncio.Lock()
+        self._touched: set[tuple[str, date]] = set()
+        self._log = get_logger(component="grpc")
+
+    async def submit(
+        self, submissions: Sequence[Submission], traceparent: str | None
+    ) -> list[Outcome]:
+        pipeline = self._node.pipeline
+        verdicts = pipeline.validate(submissions)
+        async with self._lock:
+            outcomes = await pipeline.submit(
+                submissions, verdicts=verdicts, traceparent=traceparent
+            )
+        for verdict in verdicts:
+            day = disclosure_day_of(verdict)
+            if day is not None:
+                self._touched.add(day)
+        return outcomes
+
+    async def SubmitRecords(
+        self,
+        request: record_intake_pb2.SubmitRecordsRequest | Undecodable,
+        context: grpc.aio.ServicerContext,
+    ) -> record_intake_pb2.SubmitRecordsResponse:
+        if isinstance(request, Undecodable):
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"the request is not a SubmitRecordsRequest: {request.error}",
+            )
+            return record_intake_pb2.SubmitRecordsResponse()  # not reached: abort raises
+        count = len(request.records)
+        if not 1 <= count <= MAX_BATCH:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"a batch holds 1 to {MAX_BATCH} records, this one {count}",
+            )
+        source = SubmissionSource(
+            channel="GRPC",
+            submitted_at=datetime.now(UTC),
+            request_id=_metadata(context, "x-request-id") or str(uuid.uuid4()),
+        )
+        outcomes = await self.submit(
+            [_submission(record, source) for record in request.records],
+            _metadata(context, "traceparent"),
+        )
+        return record_intake_pb2.SubmitRecordsResponse(
+            results=[record_result(i, o) for i, o in enumerate(outcomes)]
+        )
+
+    async def SubmitRecordStream(
+        self,
+        request_iterator: AsyncIterator[record_intake_pb2.SubmitRecordStreamRequest | Undecodable],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[record_intake_pb2.SubmitRecordStreamResponse]:
+        request_id = _metadata(context, "x-request-id") or str(uuid.uuid4())
+        traceparent = _metadata(context, "traceparent")
+        inbox: asyncio.Queue[record_intake_pb2.SubmitRecordStreamRequest | Undecodable | None]
+        inbox = asyncio.Queue(MAX_OUTSTANDING)
+
+        async def receive() -> None:
+            try:
+                async for message in request_iterator:
+                    await inbox.put(message)
+            finally:
+                await inbox.put(None)
+
+        reader = asyncio.create_task(receive())
+        index = 0
+        try:
+            finished = False
+            while not finished:
+                first = await inbox.get()
+                if first is None:
+                    break
+                batch = [first]
+                await asyncio.sleep(STREAM_LINGER_S)
+                while len(batch) < STREAM_MICRO_BATCH and not inbox.empty():
+                    message = inbox.get_nowait()
+                    if message is None:
+                        finished = True
+                        break
+                    batch.append(message)
+                source = SubmissionSource(
+                    channel="GRPC", submitted_at=datetime.now(UTC), request_id=request_id
+                )
+                outcomes = await self.submit(
+                    [_stream_submission(m, source) for m in batch], traceparent
+                )
+                for message, outcome in zip(batch, outcomes, strict=True):
+                    yield record_intake_pb2.SubmitRecordStreamResponse(
+                        result=record_result(index, outcome),
+                        client_reference=""
+                        if isinstance(message, Undecodable)
+                        else message.client_reference,
+                    )
+                    index += 1
+            await reader
+        finally:
+            if not reader.done():
+                reader.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await reader
+
+    # --- background work ------------------------------------------------------------------
+
+    async def flush_quality(self) -> int:
+        """Publish the figures of the department-days touched since the last flush."""
+        if not self._touched:
+            return 0
+        days, self._touched = self._touched, set()
+        async with self._lock:
+            try:
+                return await self._node.pipeline.publish_quality(days)
+            except Exception:
+                self._touched |= days
+                raise
+
+    async def refresh(self) -> int:
+        """Take in what other writers of the node published."""
+        async with self._lock:
+            return await self._node.follower.catch_up()
+
+    def recently_due(self, today: date) -> set[tuple[str, date]]:
+        """Department-days whose due date is yesterday or later: not yet final, or just
+        become final (``due_date_passed`` flips the day after the due date)."""
+        calendar = self._node.pipeline.calendar
+        days: set[tuple[str, date]] = set()
+        for department, day in self._node.ledger.department_days():
+            if day < today - timedelta(days=40):
+                continue  # 7 working days never span more than about four weeks
+            try:
+                due = calendar.disclosure_deadline(day)
+            except CalendarNotCovered:
+                continue
+            if due >= today - timedelta(days=1):
+                days.add((department, day))
+        return days
+
+    async def run_background(self) -> None:
+        """Refresh, flush and sweep until cancelled; failures are logged and retried."""
+        next_sweep = 0.0
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                await self.refresh()
+                if loop.time() >= next_sweep:
+                    self._touched |= self.recently_due(china_today())
+                    next_sweep = loop.time() + DUE_SWEEP_INTERVAL_S
+                await self.flush_quality()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self._log.warning("background_failed", error=repr(exc))
+            await asyncio.sleep(min(REFRESH_INTERVAL_S, QUALITY_INTERVAL_S))
+
+
+@dataclass(frozen=True, slots=True)
+class Undecodable:
+    """A request message the protobuf runtime could not parse: the reason, and the bytes."""
+
+    error: str
+    data: bytes
+
+
+def _tolerant(message_type: Any) -> Callable[[bytes], Any]:
+    """A request deserializer that hands undecodable bytes to the servicer instead of failing
+    the call with UNKNOWN: a batch is refused with INVALID_ARGUMENT, a stream message gets a
+    rejection of its own."""
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return message_type.FromString(data)
+        except DecodeError as exc:
+            return Undecodable(str(exc), data)
+
+    return deserialize
+
+
+def _add_to_server(servicer: RecordIntakeServicer, server: grpc.aio.Server) -> None:
+    """Like the generated ``add_RecordIntakeServiceServicer_to_server``, with tolerant
+    request deserializers."""
+    handlers = {
+        "SubmitRecords": grpc.unary_unary_rpc_method_handler(
+            servicer.SubmitRecords,
+            request_deserializer=_tolerant(record_intake_pb2.SubmitRecordsRequest),
+            response_serializer=record_intake_pb2.SubmitRecordsResponse.SerializeToString,
+        ),
+        "SubmitRecordStream": grpc.stream_stream_rpc_method_handler(
+            servicer.SubmitRecordStream,
+            request_deserializer=_tolerant(record_intake_pb2.SubmitRecordStreamRequest),
+            response_serializer=record_intake_pb2.SubmitRecordStreamResponse.SerializeToString,
+        ),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+
+
+def binding(servicer: RecordIntakeServicer) -> ServiceBinding:
+    return ServiceBinding(servicer, _add_to_server, SERVICE_NAME)
+
+
+async def serve(node: IntakeNode, *, bind: str, tls: TlsFiles, security: PeerSecurity) -> None:
+    """Serve until SIGTERM/SIGINT, then stop gracefully."""
+    servicer = RecordIntakeServicer(node)
+    server = await start_peer_server(
+        bind=bind, tls=tls, services=[binding(servicer)], security=security, audit=None
+    )
+    log = get_logger(component="grpc")
+    log.info("serving", bind=bind, port=server.port)
+    background = asyncio.create_task(servicer.run_background())
+    try:
+        await server.serve_until_signalled()
+    finally:
+        background.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await background
+        with contextlib.suppress(Exception):
+            await servicer.flush_quality()

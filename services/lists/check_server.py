@@ -1,0 +1,167 @@
+"""``CreditCheckService``: region-wide memberships of a subject and the measures of a scenario.
+
+Answers come from this node's store (own and mirrored entries), so a check never waits on a
+peer. The interceptors have already checked the caller, the policy, and — for ``CheckSubject``
+about a natural person — the consent token; ``CheckSubjects`` checks each subject here and
+reports a refusal in that subject's result only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Final
+
+import grpc
+
+from creditlink.peer.v1 import common_pb2, credit_check_pb2, credit_check_pb2_grpc
+from services.common.grpc_server import Denied, PeerSecurity, current_call
+from services.common.pseudonym import is_valid_subject_key
+from services.common.region import City
+from services.lists.book import ListBook
+from services.lists.convert import measures_to_proto, membership, timestamp
+from services.lists.measures import MeasuresCatalogue
+from services.lists.model import ListEntry, china_today
+from services.lists.status import abort
+
+MAX_BATCH: Final = 1000
+
+
+class CreditCheckServicer(credit_check_pb2_grpc.CreditCheckServiceServicer):
+    def __init__(
+        self,
+        book: ListBook,
+        catalogue: MeasuresCatalogue,
+        security: PeerSecurity,
+        peers: Sequence[City],
+    ) -> None:
+        self._book = book
+        self._store = book.store
+        self._catalogue = catalogue
+        self._security = security
+        self._peers = list(peers)
+
+    def _scenario(
+        self, scenario: credit_check_pb2.Scenario.ValueType, scenario_code: str
+    ) -> str | None:
+        """The catalogue's scenario code; None for no scenario; ValueError if unknown."""
+        if scenario == credit_check_pb2.SCENARIO_UNSPECIFIED:
+            return None
+        if scenario == credit_check_pb2.SCENARIO_OTHER:
+            code = scenario_code.strip().upper()
+            if not self._catalogue.knows(code):
+                raise ValueError(f"scenario_code {scenario_code!r} is not in this city's catalogue")
+            return code
+        if scenario not in credit_check_pb2.Scenario.values():
+            raise ValueError(f"unknown scenario {scenario}")
+        return credit_check_pb2.Scenario.Name(scenario).removeprefix("SCENARIO_")
+
+    def _entries(self, subject_key: str, include_removed: bool) -> list[ListEntry]:
+        entries = self._store.entries_of_subject(subject_key)
+        if not include_removed:
+            entries = [e for e in entries if not e.removed]
+        return entries
+
+    def _answer(
+        self, subject_key: str, scenario: str | None, include_removed: bool
+    ) -> tuple[list[credit_check_pb2.Membership], list[credit_check_pb2.Measure]]:
+        entries = self._entries(subject_key, include_removed)
+        measures = (
+            self._catalogue.measures_for(scenario, entries, today=china_today(self._book.now()))
+            if scenario is not None and entries
+            else []
+        )
+        return [membership(e) for e in entries], measures_to_proto(measures)
+
+    def _freshness(self) -> list[credit_check_pb2.MirrorFreshness]:
+        result = []
+        for peer in self._peers:
+            synced = self._book.peer_synced_at(peer.admin_code)
+            if synced is not None:
+                result.append(
+                    credit_check_pb2.MirrorFreshness(
+                        city=peer.admin_code, synced_at=timestamp(synced)
+                    )
+                )
+        return result
+
+    async def CheckSubject(
+        self, request: credit_check_pb2.CheckSubjectRequest, context: grpc.aio.ServicerContext
+    ) -> credit_check_pb2.CheckSubjectResponse:
+        if not request.purpose.strip():
+            await abort(
+                context, grpc.StatusCode.INVALID_ARGUMENT, "purpose-required", "purpose is required"
+            )
+        if not is_valid_subject_key(request.subject_key):
+            await abort(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "invalid-subject-key",
+                "subject_key must be L:<18-character code> or N:<64 lowercase hex>",
+            )
+        try:
+            scenario = self._scenario(request.scenario, request.scenario_code)
+        except ValueError as exc:
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "unknown-scenario", str(exc))
+        memberships, measures = self._answer(request.subject_key, scenario, request.include_removed)
+        return credit_check_pb2.CheckSubjectResponse(
+            subject_key=request.subject_key,
+            memberships=memberships,
+            measures=measures,
+            checked_at=timestamp(self._book.now()),
+            mirror_freshness=self._freshness(),
+        )
+
+    async def CheckSubjects(
+        self, request: credit_check_pb2.CheckSubjectsRequest, context: grpc.aio.ServicerContext
+    ) -> credit_check_pb2.CheckSubjectsResponse:
+        if not request.subjects or len(request.subjects) > MAX_BATCH:
+            await abort(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "batch-size",
+                f"a batch has 1 to {MAX_BATCH} subjects, not {len(request.subjects)}",
+            )
+        if not request.purpose.strip():
+            await abort(
+                context, grpc.StatusCode.INVALID_ARGUMENT, "purpose-required", "purpose is required"
+            )
+        try:
+            scenario = self._scenario(request.scenario, request.scenario_code)
+        except ValueError as exc:
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "unknown-scenario", str(exc))
+        call = current_call()
+        results = []
+        for index, query in enumerate(request.subjects):
+            key = query.subject_key
+            if not is_valid_subject_key(key):
+                results.append(
+                    _failed(
+                        key,
+                        f"subjects[{index}].subject_key",
+                        "invalid-subject-key",
+                        "subject_key must be L:<18-character code> or N:<64 hex>",
+                    )
+                )
+                continue
+            try:
+                self._security.check_subject(call, key, query.consent_token)
+            except Denied as denied:
+                results.append(
+                    _failed(key, f"subjects[{index}].consent_token", denied.denial, denied.details)
+                )
+                continue
+            memberships, measures = self._answer(key, scenario, request.include_removed)
+            results.append(
+                credit_check_pb2.SubjectCheckResult(
+                    subject_key=key, memberships=memberships, measures=measures
+                )
+            )
+        return credit_check_pb2.CheckSubjectsResponse(
+            results=results, checked_at=timestamp(self._book.now())
+        )
+
+
+def _failed(key: str, field: str, code: str, message: str) -> credit_check_pb2.SubjectCheckResult:
+    return credit_check_pb2.SubjectCheckResult(
+        subject_key=key, error=common_pb2.FieldViolation(field=field, code=code, message=message)
+    )

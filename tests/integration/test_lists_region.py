@@ -1,0 +1,514 @@
+"""Three city nodes of the lists service (Suzhou, Wuxi, Changzhou) as real processes on one
+broker, with per-city topic prefixes, over real gRPC with mutual TLS (issue 5, "Must be true").
+
+Changzhou reaches Suzhou through a TCP proxy the tests can cut, so "the replication stream is
+cut mid-way" is a real broken connection, not a simulated one. Every scenario ends by
+comparing digests — Suzhou's GetListDigest against the mirror's store — and by reading the
+mirror's ``credit.list-changes.v1``: each Suzhou sequence exactly once, no gap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import sys
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from datetime import date, timedelta
+from typing import Any
+
+import grpc
+import pytest
+
+from creditlink.peer.v1 import (
+    common_pb2,
+    credit_check_pb2,
+    list_sync_pb2,
+    list_sync_pb2_grpc,
+    record_intake_pb2,
+    record_intake_pb2_grpc,
+)
+from services.common.audit import AUDIT_TOPIC, AuditMessage, verify_chain
+from services.common.consent import ConsentKeyring
+from services.common.grpc_server import (
+    PeerSecurity,
+    ServiceBinding,
+    secure_channel,
+    start_peer_server,
+)
+from services.common.identifiers_testing import make_uscc
+from services.common.policy import load_policy
+from services.common.settings import REPO_ROOT
+from services.lists.convert import change_to_proto
+from services.lists.harness import CityNode, ListsRegion, TcpProxy, free_port
+from services.lists.model import ChangeAction, EntryStatus, ListChange, RemovalReason
+from services.lists.testing import SUZHOU, WUXI, list_decision, organisation_key
+
+pytestmark = [pytest.mark.kafka, pytest.mark.timeout(240)]
+
+PROCUREMENT = credit_check_pb2.SCENARIO_GOVERNMENT_PROCUREMENT
+
+
+class Region:
+    def __init__(
+        self, harness: ListsRegion, proxy: TcpProxy, wuxi_proxy: TcpProxy, intake_port: int
+    ) -> None:
+        self.harness = harness
+        self.intake_port = intake_port
+        self.proxy = proxy
+        self.wuxi_proxy = wuxi_proxy
+        self.serial = 0
+
+    async def check(self, caller: str, city: str, subject_key: str, **fields: Any) -> Any:
+        async with self.harness.channel(caller, city) as channel:
+            return await self.harness.check_stub(channel).CheckSubject(
+                credit_check_pb2.CheckSubjectRequest(
+                    subject_key=subject_key, purpose="集成测试", **fields
+                ),
+                timeout=10,
+            )
+
+    async def submit_to_suzhou_intake(
+        self, records: list[record_intake_pb2.CreditRecord]
+    ) -> list[record_intake_pb2.RecordResult]:
+        """As a Suzhou department does: RecordIntakeService over mTLS (retried while the
+        intake process starts)."""
+        target = f"127.0.0.1:{self.intake_port}"
+        async with secure_channel(target, self.harness.tls("suzhou")) as channel:
+            stub = record_intake_pb2_grpc.RecordIntakeServiceStub(channel)
+            for _ in range(100):
+                try:
+                    response = await stub.SubmitRecords(
+                        record_intake_pb2.SubmitRecordsRequest(records=records), timeout=10
+                    )
+                    return list(response.results)
+                except grpc.aio.AioRpcError as exc:
+                    if exc.code() != grpc.StatusCode.UNAVAILABLE:
+                        raise
+                    await asyncio.sleep(0.2)
+        raise AssertionError("Suzhou's intake did not answer")
+
+    def designations(self, count: int) -> list[dict[str, Any]]:
+        first = self.serial
+        self.serial += count
+        return [
+            list_decision(organisation_key(n), decision_number=f"苏市监信〔2024〕批{n}号")
+            for n in range(first, first + count)
+        ]
+
+    def publish_paced(self, records: list[dict[str, Any]], per_second: float) -> asyncio.Task[None]:
+        """Publish onto Suzhou's records topic in the background at ``per_second``, so that
+        whatever a test does "mid-way" really happens while changes are flowing."""
+
+        async def run() -> None:
+            step = 50
+            for first in range(0, len(records), step):
+                await self.harness.publish("suzhou", records[first : first + step])
+                await asyncio.sleep(step / per_second)
+
+        return asyncio.create_task(run())
+
+    async def converged_in(
+        self, city: str, issuer: str = "suzhou", *, within: float = 60.0
+    ) -> tuple[int, str]:
+        """Wait until ``city``'s copy of ``issuer``'s entries has the issuer's digest."""
+        code = self.harness.nodes[issuer].code
+        expected: tuple[int, str] = (-1, "")
+        async with asyncio.timeout(within):
+            while True:
+                expected = await self.harness.issuer_digest(issuer, caller=city)
+                if self.harness.nodes[city].digest_of(code) == expected:
+                    return expected
+                await asyncio.sleep(0.25)
+
+    async def suzhou_entries(self) -> int:
+        return (await self.harness.issuer_digest("suzhou", caller="wuxi"))[0]
+
+    async def suzhou_holds(self, at_least: int, *, within: float = 60.0) -> None:
+        """Until Suzhou's own entries number at least ``at_least``."""
+
+        async def enough() -> bool:
+            return await self.suzhou_entries() >= at_least
+
+        await _eventually(enough, within=within)
+
+    async def assert_each_suzhou_change_once(self, city: str) -> list[ListChange]:
+        """``city``'s changelog holds Suzhou's changes 1..N, each exactly once."""
+        changes = [c for c in await self.harness.changes_on(city) if c.issuing_city == SUZHOU]
+        sequences = [c.sequence for c in changes]
+        assert sequences == list(range(1, len(sequences) + 1)), _describe(sequences)
+        return changes
+
+
+def _describe(sequences: list[int]) -> str:
+    duplicates = sorted(s for s, n in Counter(sequences).items() if n > 1)
+    missing = sorted(set(range(1, max(sequences, default=0) + 1)) - set(sequences))
+    return f"{len(sequences)} changes; duplicates {duplicates[:10]}; missing {missing[:10]}"
+
+
+@pytest.fixture(scope="module")
+async def region(
+    kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Region]:
+    harness = ListsRegion(tmp_path_factory.mktemp("lists-region"), kafka_bootstrap)
+    proxy = TcpProxy(harness.ports["suzhou"])
+    await proxy.start()
+    harness.route_through("changzhou", "suzhou", proxy.port)
+    wuxi_proxy = TcpProxy(harness.ports["wuxi"])
+    await wuxi_proxy.start()
+    harness.route_through("changzhou", "wuxi", wuxi_proxy.port)
+    await harness.provision()
+    harness.start_all()
+    intake_port = free_port()
+    intake = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "services.intake",
+        "serve",
+        "--bind",
+        f"127.0.0.1:{intake_port}",
+        "--certs",
+        str(harness.tls_dir),
+        env={**harness.nodes["suzhou"].env, "CREDITLINK_DEV": "1"},
+        cwd=REPO_ROOT,
+        stdout=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        await harness.wait_ready()
+        yield Region(harness, proxy, wuxi_proxy, intake_port)
+    finally:
+        intake.terminate()
+        await intake.wait()
+        await harness.close()
+        await proxy.stop()
+        await wuxi_proxy.stop()
+        for node in harness.nodes.values():
+            print(f"--- {node.key} log (tail) ---\n{node.log_text()[-3000:]}")
+
+
+async def _eventually(probe: Callable[[], Any], *, within: float = 30.0) -> Any:
+    async with asyncio.timeout(within):
+        while True:
+            result = await probe()
+            if result:
+                return result
+            await asyncio.sleep(0.1)
+
+
+def _list_decision_submission(uscc: str, **decision: Any) -> record_intake_pb2.CreditRecord:
+    """A list decision as 苏州市市场监督管理局 submits it to Suzhou's intake."""
+    number = decision.pop("decision_number")
+    return record_intake_pb2.CreditRecord(
+        category=record_intake_pb2.RECORD_CATEGORY_LIST_DECISION,
+        department_code="11320500014160400L",
+        department_name="苏州市市场监督管理局",
+        subject=record_intake_pb2.RecordSubject(
+            subject_type=common_pb2.SUBJECT_TYPE_ORGANISATION,
+            name="苏州市姑苏区鑫禾食品有限公司",
+            uscc=uscc,
+        ),
+        decision_number=number,
+        decision_date=(date.today() - timedelta(days=3)).isoformat(),
+        list_decision=record_intake_pb2.ListDecisionDetails(
+            list_type=common_pb2.LIST_TYPE_BLACK,
+            list_name="严重失信主体名单",
+            legal_basis="《市场监督管理严重违法失信名单管理办法》第九条",
+            effective_from=(date.today() - timedelta(days=3)).isoformat(),
+            expires_at=(date.today() + timedelta(days=3 * 365)).isoformat(),
+            **decision,
+        ),
+    )
+
+
+async def test_a_blacklisting_is_seen_region_wide_and_a_repair_removes_it_everywhere(
+    region: Region,
+) -> None:
+    uscc = make_uscc(random.Random(2024))
+    subject = f"L:{uscc}"
+    [result] = await region.submit_to_suzhou_intake(
+        [
+            _list_decision_submission(
+                uscc,
+                decision_number="苏市监信〔2024〕901号",
+                action=record_intake_pb2.LIST_ACTION_DESIGNATE,
+            )
+        ]
+    )
+    assert result.WhichOneof("outcome") == "accepted", result
+
+    for city in ("wuxi", "changzhou"):
+
+        async def listed(city: str = city) -> Any:
+            response = await region.check("suzhou", city, subject, scenario=PROCUREMENT)
+            return response if response.memberships else None
+
+        response = await _eventually(listed)
+        [membership] = response.memberships
+        assert membership.issuing_city == SUZHOU
+        assert membership.list_type == common_pb2.LIST_TYPE_BLACK
+        assert membership.status == common_pb2.LIST_ENTRY_STATUS_ACTIVE
+        assert membership.issuing_department_name == "苏州市市场监督管理局"
+        assert [m.measure_code for m in response.measures] == ["restrict-procurement"]
+        assert {f.city for f in response.mirror_freshness} >= {SUZHOU}
+
+    [result] = await region.submit_to_suzhou_intake(
+        [
+            _list_decision_submission(
+                uscc,
+                decision_number="苏信修〔2024〕901号",
+                action=record_intake_pb2.LIST_ACTION_REPAIR,
+                designation_decision_number="苏市监信〔2024〕901号",
+            )
+        ]
+    )
+    assert result.WhichOneof("outcome") == "accepted", result
+    for city in ("suzhou", "wuxi", "changzhou"):
+
+        async def removed(city: str = city) -> Any:
+            response = await region.check("wuxi", city, subject, scenario=PROCUREMENT)
+            return response if not response.memberships else None
+
+        response = await _eventually(removed)
+        assert list(response.measures) == []
+        history = await region.check("wuxi", city, subject, include_removed=True)
+        [membership] = history.memberships
+        assert membership.status == common_pb2.LIST_ENTRY_STATUS_REMOVED
+        assert membership.removal_reason == common_pb2.REMOVAL_REASON_REPAIRED
+
+
+async def test_wuxi_removing_suzhous_entry_is_refused(region: Region) -> None:
+    subject = organisation_key(9_000_002)
+    await region.harness.publish(
+        "suzhou", [list_decision(subject, decision_number="苏市监信〔2024〕902号")]
+    )
+    await _eventually(lambda: _listed_in(region, "wuxi", subject))
+    # A Wuxi department submits a removal of Suzhou's designation to Wuxi's node.
+    attempt = list_decision(
+        subject,
+        city=WUXI,
+        action="REMOVE",
+        removal_reason="REVOKED",
+        decision_number="锡市监撤〔2024〕1号",
+        designation="苏市监信〔2024〕902号",
+    )
+    await region.harness.publish("wuxi", [attempt])
+
+    async def refused() -> Any:
+        rejected = await region.harness.rejected_on("wuxi")
+        return [r for r in rejected if r["record_id"] == attempt["record_id"]]
+
+    [rejection] = await _eventually(refused)
+    assert rejection["city_code"] == WUXI
+    assert [reason["code"] for reason in rejection["reasons"]] == ["not-issuing-city"]
+    for city in ("suzhou", "wuxi", "changzhou"):
+        response = await region.check("changzhou", city, subject)
+        assert [m.status for m in response.memberships] == [common_pb2.LIST_ENTRY_STATUS_ACTIVE]
+    assert not [c for c in await region.harness.changes_on("wuxi") if c.issuing_city == WUXI]
+
+
+async def _listed_in(region: Region, city: str, subject: str) -> bool:
+    return bool((await region.check("suzhou", city, subject)).memberships)
+
+
+async def test_changzhou_down_while_suzhou_issues_1000_changes_then_catches_up(
+    region: Region,
+) -> None:
+    changzhou = region.harness.nodes["changzhou"]
+    changzhou.stop()
+    before = await region.suzhou_entries()
+    await region.harness.publish("suzhou", region.designations(1000))
+    await region.suzhou_holds(before + 1000)
+    changzhou.start()
+    await region.harness.wait_ready("changzhou")
+    entries, _digest = await region.converged_in("changzhou")
+    assert entries >= 1000
+    await region.assert_each_suzhou_change_once("changzhou")
+    await region.assert_each_suzhou_change_once("suzhou")
+
+
+async def test_a_replication_stream_cut_mid_way_resumes_without_gap_or_duplicate(
+    region: Region,
+) -> None:
+    proxy, changzhou = region.proxy, region.harness.nodes["changzhou"]
+    before = changzhou.digest_of(SUZHOU)[0]
+    publishing = region.publish_paced(region.designations(1000), per_second=500)
+    await _eventually(lambda: _mirrored_beyond(changzhou, before + 300), within=60)
+    # Cut every connection through the proxy (mid-message, wherever TCP split it), keep the
+    # way closed for a moment, then let Changzhou reconnect and resume.
+    proxy.refuse = True
+    proxy.cut()
+    at_cut = changzhou.digest_of(SUZHOU)[0]
+    await asyncio.sleep(1.0)
+    proxy.refuse = False
+    await publishing
+    await region.converged_in("changzhou")
+    assert before + 300 <= at_cut < before + 1000
+    await region.assert_each_suzhou_change_once("changzhou")
+    log = changzhou.log_text()
+    assert '"peer": "suzhou"' in log
+    assert "peer_stream_broken" in log
+
+
+async def _mirrored_beyond(node: CityNode, entries: int) -> bool:
+    return bool(node.digest_of(SUZHOU)[0] > entries)
+
+
+async def test_kill_9_mid_way_and_restart_rebuilds_the_same_state(region: Region) -> None:
+    suzhou, changzhou = region.harness.nodes["suzhou"], region.harness.nodes["changzhou"]
+    before = await region.suzhou_entries()
+    publishing = region.publish_paced(region.designations(1000), per_second=500)
+    # The issuer and a mirror die without any shutdown code, while changes are flowing.
+    await _eventually(lambda: _holds_more_than(region, before + 300), within=60)
+    suzhou.kill()
+    changzhou.kill()
+    killed_at = suzhou.digest_of(SUZHOU)[0]
+    suzhou.start()
+    changzhou.start()
+    await publishing
+    await region.harness.wait_ready("suzhou", "changzhou")
+    await region.suzhou_holds(before + 1000)
+    assert before + 300 <= killed_at < before + 1000
+    for city in ("wuxi", "changzhou"):
+        await region.converged_in(city)
+        await region.assert_each_suzhou_change_once(city)
+    await region.assert_each_suzhou_change_once("suzhou")
+    # And at rest: kill -9 once more; the restarted node has the same digest of everything.
+    held = {code: changzhou.digest_of(code) for code in (SUZHOU, WUXI)}
+    changzhou.kill()
+    changzhou.start()
+    await region.harness.wait_ready("changzhou")
+    assert {code: changzhou.digest_of(code) for code in (SUZHOU, WUXI)} == held
+
+
+async def _holds_more_than(region: Region, entries: int) -> bool:
+    return await region.suzhou_entries() > entries
+
+
+async def test_a_wiped_store_is_rebuilt_from_the_changelog(region: Region) -> None:
+    wuxi = region.harness.nodes["wuxi"]
+    await region.converged_in("wuxi")
+    held = wuxi.digest_of(SUZHOU)
+    wuxi.stop()
+    store_dir = wuxi.settings.data_dir / "lists" / "store"
+    for path in sorted(store_dir.rglob("*"), reverse=True):
+        path.unlink() if path.is_file() else path.rmdir()
+    store_dir.rmdir()
+    wuxi.start()
+    await region.harness.wait_ready("wuxi")
+    assert wuxi.digest_of(SUZHOU) == held
+    # Its peers held cursors of its old store: they recover and still follow it.
+    subject = organisation_key(9_000_003)
+    await region.harness.publish(
+        "wuxi",
+        [list_decision(subject, city=WUXI, decision_number="锡市监信〔2024〕3号")],
+    )
+    await _eventually(lambda: _listed_in(region, "changzhou", subject), within=60)
+
+
+class RogueWuxi(list_sync_pb2_grpc.ListSyncServiceServicer):
+    """A server holding Wuxi's certificate that streams a removal of Suzhou's entry."""
+
+    def __init__(self, forged: ListChange) -> None:
+        self.forged = forged
+
+    async def StreamListChanges(self, request: Any, context: Any) -> AsyncIterator[Any]:
+        yield list_sync_pb2.StreamListChangesResponse(
+            change=change_to_proto(self.forged), cursor=b"rogue-cursor"
+        )
+        yield list_sync_pb2.StreamListChangesResponse(
+            caught_up=list_sync_pb2.CaughtUp(changes_sent=1), cursor=b"rogue-cursor"
+        )
+        await asyncio.sleep(3600)
+
+
+async def test_a_change_to_suzhous_entry_streamed_by_wuxi_is_refused_and_audited(
+    region: Region,
+) -> None:
+    harness, changzhou = region.harness, region.harness.nodes["changzhou"]
+    subject = organisation_key(9_000_004)
+    await harness.publish(
+        "suzhou", [list_decision(subject, decision_number="苏市监信〔2024〕904号")]
+    )
+    await _eventually(lambda: _listed_in(region, "changzhou", subject))
+    store = changzhou.store()
+    try:
+        [entry] = store.entries_of_subject(subject)
+    finally:
+        store.close()
+    forged = ListChange(
+        WUXI,
+        10_000,
+        ChangeAction.REMOVED,
+        entry.evolve(
+            status=EntryStatus.REMOVED,
+            removal_reason=RemovalReason.REVOKED,
+            version=entry.version + 1,
+        ),
+        entry.updated_at,
+    )
+    rogue = await start_peer_server(
+        bind="127.0.0.1:0",
+        tls=harness.tls("wuxi"),
+        services=[
+            ServiceBinding(
+                RogueWuxi(forged),
+                list_sync_pb2_grpc.add_ListSyncServiceServicer_to_server,
+                "creditlink.peer.v1.ListSyncService",
+            )
+        ],
+        security=PeerSecurity(
+            city="wuxi",
+            region=harness.region,
+            policy=load_policy(cities=harness.region.cities.keys()),
+            keyring=ConsentKeyring(),
+        ),
+        audit=None,
+    )
+    try:
+        # Changzhou's connection to "Wuxi" now reaches the rogue server.
+        region.wuxi_proxy.upstream_port = rogue.port
+        region.wuxi_proxy.cut()
+
+        async def audited() -> Any:
+            records = [
+                harness.serde.decode(v)
+                for _k, v in await harness.read_topic("changzhou", AUDIT_TOPIC)
+                if v is not None
+            ]
+            return [r for r in records if r["direction"] == "OUTBOUND"]
+
+        [record] = await _eventually(audited)
+    finally:
+        region.wuxi_proxy.upstream_port = harness.ports["wuxi"]
+        region.wuxi_proxy.cut()
+        await rogue.stop(0)
+    assert (record["caller_city"], record["callee_city"]) == ("320400", WUXI)
+    assert record["status_code"] == "PERMISSION_DENIED"
+    assert entry.entry_key in record["purpose"]
+    assert record["subject_key"] == subject
+    response = await region.check("wuxi", "changzhou", subject)
+    assert [m.status for m in response.memberships] == [common_pb2.LIST_ENTRY_STATUS_ACTIVE]
+    # Back on the real Wuxi, which does not know the rogue's cursor: Changzhou repairs from the
+    # digest, adopts its cursor and follows Wuxi again.
+    await region.converged_in("changzhou", "wuxi")
+    mark = organisation_key(9_000_005)
+    await harness.publish(
+        "wuxi", [list_decision(mark, city=WUXI, decision_number="锡市监信〔2024〕5号")]
+    )
+    await _eventually(lambda: _listed_in(region, "changzhou", mark), within=60)
+
+
+async def test_peer_calls_are_audited_on_an_intact_chain(region: Region) -> None:
+    for city in ("suzhou", "changzhou"):
+        messages = [
+            AuditMessage(offset=n, key=key or "", value=value or b"")
+            for n, (key, value) in enumerate(await region.harness.read_topic(city, AUDIT_TOPIC))
+        ]
+        report = verify_chain(messages)
+        assert report.ok, report
+    audit = await region.harness.read_topic("suzhou", AUDIT_TOPIC)
+    keys = {key.rsplit(":", 1)[0] for key, _ in audit if key}
+    assert "lists" in keys
+    methods = {region.harness.serde.decode(v)["method"] for _, v in audit if v}
+    assert "/creditlink.peer.v1.ListSyncService/StreamListChanges" in methods
+    assert "/creditlink.peer.v1.CreditCheckService/CheckSubject" in methods
