@@ -61,22 +61,20 @@ class Process:
 
 
 def node_environment(
-    city: City, service: str, *, bootstrap: str, data_root: Path
+    city: City, service: str, *, bootstrap: str, data_root: Path, extra: dict[str, str]
 ) -> dict[str, str]:
     """The environment of one service process of one city node."""
-    host, _, port = city.ops[service].rpartition(":")
     return {
         **os.environ,
         "CREDITLINK_CITY": city.key,
-        "CREDITLINK_SERVICE": service,
         "KAFKA_BOOTSTRAP": bootstrap,
         "CREDITLINK_TOPIC_PREFIX": city.topic_prefix,
         "CREDITLINK_DATA_DIR": str(data_root / city.key / service),
-        "CREDITLINK_OPS_HOST": host,
-        "CREDITLINK_OPS_PORT": port,
-        "CREDITLINK_CERT_DIR": str(CERT_DIR),
+        "CREDITLINK_TLS_DIR": str(CERT_DIR),
+        # The published dev pseudonym key: a local region only, never a production node.
         "CREDITLINK_DEV": "1",
         "PYTHONUNBUFFERED": "1",
+        **extra,
     }
 
 
@@ -84,7 +82,9 @@ def processes(region: Region, cities: tuple[str, ...] = DEMO_CITIES) -> list[Pro
     return [Process(region.city(c), s) for c in cities for s in SERVICES]
 
 
-def start(process: Process, *, bootstrap: str, data_root: Path) -> int:
+def start(
+    process: Process, *, bootstrap: str, data_root: Path, extra: dict[str, str] | None = None
+) -> int:
     """Start one service process unless it already runs; returns its pid."""
     if (pid := process.pid()) is not None:
         return pid
@@ -95,7 +95,11 @@ def start(process: Process, *, bootstrap: str, data_root: Path) -> int:
             [sys.executable, "-m", f"services.{process.service}"],
             cwd=REPO_ROOT,
             env=node_environment(
-                process.city, process.service, bootstrap=bootstrap, data_root=data_root
+                process.city,
+                process.service,
+                bootstrap=bootstrap,
+                data_root=data_root,
+                extra=extra or {},
             ),
             stdout=log,
             stderr=subprocess.STDOUT,

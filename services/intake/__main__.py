@@ -90,9 +90,10 @@ def main(context: typer.Context) -> None:
 @app.command()
 def serve(
     bind: Annotated[str | None, typer.Option(help="host:port; default: the region file")] = None,
-    certs: Annotated[Path, typer.Option(help="directory with ca.crt, <city>.crt/.key")] = (
-        DEFAULT_OUT
-    ),
+    certs: Annotated[
+        Path,
+        typer.Option(envvar="CREDITLINK_TLS_DIR", help="directory with ca.crt, <city>.crt/.key"),
+    ] = DEFAULT_OUT,
     writer: Annotated[str, typer.Option(help="transactional writer name")] = "server",
 ) -> None:
     """Serve RecordIntakeService over mutual TLS until SIGTERM."""
@@ -106,7 +107,13 @@ def serve(
         from services.intake.server import serve as serve_grpc
 
         async with intake_node(settings, writer=writer) as node:
-            await serve_grpc(node, bind=address, tls=tls, security=security)
+            await serve_grpc(
+                node,
+                bind=address,
+                tls=tls,
+                security=security,
+                ops_address=region.city(settings.city).ops.get("intake"),
+            )
 
     _run(run())
 

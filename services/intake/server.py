@@ -34,6 +34,7 @@ from services.common.grpc_server import (
     start_peer_server,
 )
 from services.common.logging import get_logger
+from services.common.observability import OpsServer
 from services.common.workdays import CalendarNotCovered
 from services.intake import grpc_codec
 from services.intake.events import SubmissionSource
@@ -310,8 +311,19 @@ def binding(servicer: RecordIntakeServicer) -> ServiceBinding:
     return ServiceBinding(servicer, _add_to_server, SERVICE_NAME)
 
 
-async def serve(node: IntakeNode, *, bind: str, tls: TlsFiles, security: PeerSecurity) -> None:
-    """Serve until SIGTERM/SIGINT, then stop gracefully."""
+async def serve(
+    node: IntakeNode,
+    *,
+    bind: str,
+    tls: TlsFiles,
+    security: PeerSecurity,
+    ops_address: str | None = None,
+) -> None:
+    """Serve until SIGTERM/SIGINT, then stop gracefully.
+
+    ``ops_address`` (host:port) also serves ``/healthz`` and ``/metrics``
+    (``services/common/observability.py``).
+    """
     servicer = RecordIntakeServicer(node)
     server = await start_peer_server(
         bind=bind, tls=tls, services=[binding(servicer)], security=security, audit=None
@@ -319,9 +331,17 @@ async def serve(node: IntakeNode, *, bind: str, tls: TlsFiles, security: PeerSec
     log = get_logger(component="grpc")
     log.info("serving", bind=bind, port=server.port)
     background = asyncio.create_task(servicer.run_background())
+    ops: OpsServer | None = None
+    if ops_address:
+        host, _, port = ops_address.rpartition(":")
+        ops = OpsServer(service="intake", city=node.settings.city, host=host, port=int(port))
+        ops.add_check("background", lambda: not background.done())
+        await ops.start()
     try:
         await server.serve_until_signalled()
     finally:
+        if ops is not None:
+            await ops.stop()
         background.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await background

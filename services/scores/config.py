@@ -10,7 +10,7 @@ Environment (all optional):
 
 - ``CREDITLINK_SCORES_CONFIG``: the file above (``deploy/config/score-incentives.yaml``).
 - ``CREDITLINK_SCORES_BIND``: where the gRPC server listens (the city's ``scores`` endpoint).
-- ``CREDITLINK_CERTS_DIR``: CA, city certificate and consent keys (``deploy/local/certs``).
+- ``CREDITLINK_TLS_DIR``: CA, city certificate and consent keys (``deploy/local/certs``).
 - ``CREDITLINK_SCORES_REFRESH_SECONDS``: how often the distribution is re-examined (60).
 - ``CREDITLINK_SCORES_PEER_SYNC_SECONDS``: how often peers' scales are fetched (30).
 - ``CREDITLINK_SCORES_MIN_POPULATION``: fewest residents a published distribution covers (100).
@@ -220,7 +220,7 @@ class ScoresOptions:
             raise ScoresConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
         return cls(
             bind=bind,
-            certs_dir=Path(env.get("CREDITLINK_CERTS_DIR", str(DEFAULT_OUT))),
+            certs_dir=Path(env.get("CREDITLINK_TLS_DIR", str(DEFAULT_OUT))),
             refresh_seconds=refresh,
             peer_sync_seconds=peer_sync,
             min_population=int(min_population),
