@@ -84,8 +84,41 @@ contracts-check: venv ## buf lint, buf breaking vs the released baseline, genera
 certs: venv ## dev CA and one server + client certificate per city into deploy/local/certs (idempotent)
 	$(PY) -m services.common.certs issue
 
+# Checkers of the deploy/ manifests (tests/unit/test_deploy_manifests.py), cached in .cache/:
+# kustomize and kubeconform, and compose-go's validator (the loader `docker compose` uses), built
+# from the Go module proxy; Kubernetes' JSON schemas from the kubernetes-validate wheel, which
+# ships them (kubeconform would otherwise download them). A version bump rebuilds.
+KUSTOMIZE_VERSION := v5.7.1
+KUBECONFORM_VERSION := v0.7.0
+# compose-go's validator after v2.1.x ignores the environment (LoadModel), so it cannot interpolate.
+COMPOSE_GO_VERSION := v2.1.6
+K8S_SCHEMAS_VERSION := 1.37.0
+TOOLS := .cache/bin
+
+$(TOOLS)/.kustomize-$(KUSTOMIZE_VERSION):
+	@command -v go >/dev/null || { echo "missing: Go (builds the deploy checkers from the Go module proxy)" >&2; exit 1; }
+	GOBIN=$(CURDIR)/$(TOOLS) go install sigs.k8s.io/kustomize/kustomize/v5@$(KUSTOMIZE_VERSION)
+	@touch $@
+
+$(TOOLS)/.kubeconform-$(KUBECONFORM_VERSION):
+	@command -v go >/dev/null || { echo "missing: Go (builds the deploy checkers from the Go module proxy)" >&2; exit 1; }
+	GOBIN=$(CURDIR)/$(TOOLS) go install github.com/yannh/kubeconform/cmd/kubeconform@$(KUBECONFORM_VERSION)
+	@touch $@
+
+$(TOOLS)/.compose-spec-$(COMPOSE_GO_VERSION):
+	@command -v go >/dev/null || { echo "missing: Go (builds the deploy checkers from the Go module proxy)" >&2; exit 1; }
+	rm -rf $(TOOLS)/.compose-go && GOBIN=$(CURDIR)/$(TOOLS)/.compose-go go install github.com/compose-spec/compose-go/v2/cmd@$(COMPOSE_GO_VERSION)
+	mv $(TOOLS)/.compose-go/cmd $(TOOLS)/compose-spec && rm -rf $(TOOLS)/.compose-go
+	@touch $@
+
+.cache/wheels/kubernetes_validate-$(K8S_SCHEMAS_VERSION)-py3-none-any.whl: | $(STAMP)
+	$(PY) -m pip download --quiet --no-deps --only-binary=:all: -d .cache/wheels kubernetes-validate==$(K8S_SCHEMAS_VERSION)
+
+.PHONY: deploy-tools
+deploy-tools: $(TOOLS)/.kustomize-$(KUSTOMIZE_VERSION) $(TOOLS)/.kubeconform-$(KUBECONFORM_VERSION) $(TOOLS)/.compose-spec-$(COMPOSE_GO_VERSION) .cache/wheels/kubernetes_validate-$(K8S_SCHEMAS_VERSION)-py3-none-any.whl ## kustomize, kubeconform, compose validator, K8s schemas (cached)
+
 .PHONY: test
-test: venv kafka-jars lint schemas-check contracts-check ## lint, then every test against a real broker the harness starts
+test: venv kafka-jars deploy-tools lint schemas-check contracts-check ## lint, then every test against a real broker the harness starts
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 .PHONY: bench

@@ -1,8 +1,10 @@
 """``make demo``: a three-city region on one machine, with a scenario played through it.
 
-Starts (or reuses) the local broker, provisions each city's topics from the catalogue with
-its prefix, and plays the scenario. Exits 0 when every step's outcome is what the scenario
-expects; ``--keep`` leaves the broker running.
+Starts (or reuses) the local broker, issues dev certificates, provisions each city's topics,
+starts every service of Suzhou, Wuxi and Changzhou as its own process (real gRPC with mutual
+TLS between them) and plays ``deploy/scenario.py`` through the region. Exits 0 when every
+outcome is what the scenario expects; ``--keep`` leaves the region running
+(``python -m deploy.ops region down`` stops it).
 """
 
 from __future__ import annotations
@@ -11,107 +13,135 @@ import argparse
 import asyncio
 import os
 import sys
+import time
 from pathlib import Path
 
+from rich.console import Console
+
+from deploy import region as supervisor
 from deploy.broker import REPO_ROOT, Broker, broker_answers
-from services.common.avro import AvroSerde, SchemaStore, load_example
-from services.common.kafka import EventPublisher, consume_events, make_consumer, make_producer
-from services.common.region import load_region
-from services.common.settings import load_settings
+from deploy.scenario import Scenario
+from services.common.region import Region, load_region
 from services.common.topics import load_catalogue, provision
 
-DEMO_CITIES = ("suzhou", "wuxi", "changzhou")
+REGION_FILE = REPO_ROOT / "deploy" / "config" / "region.yaml"
+# Short refresh periods so a freshly imported score distribution is published within
+# seconds (production keeps the services' defaults).
+DEMO_ENVIRONMENT = {
+    "CREDITLINK_SCORES_REFRESH_SECONDS": "2",
+    "CREDITLINK_SCORES_PEER_SYNC_SECONDS": "2",
+}
 
 
-def say(step: str, text: str) -> None:
-    print(f"{step:<10} {text}", flush=True)
-
-
-async def play(bootstrap: str) -> bool:
-    region = load_region(REPO_ROOT / "deploy" / "config" / "region.yaml")
-    catalogue = load_catalogue()
-    for key in DEMO_CITIES:
-        city = region.city(key)
-        report = await provision(bootstrap, catalogue, prefix=city.topic_prefix)
-        say(
-            "topics",
-            f"{city.name} ({city.admin_code}) {city.topic_prefix}*: {len(report.created)} created, "
-            f"{len(report.unchanged)} already there, {len(report.drift)} drifted",
-        )
-
-    settings = load_settings(
-        {
-            "CREDITLINK_CITY": "suzhou",
+async def import_scores_with(bootstrap: str, region: Region, city: str, path: Path) -> int:
+    """``python -m services.scores import-scores`` as the operator runs it."""
+    node = region.city(city)
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "services.scores",
+        "import-scores",
+        str(path),
+        cwd=REPO_ROOT,
+        env={
+            **os.environ,
+            "CREDITLINK_CITY": city,
             "KAFKA_BOOTSTRAP": bootstrap,
-            "CREDITLINK_TOPIC_PREFIX": "suzhou.",
-        }
+            "CREDITLINK_TOPIC_PREFIX": node.topic_prefix,
+            "CREDITLINK_DEV": "1",
+        },
+        stdout=asyncio.subprocess.DEVNULL,
     )
-    serde = AvroSerde(SchemaStore.load())
-    record = load_example("CreditRecord")
-    key = str(record["subject"]["subject_key"])
-    producer = make_producer(settings, client_id="demo")
-    await producer.start()
-    try:
-        publisher = EventPublisher(producer, serde, settings, service="intake")
-        sent = await publisher.publish(
-            "credit.records.v1",
-            "creditlink.v1.CreditRecord",
-            record,
-            key=key,
-            event_type="cn.creditlink.credit.record.accepted.v1",
-        )
-    finally:
-        await producer.stop()
-    say("produced", f"{sent.topic}[{sent.partition}]@{sent.offset} key={key}")
+    return await process.wait()
 
-    consumer = make_consumer(
-        settings, "credit.records.v1", group_id=None, auto_offset_reset="earliest"
-    )
-    await consumer.start()
+
+async def play(region: Region, bootstrap: str, console: Console) -> Scenario:
+    scenario = Scenario(region, bootstrap, console)
     try:
-        consumer.seek(sent.topic_partition, sent.offset)
-        event = await asyncio.wait_for(anext(consume_events(consumer, serde)), timeout=30)
+        await scenario.disclosure()
+        await scenario.blacklist()
+        await scenario.scores(lambda city, path: import_scores_with(bootstrap, region, city, path))
+        await scenario.alert()
     finally:
-        await consumer.stop()
-    same = event.record == record
-    say(
-        "consumed",
-        f"{event.envelope.type} from {event.envelope.source}, record "
-        f"{event.record['record_id']} v{event.record['version']}: "
-        f"{'identical to what was sent' if same else 'DIFFERENT from what was sent'}",
-    )
-    return same
+        await scenario.close()
+    return scenario
+
+
+def run_region_scenario(
+    bootstrap: str, console: Console, *, data_root: Path, keep: bool = False
+) -> Scenario:
+    """Certificates, topics, every service of the three cities, the scenario; then stop."""
+    region = load_region(REGION_FILE)
+    from services.common.certs import issue_dev_certificates
+
+    for line in issue_dev_certificates(supervisor.CERT_DIR, sorted(region.cities)):
+        console.print(f"certs      {line}", highlight=False)
+    catalogue = load_catalogue()
+    for key in supervisor.DEMO_CITIES:
+        city = region.city(key)
+        report = asyncio.run(provision(bootstrap, catalogue, prefix=city.topic_prefix))
+        console.print(
+            f"topics     {city.name} {city.topic_prefix}*: {len(report.created)} created, "
+            f"{len(report.unchanged)} present, {len(report.drift)} drifted"
+        )
+    procs = supervisor.processes(region)
+    started = time.monotonic()
+    for proc in procs:
+        supervisor.start(proc, bootstrap=bootstrap, data_root=data_root, extra=DEMO_ENVIRONMENT)
+    try:
+        late = supervisor.wait_healthy(procs, timeout_s=240)
+        if late:
+            for proc in late:
+                console.print(f"[red]{proc.name} not healthy; log: {proc.log_file}[/red]")
+            raise SystemExit(1)
+        console.print(
+            f"services   {len(procs)} processes healthy in {time.monotonic() - started:.0f} s "
+            f"(logs in {supervisor.RUN_DIR / 'logs'})"
+        )
+        return asyncio.run(play(region, bootstrap, console))
+    finally:
+        if not keep:
+            for proc in procs:
+                supervisor.stop(proc)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="make demo")
-    parser.add_argument("--keep", action="store_true", help="leave the broker running")
+    parser.add_argument("--keep", action="store_true", help="leave the region running")
     args = parser.parse_args()
+    # Wide enough for the tables when the output is a file or a CI log, not a terminal.
+    console = Console(width=max(Console().width, 140))
+    began = time.monotonic()
 
     bootstrap = os.environ.get("KAFKA_BOOTSTRAP", "127.0.0.1:19092")
     broker: Broker | None = None
     if broker_answers(bootstrap):
-        say("broker", f"{bootstrap} (already running)")
+        console.print(f"broker     {bootstrap} (already running)")
     else:
-        host, _, port = bootstrap.rpartition(":")
-        if host != "127.0.0.1":
-            print(f"no broker answers at {bootstrap}", file=sys.stderr)
-            return 1
+        port = int(bootstrap.rpartition(":")[2])
         broker = Broker(
             bootstrap=bootstrap,
-            state_dir=REPO_ROOT / ".cache" / "kafka" / "demo",
-            port=int(port),
-            controller_port=int(port) + 1,
+            state_dir=REPO_ROOT / ".cache" / "kafka" / "region",
+            port=port,
+            controller_port=port + 1,
         )
         broker.up()
-        say("broker", f"{bootstrap} (started for the demo, data in {Path(broker.state_dir or '')})")
+        console.print(f"broker     {bootstrap} (started: Kafka KRaft, jars from Maven Central)")
     try:
-        ok = asyncio.run(play(bootstrap))
+        scenario = run_region_scenario(
+            bootstrap, console, data_root=supervisor.RUN_DIR / "data", keep=args.keep
+        )
     finally:
         if broker is not None and not args.keep:
             broker.down()
-            say("broker", "stopped")
-    print(f"\ndemo finished: {'OK' if ok else 'FAILED'}")
+            console.print("broker     stopped")
+    ok = scenario.outcomes.ok
+    console.print(
+        f"\ndemo finished in {time.monotonic() - began:.0f} s: "
+        + ("[green]OK[/green]" if ok else "[red]FAILED[/red]")
+    )
+    if args.keep:
+        console.print("region left running: `python -m deploy.ops region status` / `region down`")
     return 0 if ok else 1
 
 

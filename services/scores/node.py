@@ -246,15 +246,14 @@ class ScoresNode:
         return self._publisher
 
     def health_checks(self) -> dict[str, Callable[[], bool]]:
-        """What ``/healthz`` reports: the audit chain is writable and a scale is published.
+        """What ``/healthz`` reports: the audit chain is writable and the score stream runs.
 
-        A peer whose scale is unknown is not a reason to restart this node; it shows in the
-        logs ("peer scale unavailable") and in that peer's FAILED_PRECONDITION answers.
+        A city without a published scale yet (fewer scored residents than the minimum) is
+        healthy: restarting would not help, and its RecognizeScore answers UNAVAILABLE with
+        the reason. A peer whose scale is unknown shows in the logs ("peer scale
+        unavailable") and in that peer's FAILED_PRECONDITION answers.
         """
-        return {
-            "audit": lambda: self.audit is not None and self.audit.healthy,
-            "scale-published": lambda: self.catalogue.current(self.city_code) is not None,
-        }
+        return {"audit": lambda: self.audit is not None and self.audit.healthy}
 
     def incentives_for(self, requesting_city_code: str, common_grade: str) -> tuple[str, ...]:
         city = self.region.by_admin_code(requesting_city_code)

@@ -1,0 +1,257 @@
+"""One city's alerts service: store, rule engine, alert book, gRPC server, delivery, webhooks,
+SLA escalation — started and stopped together.
+
+Example (what ``python -m services.alerts`` does)::
+
+    node = AlertsNode(settings, region, NodeOptions.from_environment(settings, region))
+    await node.start()
+    await node.serve_until_signalled()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import structlog
+from aiokafka import AIOKafkaProducer
+
+from creditlink.peer.v1 import alert_exchange_pb2_grpc
+from services.alerts.book import AlertBook
+from services.alerts.config import (
+    DEFAULT_TLS_DIR,
+    RulesConfig,
+    Webhook,
+    load_rules,
+    load_subscriptions,
+)
+from services.alerts.delivery import PeerClients, PeerDelivery
+from services.alerts.engine import RuleEngine
+from services.alerts.rules import RuleSet
+from services.alerts.servicer import AlertExchangeServicer
+from services.alerts.store import AlertStore
+from services.alerts.webhooks import WebhookDispatcher
+from services.common.audit import AuditChainWriter
+from services.common.avro import AvroSerde
+from services.common.cloudevents import source_for
+from services.common.grpc_server import (
+    PeerSecurity,
+    PeerServer,
+    ServiceBinding,
+    TlsFiles,
+    start_peer_server,
+)
+from services.common.kafka import make_producer
+from services.common.region import Region
+from services.common.settings import Settings
+
+SERVICE = "alerts"
+LOOP_RESTART_MAX_S = 30.0
+# A lazy proxy: it picks up configure_logging() however early this module is imported.
+log = structlog.get_logger()
+
+
+@dataclass(frozen=True)
+class NodeOptions:
+    """What the node needs beyond :class:`Settings`; tests build it directly."""
+
+    bind: str
+    tls: TlsFiles
+    security: PeerSecurity
+    rules: RulesConfig
+    webhooks: Sequence[Webhook] = ()
+    audit: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_environment(cls, settings: Settings, region: Region) -> NodeOptions:
+        city = region.city(settings.city)
+        tls_dir = Path(os.environ.get("CREDITLINK_TLS_DIR", DEFAULT_TLS_DIR))
+        return cls(
+            bind=os.environ.get("CREDITLINK_ALERTS_BIND") or city.endpoint(SERVICE),
+            tls=TlsFiles.for_city(settings.city, tls_dir),
+            security=PeerSecurity.from_files(settings, region, keys_dir=tls_dir),
+            rules=load_rules(),
+            webhooks=load_subscriptions(settings.city),
+        )
+
+
+class AlertsNode:
+    def __init__(self, settings: Settings, region: Region, options: NodeOptions) -> None:
+        self.settings = settings
+        self.region = region
+        self.options = options
+        self.city_code = region.city(settings.city).admin_code
+        self.serde = AvroSerde()
+        self.store: AlertStore | None = None
+        self.producer: AIOKafkaProducer | None = None
+        self.book: AlertBook | None = None
+        self.engine: RuleEngine | None = None
+        self.server: PeerServer | None = None
+        self.clients = PeerClients(region, options.tls)
+        self.delivery: PeerDelivery | None = None
+        self.webhooks: WebhookDispatcher | None = None
+        self.servicer: AlertExchangeServicer | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self.failures: dict[str, int] = {}
+
+    @property
+    def port(self) -> int:
+        assert self.server is not None
+        return self.server.port
+
+    async def start(self) -> None:
+        """Open the store, catch up the output topics, start every loop and the server.
+        On failure everything started so far is stopped again."""
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop(0)
+            raise
+
+    async def _start(self) -> None:
+        store = self.store = AlertStore(self.settings.data_dir / SERVICE / "store")
+        producer = self.producer = make_producer(self.settings, client_id=SERVICE)
+        await producer.start()
+        book = self.book = AlertBook(
+            settings=self.settings,
+            city_code=self.city_code,
+            store=store,
+            serde=self.serde,
+            producer=producer,
+            sla=self.options.rules.sla,
+            webhooks=self.options.webhooks,
+        )
+        await book.recover()
+        engine = self.engine = RuleEngine(
+            settings=self.settings,
+            region=self.region,
+            city_code=self.city_code,
+            store=store,
+            serde=self.serde,
+            rules=RuleSet(self.options.rules),
+            book=book,
+        )
+        self.delivery = PeerDelivery(
+            store=store, clients=self.clients, retry=self.options.rules.delivery
+        )
+        self.webhooks = WebhookDispatcher(
+            store=store,
+            webhooks=self.options.webhooks,
+            source=source_for(self.settings.city, SERVICE),
+        )
+        audit = None
+        if self.options.audit:
+            audit = AuditChainWriter(
+                self.settings,
+                self.serde,
+                producer,
+                node_city=self.city_code,
+                chain=SERVICE,
+                service=SERVICE,
+            )
+            await audit.start()
+        self.servicer = AlertExchangeServicer(
+            city_code=self.city_code,
+            book=book,
+            engine=engine,
+            store=store,
+            security=self.options.security,
+            clients=self.clients,
+        )
+        self.server = await start_peer_server(
+            bind=self.options.bind,
+            tls=self.options.tls,
+            services=[
+                ServiceBinding(
+                    self.servicer,
+                    alert_exchange_pb2_grpc.add_AlertExchangeServiceServicer_to_server,
+                    "creditlink.peer.v1.AlertExchangeService",
+                )
+            ],
+            security=self.options.security,
+            audit=audit,
+        )
+        self._spawn(engine.run, "engine")
+        self._spawn(self.delivery.run, "delivery")
+        self._spawn(self.webhooks.run, "webhooks")
+        self._spawn(self._escalate_forever, "escalation")
+        log.info(
+            "alerts_node_started",
+            port=self.server.port,
+            rules=[r.id for r in self.options.rules.rules if r.enabled],
+            webhooks=[h.id for h in self.options.webhooks],
+        )
+
+    def _spawn(self, loop: Callable[[], Coroutine[Any, Any, None]], name: str) -> None:
+        task = asyncio.create_task(self._supervise(loop, name), name=f"alerts-{name}")
+        self._tasks.append(task)
+
+    async def _supervise(self, loop: Callable[[], Coroutine[Any, Any, None]], name: str) -> None:
+        """Run a loop for ever: a failure (broker away, topic not there yet) is logged and
+        the loop restarts after a backoff, from the state in the store."""
+        failures = 0
+        while True:
+            try:
+                await loop()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                failures += 1
+                self.failures[name] = failures
+                delay = min(LOOP_RESTART_MAX_S, 0.5 * 2 ** min(failures, 8))
+                log.error("alerts_loop_failed", loop=name, error=repr(exc), restart_in_s=delay)
+                await asyncio.sleep(delay)
+
+    @property
+    def healthy(self) -> bool:
+        return bool(self._tasks) and all(not t.done() for t in self._tasks)
+
+    async def _escalate_forever(self) -> None:
+        assert self.book is not None
+        interval = self.options.rules.sla.check_interval.total_seconds()
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.book.escalate_due()
+            except Exception as exc:  # a broker hiccup must not stop the SLA clock
+                log.error("escalation_failed", error=repr(exc))
+
+    async def stop(self, grace: float = 1.0) -> None:
+        if self.server is not None:
+            await self.server.stop(grace)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(BaseException):
+                await task
+        self._tasks.clear()
+        if self.webhooks is not None:
+            await self.webhooks.close()
+        await self.clients.close()
+        if self.producer is not None:
+            await self.producer.stop()
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+
+    async def serve_until_signalled(self, grace: float = 5.0) -> None:
+        """Run until SIGTERM or SIGINT, then stop gracefully (NOT_SERVING, drain, close)."""
+        loop = asyncio.get_running_loop()
+        stopping = asyncio.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stopping.set)
+        try:
+            await stopping.wait()
+        finally:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(signum)
+        log.info("alerts_node_stopping")
+        await self.stop(grace)

@@ -1,0 +1,323 @@
+"""``AlertExchangeService`` (contracts/proto/creditlink/peer/v1/alert_exchange.proto).
+
+Behind the common interceptors (mTLS identity, policy, audit), so the calling city here is
+always the one its certificate names (``current_call().identity``).
+
+* ``DeliverAlerts``: a peer hands us alerts it raised; each is checked (origin is the caller,
+  we are a target, the subject may cross the border), republished on our own domain topic
+  for local regulators, and answered accepted / duplicate / refused with reasons.
+* ``SubscribeAlerts``: our regulators' feed (alerts raised or received here and their status
+  changes) from the store, resumable from an opaque cursor.
+* ``UpdateAlertStatus``: at the origin it applies the change; at a target, for the city's own
+  regulators, it relays the change to the origin (same ``change_id``) and records the
+  origin's answer locally, so both cities show the same history.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+from typing import Final
+
+import grpc
+import structlog
+
+from creditlink.peer.v1 import alert_exchange_pb2, alert_exchange_pb2_grpc, common_pb2
+from services.alerts.book import AlertBook, AlertNotFound, StatusConflict
+from services.alerts.delivery import PeerClients
+from services.alerts.engine import RuleEngine
+from services.alerts.model import REGULATOR_STATUSES, Alert, Domain, Severity, Status, StatusChange
+from services.alerts.store import AlertStore
+from services.common.grpc_server import DENIAL_TRAILER, Denied, PeerSecurity, current_call
+from services.common.pseudonym import is_valid_subject_key
+
+MAX_DELIVER: Final = 500
+CURSOR_VERSION: Final = 1
+CURSOR_LENGTH: Final = 17
+RELAY_ATTEMPTS: Final = 3
+RELAY_TIMEOUT_S: Final = 10.0
+FEED_BATCH: Final = 500
+FEED_POLL_S: Final = 5.0
+_PASS_THROUGH: Final = frozenset(
+    {
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.PERMISSION_DENIED,
+    }
+)
+
+# A lazy proxy: it picks up configure_logging() however early this module is imported.
+log = structlog.get_logger()
+
+
+def encode_cursor(epoch: str, seq: int) -> bytes:
+    """Version byte, the store's 8-byte epoch, the 8-byte feed sequence number."""
+    return bytes([CURSOR_VERSION]) + bytes.fromhex(epoch) + seq.to_bytes(8, "big")
+
+
+def decode_cursor(cursor: bytes) -> tuple[str, int]:
+    if len(cursor) != CURSOR_LENGTH or cursor[0] != CURSOR_VERSION:
+        raise ValueError("not a cursor of this service")
+    return cursor[1:9].hex(), int.from_bytes(cursor[9:], "big")
+
+
+def _violation(code: str, message: str, field: str = "") -> common_pb2.FieldViolation:
+    return common_pb2.FieldViolation(field=field, code=code, message=message)
+
+
+class AlertExchangeServicer(alert_exchange_pb2_grpc.AlertExchangeServiceServicer):
+    def __init__(
+        self,
+        *,
+        city_code: str,
+        book: AlertBook,
+        engine: RuleEngine | None,
+        store: AlertStore,
+        security: PeerSecurity,
+        clients: PeerClients,
+    ) -> None:
+        self._city = city_code
+        self._book = book
+        self._engine = engine
+        self._store = store
+        self._security = security
+        self._clients = clients
+
+    # --- DeliverAlerts ----------------------------------------------------------------------
+
+    def _check(
+        self, index: int, message: alert_exchange_pb2.Alert, caller: str
+    ) -> tuple[Alert | None, list[common_pb2.FieldViolation]]:
+        where = f"alerts[{index}]"
+        reasons: list[common_pb2.FieldViolation] = []
+        if message.origin_city != caller:
+            reasons.append(
+                _violation(
+                    "not-origin",
+                    f"origin_city {message.origin_city} is not the calling city {caller}",
+                    f"{where}.origin_city",
+                )
+            )
+        if not message.alert_id.startswith(f"{message.origin_city}-"):
+            reasons.append(
+                _violation(
+                    "invalid-alert-id",
+                    "alert_id must start with '<origin_city>-'",
+                    f"{where}.alert_id",
+                )
+            )
+        if self._city not in message.target_cities:
+            reasons.append(
+                _violation(
+                    "not-target",
+                    f"{self._city} is not a target of this alert",
+                    f"{where}.target_cities",
+                )
+            )
+        if not is_valid_subject_key(message.subject_key):
+            reasons.append(
+                _violation(
+                    "invalid-subject-key",
+                    "subject_key is not L:<USCC> or N:<pseudonym>",
+                    f"{where}.subject_key",
+                )
+            )
+        else:
+            try:
+                self._security.check_subject(current_call(), message.subject_key, None)
+            except Denied as denied:
+                reasons.append(_violation(denied.denial, denied.details, f"{where}.subject_key"))
+        alert: Alert | None = None
+        try:
+            alert = Alert.from_proto(message)
+        except ValueError as exc:
+            reasons.append(_violation("required", str(exc), where))
+        return (alert if not reasons else None), reasons
+
+    async def DeliverAlerts(
+        self,
+        request: alert_exchange_pb2.DeliverAlertsRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> alert_exchange_pb2.DeliverAlertsResponse:
+        if not 1 <= len(request.alerts) <= MAX_DELIVER:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, f"between 1 and {MAX_DELIVER} alerts per call"
+            )
+        call = current_call()
+        assert call.identity is not None  # the authorization interceptor ran
+        checked = [
+            self._check(index, message, call.identity.city_code)
+            for index, message in enumerate(request.alerts)
+        ]
+        accepted = [alert for alert, _ in checked if alert is not None]
+        fresh = iter(await self._book.receive_many(accepted) if accepted else [])
+        results = []
+        for message, (alert, reasons) in zip(request.alerts, checked, strict=True):
+            if alert is None:
+                results.append(
+                    alert_exchange_pb2.AlertDeliveryResult(
+                        alert_id=message.alert_id, accepted=False, reasons=reasons
+                    )
+                )
+                continue
+            is_new = next(fresh)
+            if self._engine is not None:
+                # Also for a redelivery: if learning from it failed the first time (the call
+                # then failed and the origin retried), this is the second chance. Idempotent.
+                await self._engine.observe_peer_alert(alert)
+            results.append(
+                alert_exchange_pb2.AlertDeliveryResult(
+                    alert_id=alert.alert_id, accepted=True, duplicate=not is_new
+                )
+            )
+        return alert_exchange_pb2.DeliverAlertsResponse(results=results)
+
+    # --- SubscribeAlerts ----------------------------------------------------------------------
+
+    async def SubscribeAlerts(
+        self,
+        request: alert_exchange_pb2.SubscribeAlertsRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[alert_exchange_pb2.SubscribeAlertsResponse]:
+        seq = 0
+        if request.cursor:
+            try:
+                epoch, seq = decode_cursor(request.cursor)
+            except ValueError as exc:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"invalid cursor: {exc}")
+            if epoch != self._store.epoch or seq > self._store.feed_seq:
+                await context.abort(
+                    grpc.StatusCode.OUT_OF_RANGE,
+                    "cursor is from another incarnation of this node's feed; resubscribe "
+                    "without a cursor",
+                )
+            if seq + 1 < self._store.first_feed_seq():
+                await context.abort(grpc.StatusCode.OUT_OF_RANGE, "cursor is older than the feed")
+        try:
+            domains = {Domain.from_proto(d).value for d in request.domains if d}
+            min_rank = Severity.from_proto(request.min_severity).rank if request.min_severity else 0
+        except ValueError:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "unknown domain or severity")
+        while True:
+            changed = self._store.feed_changed
+            entries = self._store.feed_after(seq, FEED_BATCH)
+            for entry_seq, entry in entries:
+                seq = entry_seq
+                if domains and entry["domain"] not in domains:
+                    continue
+                if Severity(entry["severity"]).rank < min_rank:
+                    continue
+                cursor = encode_cursor(self._store.epoch, entry_seq)
+                if entry["kind"] == "alert":
+                    yield alert_exchange_pb2.SubscribeAlertsResponse(
+                        alert=Alert.from_json(entry["alert"]).to_proto(), cursor=cursor
+                    )
+                else:
+                    yield alert_exchange_pb2.SubscribeAlertsResponse(
+                        status_change=StatusChange.from_json(entry["change"]).to_proto(),
+                        cursor=cursor,
+                    )
+            if not entries:
+                with contextlib.suppress(TimeoutError):
+                    # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
+                    # that races the event, and the node would never stop.
+                    async with asyncio.timeout(FEED_POLL_S):
+                        await changed.wait()
+
+    # --- UpdateAlertStatus --------------------------------------------------------------------
+
+    async def UpdateAlertStatus(
+        self,
+        request: alert_exchange_pb2.UpdateAlertStatusRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> alert_exchange_pb2.UpdateAlertStatusResponse:
+        if not request.status or Status.from_proto(request.status) not in REGULATOR_STATUSES:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "status must be ACKNOWLEDGED, IN_PROGRESS or RESOLVED",
+            )
+        try:
+            uuid.UUID(request.change_id)
+        except ValueError:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "change_id must be a UUID")
+        known = self._book.change(request.change_id)
+        if known is not None:
+            return alert_exchange_pb2.UpdateAlertStatusResponse(change=known.to_proto())
+        held = self._book.held(request.alert_id)
+        if held is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no alert {request.alert_id}")
+        assert held is not None
+        call = current_call()
+        assert call.identity is not None
+        caller = call.identity.city_code
+        if held.alert.origin_city == self._city:
+            concerned = {self._city, *held.alert.target_cities}
+            if caller not in concerned:
+                await context.abort(
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    f"{caller} is not a target of this alert",
+                    trailing_metadata=((DENIAL_TRAILER, "not-concerned"),),
+                )
+            try:
+                change = await self._book.update_status(
+                    alert_id=request.alert_id,
+                    status=Status.from_proto(request.status),
+                    by_city=caller,
+                    change_id=request.change_id,
+                    regulator=request.regulator or None,
+                    note=request.note or None,
+                    expected=(
+                        Status.from_proto(request.expected_status)
+                        if request.expected_status
+                        else None
+                    ),
+                )
+            except AlertNotFound:
+                await context.abort(grpc.StatusCode.NOT_FOUND, f"no alert {request.alert_id}")
+            except StatusConflict as exc:
+                await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+            return alert_exchange_pb2.UpdateAlertStatusResponse(change=change.to_proto())
+        if caller != self._city:
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND,
+                f"alert {request.alert_id} was raised by {held.alert.origin_city}; report there",
+            )
+        change = await self._relay(held.alert.origin_city, request, context)
+        await self._book.record_change(change)
+        return alert_exchange_pb2.UpdateAlertStatusResponse(change=change.to_proto())
+
+    async def _relay(
+        self,
+        origin: str,
+        request: alert_exchange_pb2.UpdateAlertStatusRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> StatusChange:
+        """Report our regulator's change to the origin city; its answer is authoritative."""
+        stub = self._clients.stub(origin)
+        if stub is None:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION, f"origin city {origin} is not connected"
+            )
+        assert stub is not None
+        last: grpc.aio.AioRpcError | None = None
+        for attempt in range(RELAY_ATTEMPTS):
+            try:
+                response = await stub.UpdateAlertStatus(request, timeout=RELAY_TIMEOUT_S)
+                return StatusChange.from_proto(response.change)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() in _PASS_THROUGH:
+                    await context.abort(exc.code(), f"origin {origin}: {exc.details()}")
+                last = exc
+                await asyncio.sleep(0.2 * 2**attempt)
+        assert last is not None
+        log.warning(
+            "status_relay_failed", origin=origin, alert_id=request.alert_id, error=str(last)
+        )
+        await context.abort(
+            grpc.StatusCode.UNAVAILABLE,
+            f"origin {origin} unreachable ({last.code().name}); retry with the same change_id",
+        )
+        raise AssertionError("unreachable")  # context.abort raises

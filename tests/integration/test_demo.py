@@ -1,0 +1,50 @@
+"""The demo's scenario through a whole three-city region: what `make demo` shows must hold."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from deploy.broker import Broker
+from deploy.demo import run_region_scenario
+
+pytestmark = [pytest.mark.kafka, pytest.mark.timeout(600)]
+
+
+def test_demo_scenario_outcomes(kafka_broker: Broker, tmp_path: Path) -> None:
+    console = Console(file=(tmp_path / "demo.txt").open("w"), width=140)
+    scenario = run_region_scenario(kafka_broker.bootstrap, console, data_root=tmp_path / "data")
+    outcomes = scenario.outcomes
+
+    # 双公示: 7 records submitted in Suzhou, one with a corrupted code.
+    assert outcomes.submitted["suzhou"] >= 7
+    assert "uscc-checksum" in outcomes.rejection_codes
+    figures = {q["department_name"]: q for q in outcomes.quality}
+    market = figures["苏州市市场监督管理局"]
+    assert (market["submitted_count"], market["valid_count"]) == (5, 4)
+    assert market["reported_on_time_count"] == 3  # one penalty reported 11 working days late
+    assert market["compliance_rate"] == pytest.approx(0.8)
+    assert market["timeliness_rate"] == pytest.approx(0.6)
+    assert figures["苏州市卫生健康委员会"]["timeliness_rate"] == pytest.approx(1.0)
+
+    # The black-listing is seen in all three cities with its measures, Wuxi cannot remove
+    # Suzhou's entry, and the repair removes it everywhere.
+    assert outcomes.blacklisted_seen_in == {"suzhou": True, "wuxi": True, "changzhou": True}
+    assert all(outcomes.measures_seen[city] for city in outcomes.measures_seen)
+    assert outcomes.foreign_removal_refused
+    assert outcomes.removed_everywhere == {"suzhou": True, "wuxi": True, "changzhou": True}
+
+    # A Suzhou resident's score is recognised by Wuxi with Wuxi's incentives.
+    recognition = outcomes.recognition
+    assert recognition["common_grade"] == "A"
+    assert recognition["incentives"]
+    assert recognition["home_version"]
+    assert recognition["requesting_version"]
+
+    # The food-safety alert reaches Suzhou's regulator and the acknowledgement Changzhou.
+    assert outcomes.alert["origin"] == "320400"
+    assert "320500" in outcomes.alert["targets"]
+    assert outcomes.ack_seen_at_origin
+    assert outcomes.ok
