@@ -25,6 +25,8 @@ SERVICES = ("intake", "lists", "scores", "alerts")
 DEMO_CITIES = ("suzhou", "wuxi", "changzhou")
 RUN_DIR = REPO_ROOT / ".cache" / "region"
 CERT_DIR = REPO_ROOT / "deploy" / "local" / "certs"
+# Processes this process started, kept so that stopping them also reaps them.
+_children: dict[str, subprocess.Popen[bytes]] = {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +51,10 @@ class Process:
         return f"http://{self.city.ops[self.service]}/healthz"
 
     def pid(self) -> int | None:
+        """The running process's pid, or None (an exited child of ours counts as gone)."""
+        child = _children.get(self.name)
+        if child is not None and child.poll() is not None:
+            return None
         try:
             pid = int(self.pid_file.read_text().strip())
         except (OSError, ValueError):
@@ -107,6 +113,7 @@ def start(
             start_new_session=True,
         )
     process.pid_file.write_text(str(child.pid))
+    _children[process.name] = child
     return child.pid
 
 
@@ -122,6 +129,8 @@ def stop(process: Process, *, grace_s: float = 10.0) -> bool:
         time.sleep(0.1)
     if process.pid() is not None:
         os.kill(pid, signal.SIGKILL)
+    if (child := _children.pop(process.name, None)) is not None:
+        child.wait(timeout=grace_s)  # reap it: no zombie left behind this process
     process.pid_file.unlink(missing_ok=True)
     return True
 

@@ -14,8 +14,9 @@ pytestmark = [pytest.mark.kafka, pytest.mark.timeout(600)]
 
 
 def test_demo_scenario_outcomes(kafka_broker: Broker, tmp_path: Path) -> None:
-    console = Console(file=(tmp_path / "demo.txt").open("w"), width=140)
-    scenario = run_region_scenario(kafka_broker.bootstrap, console, data_root=tmp_path / "data")
+    with (tmp_path / "demo.txt").open("w", encoding="utf-8") as transcript:
+        console = Console(file=transcript, width=140)
+        scenario = run_region_scenario(kafka_broker.bootstrap, console, data_root=tmp_path / "data")
     outcomes = scenario.outcomes
 
     # 双公示: 7 records submitted in Suzhou, one with a corrupted code.
