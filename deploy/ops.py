@@ -13,7 +13,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -210,6 +210,112 @@ def records_import(
     raise typer.Exit(
         _python_module("services.intake", "import", *map(str, files), env=_city_env(city))
     )
+
+
+def _channel(caller: str, city: str, service: str) -> Any:
+    from services.common.grpc_server import TlsFiles, secure_channel
+
+    target = _region().city(city).endpoint(service)
+    return secure_channel(target, TlsFiles.for_city(caller, supervisor.CERT_DIR))
+
+
+@app.command("lists-check")
+def lists_check(
+    subject_key: Annotated[str, typer.Argument(help="L:<USCC> or N:<pseudonym>")],
+    city: CityOption = "suzhou",
+    scenario: Annotated[str, typer.Option(help="e.g. GOVERNMENT_PROCUREMENT")] = "OTHER",
+    consent_token: Annotated[str, typer.Option(help="required for N: subjects")] = "",
+) -> None:
+    """Region-wide red/black/watch memberships of a subject and the measures that apply."""
+    from creditlink.peer.v1 import common_pb2, credit_check_pb2, credit_check_pb2_grpc
+
+    async def check() -> Any:
+        async with _channel(city, city, "lists") as channel:
+            return await credit_check_pb2_grpc.CreditCheckServiceStub(channel).CheckSubject(
+                credit_check_pb2.CheckSubjectRequest(
+                    subject_key=subject_key,
+                    scenario=credit_check_pb2.Scenario.Value(f"SCENARIO_{scenario.upper()}"),
+                    purpose="operator check",
+                    consent_token=consent_token,
+                ),
+                timeout=10,
+            )
+
+    answer = asyncio.run(check())
+    table = Table("list", "issuer", "status", "objection", "since", "until")
+    for m in answer.memberships:
+        table.add_row(
+            m.list_name or common_pb2.ListType.Name(m.list_type),
+            m.issuing_city,
+            common_pb2.ListEntryStatus.Name(m.status).removeprefix("LIST_ENTRY_STATUS_"),
+            "pending" if m.objection_pending else "-",
+            m.effective_from,
+            m.expires_at,
+        )
+    console.print(table)
+    for measure in answer.measures:
+        console.print(f"measure    {measure.measure_code}: {measure.description}")
+
+
+@app.command("scores-recognize")
+def scores_recognize(
+    subject_key: Annotated[str, typer.Argument(help="N:<pseudonym> of the home city")],
+    consent_token: Annotated[str, typer.Option(help="issued by the home city")],
+    home: Annotated[str, typer.Option(help="the city holding the score")],
+    city: CityOption = "wuxi",
+    purpose: Annotated[str, typer.Option()] = "operator check",
+) -> None:
+    """Ask a home city to recognise a person's score on this city's scale."""
+    from creditlink.peer.v1 import score_recognition_pb2, score_recognition_pb2_grpc
+
+    async def recognise() -> Any:
+        async with _channel(city, home, "scores") as channel:
+            stub = score_recognition_pb2_grpc.ScoreRecognitionServiceStub(channel)
+            return await stub.RecognizeScore(
+                score_recognition_pb2.RecognizeScoreRequest(
+                    subject_key=subject_key, consent_token=consent_token, purpose=purpose
+                ),
+                timeout=10,
+            )
+
+    console.print(asyncio.run(recognise()))
+
+
+@app.command("alerts-tail")
+def alerts_tail(
+    city: CityOption = "suzhou",
+    domain: Annotated[list[str] | None, typer.Option(help="e.g. FOOD_DRUG; repeatable")] = None,
+    limit: Annotated[int, typer.Option(help="stop after this many messages (0: follow)")] = 0,
+) -> None:
+    """Follow a city's supervision alerts and status changes, as a regulator sees them."""
+    from creditlink.peer.v1 import alert_exchange_pb2, alert_exchange_pb2_grpc, common_pb2
+
+    async def tail() -> None:
+        async with _channel(city, city, "alerts") as channel:
+            stream = alert_exchange_pb2_grpc.AlertExchangeServiceStub(channel).SubscribeAlerts(
+                alert_exchange_pb2.SubscribeAlertsRequest(
+                    domains=[
+                        common_pb2.SupervisionDomain.Value(f"SUPERVISION_DOMAIN_{d.upper()}")
+                        for d in domain or []
+                    ]
+                )
+            )
+            seen = 0
+            async for message in stream:
+                if message.HasField("alert"):
+                    a = message.alert
+                    console.print(
+                        f"ALERT  {a.alert_id} {a.rule_id} {a.subject_key}: {a.explanation}"
+                    )
+                else:
+                    c = message.status_change
+                    status = alert_exchange_pb2.AlertStatus.Name(c.status)
+                    console.print(f"STATUS {c.alert_id} {status} by {c.by_city} {c.note}")
+                seen += 1
+                if limit and seen >= limit:
+                    return
+
+    asyncio.run(tail())
 
 
 @app.command("audit-verify")
