@@ -62,6 +62,7 @@ from services.common.certs import CITY_URI_PREFIX, DEFAULT_OUT
 from services.common.cloudevents import is_valid_traceparent
 from services.common.consent import ConsentError, ConsentGrant, ConsentKeyring
 from services.common.logging import mask_resident_ids
+from services.common.observability import GRPC_LATENCY
 from services.common.policy import NATURAL_PERSON, Decision, Policy, data_class_of, load_policy
 from services.common.region import Region
 from services.common.settings import Settings
@@ -454,7 +455,8 @@ def _wrap(
 
 
 class AuthorizationInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc is untyped
-    """Identity from the certificate, the policy decision, the subject's class and consent."""
+    """Identity from the certificate, the policy decision, the subject's class and consent;
+    and the call's latency by method and status (``creditlink_grpc_latency_seconds``)."""
 
     def __init__(self, security: PeerSecurity) -> None:
         self._security = security
@@ -494,7 +496,12 @@ class AuthorizationInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc
             except Denied as denied:
                 await denied.abort(context)
 
-        wrapped = self._wrapped[method] = _wrap(handler, method, before, None)
+        async def after(call: PeerCall, status: grpc.StatusCode) -> None:
+            GRPC_LATENCY.labels(city=security.city, method=method, code=status.name).observe(
+                time.monotonic() - call.started
+            )
+
+        wrapped = self._wrapped[method] = _wrap(handler, method, before, after)
         return wrapped
 
 

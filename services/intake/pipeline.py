@@ -30,6 +30,11 @@ from typing import Any, Final
 from services.common.avro import AvroSerde
 from services.common.cloudevents import new_traceparent
 from services.common.logging import get_logger
+from services.common.observability import (
+    RECORDS_ACCEPTED,
+    RECORDS_DUPLICATE,
+    RECORDS_REJECTED,
+)
 from services.common.workdays import CalendarNotCovered, WorkdayCalendar
 from services.intake import events as ev
 from services.intake.ledger import (
@@ -493,7 +498,20 @@ class IntakePipeline:
                     self.ledger.apply_record(state)
                 else:
                     self.ledger.apply_rejection(state)
+            self._count(plan.outcomes)
             return plan.outcomes
+
+    def _count(self, outcomes: Sequence[Outcome]) -> None:
+        """Prometheus counters, once the outcomes are committed on the broker."""
+        for outcome in outcomes:
+            if isinstance(outcome, Rejected):
+                if not outcome.already_recorded:
+                    code = outcome.reasons[0].code if outcome.reasons else "unknown"
+                    RECORDS_REJECTED.labels(city=self.city, code=code).inc()
+            elif outcome.duplicate:
+                RECORDS_DUPLICATE.labels(city=self.city).inc()
+            else:
+                RECORDS_ACCEPTED.labels(city=self.city).inc()
 
     async def publish_quality(
         self, days: Iterable[tuple[str, date]], *, traceparent: str | None = None

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from aiokafka import TopicPartition
 from aiokafka.structs import ConsumerRecord
+from prometheus_client import REGISTRY
 
 from deploy.broker import Broker
 from services.common.avro import AvroSerde
@@ -141,10 +142,29 @@ async def test_a_mixed_file_gives_exact_counts_and_topics(
     path = tmp_path / "shuanggongshi.csv"
     mixed_file(path, person_id)
 
+    def counted() -> tuple[float, float, float]:
+        city = {"city": provisioned.city}
+        rejected = sum(
+            sample.value
+            for metric in REGISTRY.collect()
+            if metric.name == "creditlink_records_rejected"
+            for sample in metric.samples
+            if sample.name.endswith("_total") and sample.labels.get("city") == provisioned.city
+        )
+        return (
+            REGISTRY.get_sample_value("creditlink_records_accepted_total", city) or 0.0,
+            REGISTRY.get_sample_value("creditlink_records_duplicate_total", city) or 0.0,
+            rejected,
+        )
+
+    before = counted()
     # Small chunks: several transactions, corrections and duplicates across them.
     summary = await run_import(provisioned, [path], chunk_size=7, workers=workers)
     assert summary.lines == 27
     assert (summary.accepted, summary.duplicates, summary.rejected) == (19, 2, 6)
+    # The Prometheus counters saw the same: one rejection was already on the topic.
+    after = counted()
+    assert tuple(b - a for a, b in zip(before, after, strict=True)) == (19, 2, 5)
     assert summary.corrections == 1
     assert summary.rejections_already_recorded == 1
     assert summary.balanced

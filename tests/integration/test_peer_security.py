@@ -370,3 +370,20 @@ async def test_restarted_writer_continues_the_chain(node: Node) -> None:
         assert again.head == head
     finally:
         await producer.stop()
+
+
+async def test_grpc_latency_is_measured_by_method_and_status(node: Node) -> None:
+    from prometheus_client import REGISTRY
+
+    method = "/creditlink.peer.v1.CreditCheckService/CheckSubject"
+
+    def calls(code: str) -> float:
+        labels = {"city": "suzhou", "method": method, "code": code}
+        return REGISTRY.get_sample_value("creditlink_grpc_latency_seconds_count", labels) or 0.0
+
+    ok_before, denied_before = calls("OK"), calls("PERMISSION_DENIED")
+    await _check(
+        node, "wuxi", subject_key=ORG, scenario=credit_check_pb2.SCENARIO_TENDERING, purpose="T-1"
+    )
+    assert calls("OK") == ok_before + 1
+    assert calls("PERMISSION_DENIED") == denied_before
