@@ -14,6 +14,8 @@ Module order follows the faust examples: logic, app, topics, tables, agents.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import math
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
@@ -21,6 +23,8 @@ from enum import StrEnum
 from typing import Any, Final
 
 import faust
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
 
 from services.common.faust_codec import register_avro_codec
 from services.common.logging import get_logger
@@ -93,6 +97,7 @@ class ScoreStream:
     app: faust.App
     table: Any
     population: ScorePopulation
+    settings: Settings | None = None
 
     def score_of(self, pseudonym: str) -> float | None:
         value = self.table.get(pseudonym)
@@ -102,6 +107,8 @@ class ScoreStream:
         return sum(1 for _ in self.table)
 
     async def start(self) -> None:
+        if self.settings is not None:
+            await ensure_changelog(self.settings)
         await self.app.start()
 
     async def recovered(self) -> None:
@@ -111,6 +118,41 @@ class ScoreStream:
 
     async def stop(self) -> None:
         await self.app.stop()
+
+
+async def ensure_changelog(settings: Settings, *, within_s: float = 30.0) -> None:
+    """Create the table's changelog topic ourselves and wait until the broker's metadata
+    shows all its partitions.
+
+    faust creates it at start-up and checks its partition count at once; on a KRaft broker
+    the new topic's metadata can lag, faust then sees 0 partitions, raises
+    PartitionsMismatch and the agent stays crashed (seen on a loaded 2-core machine).
+    """
+    name = f"{settings.topic_prefix}scores-{TABLE_NAME}-changelog"
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    await admin.start()
+    try:
+        known = {t["topic"]: t for t in await admin.describe_topics([name])}
+        if name not in known or known[name]["error_code"] != 0:
+            with contextlib.suppress(TopicAlreadyExistsError):
+                await admin.create_topics(
+                    [
+                        NewTopic(
+                            name,
+                            SCORES_PARTITIONS,
+                            1,
+                            topic_configs={"cleanup.policy": "compact"},
+                        )
+                    ]
+                )
+        deadline = asyncio.get_running_loop().time() + within_s
+        while asyncio.get_running_loop().time() < deadline:
+            found = {t["topic"]: t for t in await admin.describe_topics([name])}.get(name)
+            if found and found["error_code"] == 0 and len(found["partitions"]) == SCORES_PARTITIONS:
+                return
+            await asyncio.sleep(0.2)
+    finally:
+        await admin.close()
 
 
 def build_score_stream(
@@ -160,4 +202,4 @@ def build_score_stream(
                 log.error("score event rejected", subject_key=f"N:{subject}", reason=reason)
 
     app.agent(scores_topic, name=f"{settings.topic_prefix}track_scores")(track_scores)
-    return ScoreStream(app=app, table=pseudonym_to_score, population=population)
+    return ScoreStream(app=app, table=pseudonym_to_score, population=population, settings=settings)
