@@ -3,7 +3,7 @@
 A peer city points it at its own implementation (or ours) with the certificate of a city the
 endpoint's policy lets call it::
 
-    python -m contracts.conformance --target 127.0.0.1:50151 \\
+    python -m contracts.conformance --target 127.0.0.1:24151 \\
         --ca deploy/local/certs/ca.crt --cert deploy/local/certs/wuxi.crt \\
         --key deploy/local/certs/wuxi.key [--server-name localhost] [--only list-sync]
 

@@ -7,7 +7,7 @@ Example::
     audit = AuditChainWriter(settings, serde, producer, node_city="320500", chain="lists")
     await audit.start()
     server = await start_peer_server(
-        bind="127.0.0.1:50151",
+        bind="127.0.0.1:24151",
         tls=TlsFiles.for_city("suzhou"),
         services=[ServiceBinding(CheckServicer(...), add_CreditCheckServiceServicer_to_server,
                                  "creditlink.peer.v1.CreditCheckService")],

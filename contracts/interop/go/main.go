@@ -3,7 +3,7 @@
 // descriptor set that `buf build` makes of contracts/proto, and invokes methods by name with
 // dynamic messages over grpc-go with mutual TLS.
 //
-//	creditlink-interop -target 127.0.0.1:50151 -ca ca.crt -cert wuxi.crt -key wuxi.key \
+//	creditlink-interop -target 127.0.0.1:24151 -ca ca.crt -cert wuxi.crt -key wuxi.key \
 //	    -descriptors peer.binpb -case check-organisation
 //
 // It prints "PASS <case>" or "FAIL <case>: <reason>" and exits 1 on failure.
