@@ -454,13 +454,18 @@ def _wrap(
     return factory(streamed_response, handler.request_deserializer, handler.response_serializer)
 
 
-class AuthorizationInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc is untyped
-    """Identity from the certificate, the policy decision, the subject's class and consent;
-    and the call's latency by method and status (``creditlink_grpc_latency_seconds``)."""
+class _WrappingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc is untyped
+    """Runs a subclass's ``before``/``after`` hooks around every peer method's handler.
 
-    def __init__(self, security: PeerSecurity) -> None:
-        self._security = security
+    A method's handler never changes once the server runs, so each is wrapped once and the
+    wrapped handler reused, not rebuilt per call. Health and reflection pass through.
+    """
+
+    def __init__(self) -> None:
         self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
+
+    def hooks(self, method: str) -> tuple[Before | None, After | None]:
+        raise NotImplementedError
 
     async def intercept_service(
         self,
@@ -468,12 +473,24 @@ class AuthorizationInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         method = handler_call_details.method
-        # A method's handler never changes once the server runs: wrap it once, not per call.
         if (cached := self._wrapped.get(method)) is not None:
             return cached
         handler = await continuation(handler_call_details)
         if handler is None or _is_exempt(method):
             return handler
+        wrapped = self._wrapped[method] = _wrap(handler, method, *self.hooks(method))
+        return wrapped
+
+
+class AuthorizationInterceptor(_WrappingInterceptor):
+    """Identity from the certificate, the policy decision, the subject's class and consent;
+    and the call's latency by method and status (``creditlink_grpc_latency_seconds``)."""
+
+    def __init__(self, security: PeerSecurity) -> None:
+        super().__init__()
+        self._security = security
+
+    def hooks(self, method: str) -> tuple[Before | None, After | None]:
         security = self._security
 
         async def before(
@@ -501,11 +518,10 @@ class AuthorizationInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc
                 time.monotonic() - call.started
             )
 
-        wrapped = self._wrapped[method] = _wrap(handler, method, before, after)
-        return wrapped
+        return before, after
 
 
-class AuditInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc is untyped
+class AuditInterceptor(_WrappingInterceptor):
     """One hash-chained audit record per peer call, whatever its outcome.
 
     Install it *before* :class:`AuthorizationInterceptor` so refusals are audited too. When
@@ -514,21 +530,11 @@ class AuditInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grp
     """
 
     def __init__(self, writer: AuditChainWriter, *, node_city_code: str) -> None:
+        super().__init__()
         self._writer = writer
         self._node = node_city_code
-        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        method = handler_call_details.method
-        if (cached := self._wrapped.get(method)) is not None:
-            return cached
-        handler = await continuation(handler_call_details)
-        if handler is None or _is_exempt(method):
-            return handler
+    def hooks(self, method: str) -> tuple[Before | None, After | None]:
         writer = self._writer
 
         async def before(
@@ -563,8 +569,7 @@ class AuditInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grp
                 if status is grpc.StatusCode.OK:
                     raise
 
-        wrapped = self._wrapped[method] = _wrap(handler, method, before, after)
-        return wrapped
+        return before, after
 
 
 # --- the server ---------------------------------------------------------------------------
