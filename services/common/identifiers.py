@@ -57,6 +57,7 @@ from __future__ import annotations
 import unicodedata
 from dataclasses import dataclass, field
 from datetime import date
+from operator import mul
 from typing import Literal
 
 __all__ = [
@@ -94,12 +95,17 @@ IssueCode = Literal[
 # GB 32100-2015: the 31 code characters; a character's value is its index.
 USCC_ALPHABET = "0123456789ABCDEFGHJKLMNPQRTUWXY"
 _USCC_VALUE = {char: value for value, char in enumerate(USCC_ALPHABET)}
+_USCC_CHARS = frozenset(USCC_ALPHABET)
+# Byte translation of ASCII code characters to their values: one C call instead of a dict
+# lookup per character (intake checks a code per record).
+_USCC_VALUE_BYTES = bytes.maketrans(USCC_ALPHABET.encode(), bytes(range(len(USCC_ALPHABET))))
 # GB 32100-2015: W_i = 3^(i-1) mod 31 for i = 1..17.
 _USCC_WEIGHTS = tuple(pow(3, i, 31) for i in range(17))
 
 # GB 11714-1997: body characters are 0-9 and A-Z, with A=10 … Z=35.
 ORG_CODE_ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 _ORG_VALUE = {char: value for value, char in enumerate(ORG_CODE_ALPHABET)}
+_ORG_VALUE_BYTES = bytes.maketrans(ORG_CODE_ALPHABET.encode(), bytes(range(len(ORG_CODE_ALPHABET))))
 # GB 11714-1997: weights of body positions 1..8.
 _ORG_WEIGHTS = (3, 7, 9, 10, 5, 8, 4, 2)
 
@@ -109,6 +115,9 @@ _DIGIT_VALUE = {char: value for value, char in enumerate(_DIGITS)}
 _RESIDENT_WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
 # GB 11643-1999: check character indexed by (Σ a_i·W_i) mod 11.
 _RESIDENT_CHECK = "10X98765432"
+# Σ (byte − 48)·W_i = Σ byte·W_i − 48·Σ W_i: the weighted sum straight off ASCII digit bytes.
+_RESIDENT_DIGIT_OFFSET = ord("0") * sum(_RESIDENT_WEIGHTS)
+_CHECK_CHARS = frozenset(_DIGITS + "X")
 
 _LENGTH = 18
 
@@ -152,11 +161,28 @@ class IdentifierCheck:
 
 def normalize_identifier(raw: str) -> str:
     """NFKC (full-width → half-width), strip surrounding whitespace, upper-case."""
+    if raw.isascii():  # NFKC leaves every ASCII character as it is
+        return raw.strip().upper()
     return unicodedata.normalize("NFKC", raw).strip().upper()
 
 
-def _weighted_sum(values: list[int], weights: tuple[int, ...]) -> int:
-    return sum(value * weight for value, weight in zip(values, weights, strict=True))
+def _uscc_check(first17: str) -> str:
+    """The check character of 17 characters known to be of :data:`USCC_ALPHABET`."""
+    values = first17.encode("ascii").translate(_USCC_VALUE_BYTES)
+    return USCC_ALPHABET[-sum(map(mul, values, _USCC_WEIGHTS)) % 31]
+
+
+def _org_check(first8: str) -> str:
+    """The GB 11714 check character of 8 characters known to be of ``0-9A-Z``."""
+    values = first8.encode("ascii").translate(_ORG_VALUE_BYTES)
+    check = 11 - sum(map(mul, values, _ORG_WEIGHTS)) % 11
+    return "X" if check == 10 else "0" if check == 11 else str(check)
+
+
+def _resident_check(first17: str) -> str:
+    """The check character of 17 characters known to be ASCII digits."""
+    weighted = sum(map(mul, first17.encode("ascii"), _RESIDENT_WEIGHTS)) - _RESIDENT_DIGIT_OFFSET
+    return _RESIDENT_CHECK[weighted % 11]
 
 
 def uscc_check_char(first17: str) -> str:
@@ -167,8 +193,7 @@ def uscc_check_char(first17: str) -> str:
     """
     if len(first17) != 17 or any(char not in _USCC_VALUE for char in first17):
         raise ValueError("expected 17 characters of the GB 32100 alphabet")
-    remainder = _weighted_sum([_USCC_VALUE[char] for char in first17], _USCC_WEIGHTS) % 31
-    return USCC_ALPHABET[(31 - remainder) % 31]
+    return _uscc_check(first17)
 
 
 def org_code_check_char(first8: str) -> str:
@@ -179,12 +204,7 @@ def org_code_check_char(first8: str) -> str:
     """
     if len(first8) != 8 or any(char not in _ORG_VALUE for char in first8):
         raise ValueError("expected 8 characters of 0-9A-Z")
-    check = 11 - _weighted_sum([_ORG_VALUE[char] for char in first8], _ORG_WEIGHTS) % 11
-    if check == 10:
-        return "X"
-    if check == 11:
-        return "0"
-    return str(check)
+    return _org_check(first8)
 
 
 def resident_id_check_char(first17: str) -> str:
@@ -194,8 +214,7 @@ def resident_id_check_char(first17: str) -> str:
     """
     if len(first17) != 17 or any(char not in _DIGIT_VALUE for char in first17):
         raise ValueError("expected 17 ASCII digits")
-    remainder = _weighted_sum([_DIGIT_VALUE[char] for char in first17], _RESIDENT_WEIGHTS) % 11
-    return _RESIDENT_CHECK[remainder]
+    return _resident_check(first17)
 
 
 def _positions(indexes: list[int]) -> str:
@@ -223,8 +242,8 @@ def check_uscc(raw: str, *, allow_pilot: bool = True) -> IdentifierCheck:
                 f"a unified social credit code has 18 characters, got {len(code)}",
             )
         )
-    foreign = [i for i, char in enumerate(code) if char not in _USCC_VALUE]
-    if foreign:
+    if not _USCC_CHARS.issuperset(code):
+        foreign = [i for i, char in enumerate(code) if char not in _USCC_VALUE]
         return verdict(
             IdentifierIssue(
                 "uscc.charset",
@@ -234,15 +253,14 @@ def check_uscc(raw: str, *, allow_pilot: bool = True) -> IdentifierCheck:
         )
 
     issues: list[IdentifierIssue] = []
-    division = code[2:8]
-    if any(char not in _DIGIT_VALUE for char in division):
+    if not code[2:8].isdigit():  # the alphabet is ASCII, so digits are 0-9 here
         issues.append(
             IdentifierIssue(
                 "uscc.admin_division",
                 "positions 3-8 are not a 6-digit GB/T 2260 division code",
             )
         )
-    org_expected = org_code_check_char(code[8:16])
+    org_expected = _org_check(code[8:16])
     org_ok = code[16] == org_expected
     if not org_ok:
         issues.append(
@@ -252,7 +270,7 @@ def check_uscc(raw: str, *, allow_pilot: bool = True) -> IdentifierCheck:
                 f"position 17 is {code[16]!r}, expected {org_expected!r}",
             )
         )
-    expected = uscc_check_char(code[:17])
+    expected = _uscc_check(code[:17])
     if code[17] == expected:
         return verdict(*issues)
     if allow_pilot and not issues:
@@ -301,10 +319,10 @@ def check_resident_id(raw: str, *, today: date | None = None) -> IdentifierCheck
                 f"a resident identity number has 18 characters, got {len(number)}{hint}",
             )
         )
-    foreign = [i for i, char in enumerate(number[:17]) if char not in _DIGIT_VALUE]
-    if number[17] not in _DIGIT_VALUE and number[17] != "X":
-        foreign.append(17)
-    if foreign:
+    if not (number.isascii() and number[:17].isdigit() and number[17] in _CHECK_CHARS):
+        foreign = [i for i, char in enumerate(number[:17]) if char not in _DIGIT_VALUE]
+        if number[17] not in _CHECK_CHARS:
+            foreign.append(17)
         return verdict(
             IdentifierIssue(
                 "resident_id.charset",
@@ -324,7 +342,7 @@ def check_resident_id(raw: str, *, today: date | None = None) -> IdentifierCheck
         issues.append(
             IdentifierIssue("resident_id.birth_date_future", "birth date is in the future")
         )
-    if number[17] != resident_id_check_char(number[:17]):
+    if number[17] != _resident_check(number[:17]):
         issues.append(
             IdentifierIssue(
                 "resident_id.check_digit",

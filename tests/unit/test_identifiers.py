@@ -179,6 +179,31 @@ def test_org_code_check_char_agrees_with_reference(body: str) -> None:
     assert ref_org_ok(body + org_code_check_char(body))
 
 
+@given(first17=st.text(alphabet="0123456789", min_size=17, max_size=17))
+def test_resident_id_check_char_agrees_with_reference(first17: str) -> None:
+    assert ref_resident_ok(first17 + resident_id_check_char(first17))
+
+
+@settings(max_examples=500)
+@given(code=st.text(alphabet=USCC_ALPHABET, min_size=18, max_size=18))
+def test_uscc_verdict_agrees_with_reference_on_any_code_of_the_alphabet(code: str) -> None:
+    result = check_uscc(code, allow_pilot=False)
+    assert result.valid == (
+        code[2:8].isdigit() and ref_org_ok(code[8:17]) and ref_uscc_sum_ok(code)
+    )
+
+
+@settings(max_examples=500)
+@given(
+    first17=st.text(alphabet="0123456789", min_size=17, max_size=17),
+    last=st.sampled_from("0123456789X"),
+)
+def test_resident_id_check_agrees_with_reference_on_any_digits(first17: str, last: str) -> None:
+    number = first17[:6] + "19900101" + first17[14:17] + last  # a real birth date
+    result = check_resident_id(number, today=date(2025, 1, 1))
+    assert result.valid == ref_resident_ok(number)
+
+
 def substitution_is_tolerated(original: str, position: int, char: str) -> bool:
     """Exactly when the documented pilot rule tolerates this one-character substitution."""
     mutated = original[:position] + char + original[position + 1 :]
