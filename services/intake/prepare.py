@@ -15,6 +15,7 @@ importing process, which encodes its higher version.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import multiprocessing
@@ -26,12 +27,11 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import BinaryIO, Final
 
-from aiokafka.partitioner import DefaultPartitioner
-
 from services.common.avro import AvroSerde
 from services.intake import events as ev
 from services.intake import files
 from services.intake.ledger import RecordState
+from services.intake.publisher import partition_for
 from services.intake.validation import (
     INCONSISTENT,
     UNPARSEABLE,
@@ -163,17 +163,28 @@ def split_file(
     chunk boundary falls exactly where the line-by-line reader ends a record — also for
     malformed quoting. Latin-1 maps every byte to one character, and the bytes that matter
     to CSV (comma, double quote, CR, LF) never occur inside a multi-byte UTF-8 or GB18030
-    character, so the records are the same as in the decoded text.
+    character, so the records are the same as in the decoded text. A line that starts a
+    record and holds no double quote, CR or NUL is a whole record by itself, whatever else
+    it holds; only the other lines go through the csv module.
     """
     lines: list[tuple[int, bytes]] = []
+    source = files.physical_lines(stream)
+    pushed_back: list[tuple[int, bytes]] = []
 
     def physical() -> Iterator[str]:
-        for number, raw in files.physical_lines(stream):
+        while True:
+            if pushed_back:
+                number, raw = pushed_back.pop()
+            else:
+                taken = next(source, None)
+                if taken is None:
+                    return
+                number, raw = taken
             lines.append((number, raw))
             yield raw.decode("latin-1") + "\n"
 
     def chunk(header: bytes, taken: list[tuple[int, bytes]]) -> Chunk:
-        body = b"".join(raw + b"\n" for _, raw in taken)
+        body = b"\n".join(raw for _, raw in taken) + b"\n"
         return Chunk(file_format, file_name, header, taken[0][0], body)
 
     if file_format == "jsonl":
@@ -187,27 +198,32 @@ def split_file(
 
     header = b""
     reader = csv.reader(physical(), strict=True)
-    while True:
+    while not header:
         try:
             next(reader)
         except StopIteration:
-            break
+            return
         except csv.Error as exc:
-            if not header:
-                raise files.FileFormatError(f"the header line is not CSV: {exc}") from None
-            # The worker's reader reports it; the record ends here as well.
-        if not header:
-            candidate = b"\n".join(raw for _, raw in lines) + b"\n"
-            # Blank or not is judged on the decoded text, as the line reader judges it.
-            if "".join(files.header_cells(candidate)).strip():
-                header = candidate
-                files.check_header(header)
-            lines.clear()
-            continue
+            raise files.FileFormatError(f"the header line is not CSV: {exc}") from None
+        candidate = b"\n".join(raw for _, raw in lines) + b"\n"
+        # Blank or not is judged on the decoded text, as the line reader judges it.
+        if "".join(files.header_cells(candidate)).strip():
+            header = candidate
+            files.check_header(header)
+        lines.clear()
+    for number, raw in source:
+        if b'"' in raw or b"\r" in raw or b"\0" in raw:
+            pushed_back.append((number, raw))
+            # The csv module reads this record's lines, however many. A malformed record
+            # ends where csv says so; the worker's reader reports it.
+            with contextlib.suppress(csv.Error):
+                next(reader)
+        else:
+            lines.append((number, raw))
         if len(lines) >= chunk_lines:
             yield chunk(header, lines[:])
             lines.clear()
-    if lines and header:
+    if lines:
         yield chunk(header, lines)
 
 
@@ -309,8 +325,7 @@ def prepare_chunk(chunk: Chunk, preparation: Preparation) -> PreparedChunk:
         today=preparation.today,
         pseudonymise=pseudonymiser(preparation.region_key),
     )
-    partitions = list(range(preparation.partitions))
-    partitioner = DefaultPartitioner()
+    partitions = preparation.partitions
     out = PreparedChunk([], [], [], [], [], {}, [])
     for row in chunk_rows(chunk):
         verdict = check_row(row, context, preparation.uploader_department)
@@ -340,7 +355,7 @@ def prepare_chunk(chunk: Chunk, preparation: Preparation) -> PreparedChunk:
         )
         out.days.append((verdict.decision_date.toordinal(), verdict.report_date.toordinal()))
         key = verdict.subject_key.encode()
-        out.partitions.append(partitioner(key, partitions, partitions))
+        out.partitions.append(partition_for(key, partitions))
         out.values.append(
             serde.encode(
                 ev.CREDIT_RECORD_SCHEMA,

@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.partitioner import DefaultPartitioner
 
 from services.common.kafka import make_producer
 from services.common.logging import get_logger
@@ -44,6 +44,38 @@ class OutgoingEvent:
     headers: list[tuple[str, bytes]]
     #: Already computed with the murmur2 partitioner (by a worker process), or None.
     partition: int | None = None
+
+
+_MURMUR_M: Final = 0x5BD1E995
+_MURMUR_SEED: Final = 0x9747B28C
+_U32: Final = 0xFFFFFFFF
+
+
+def partition_for(key: bytes, partitions: int) -> int:
+    """The partition the Java client's default partitioner (and aiokafka's) gives ``key``:
+    murmur2 of the key, sign bit cleared, modulo the partition count.
+
+    The same arithmetic as ``aiokafka.partitioner.murmur2``, reading four bytes at a time:
+    the partitioner runs once per record, and this takes half its time.
+    """
+    length = len(key)
+    h = _MURMUR_SEED ^ length
+    for k in struct.unpack_from(f"<{length >> 2}I", key):
+        k = (k * _MURMUR_M) & _U32
+        k ^= k >> 24
+        h = ((h * _MURMUR_M) & _U32) ^ ((k * _MURMUR_M) & _U32)
+    tail = length & 3
+    if tail:
+        whole = length - tail
+        if tail == 3:
+            h ^= key[whole + 2] << 16
+        if tail >= 2:
+            h ^= key[whole + 1] << 8
+        h = ((h ^ key[whole]) * _MURMUR_M) & _U32
+    h ^= h >> 13
+    h = (h * _MURMUR_M) & _U32
+    h ^= h >> 15
+    return (h & 0x7FFFFFFF) % partitions
 
 
 class PublishFailed(Exception):
@@ -72,7 +104,6 @@ class TransactionalPublisher:
         self._options = producer_options
         self._producer: AIOKafkaProducer | None = None
         self._partitions: dict[str, list[int]] = {}
-        self._partitioner = DefaultPartitioner()
         self._log = get_logger(component="publisher", transactional_id=self._transactional_id)
 
     @property
@@ -138,7 +169,7 @@ class TransactionalPublisher:
                 partition = event.partition
                 if partition is None:
                     partitions = await self._partitions_of(producer, topic)
-                    partition = self._partitioner(event.key, partitions, partitions)
+                    partition = partitions[partition_for(event.key, len(partitions))]
                 batch = batches.get((topic, partition))
                 if batch is None:
                     batch = batches[(topic, partition)] = producer.create_batch()

@@ -1,0 +1,39 @@
+"""The importing process's helpers for worker processes: partitions and chunks."""
+
+from __future__ import annotations
+
+import io
+
+from aiokafka.partitioner import DefaultPartitioner
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from services.intake.prepare import split_file
+from services.intake.publisher import partition_for
+
+
+@settings(max_examples=2000)
+@given(st.binary(max_size=90), st.integers(1, 64))
+def test_partition_for_is_the_default_partitioners(key: bytes, count: int) -> None:
+    partitions = list(range(count))
+    assert partition_for(key, count) == DefaultPartitioner()(key, partitions, partitions)
+
+
+def test_subject_key_shapes_and_short_tails_partition_as_aiokafka_does() -> None:
+    # aiokafka's murmur2 is a port of the Java client's Utils.murmur2.
+    partitions = list(range(6))
+    for key in (b"L:91320500MA1W8XY409", b"N:" + b"ab" * 32, b"", b"a", b"ab", b"abc"):
+        assert partition_for(key, 6) == DefaultPartitioner()(key, partitions, partitions)
+
+
+def test_plain_lines_and_quoted_records_split_at_the_same_places() -> None:
+    """Lines without quotes are records by themselves; a quoted field spanning lines keeps
+    its record whole across the chunk size."""
+    data = b'decision_number,violation\nA1,x\nA2,"spans\ntwo lines"\nA3,y\r\nA4,"q""uote"\nA5,z\n'
+    chunks = list(split_file(io.BytesIO(data), "csv", "f.csv", chunk_lines=2))
+    assert [(c.first_line, c.body) for c in chunks] == [
+        (2, b'A1,x\nA2,"spans\ntwo lines"\n'),
+        (5, b'A3,y\nA4,"q""uote"\n'),
+        (7, b"A5,z\n"),
+    ]
+    assert {c.header for c in chunks} == {b"decision_number,violation\n"}
