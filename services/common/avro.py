@@ -311,7 +311,7 @@ class SchemaStore:
 AvroWriter = Callable[[bytearray, Any], None]
 
 
-class _NotCompiled(Exception):
+class WriterNotCompiled(Exception):
     """The writer compiler does not handle this part of a schema; fastavro writes it."""
 
 
@@ -411,12 +411,14 @@ _LOGICAL_WRITERS: Final[dict[tuple[str, str], AvroWriter]] = {
 }
 
 
-def compile_writer(schema: ParsedSchema) -> AvroWriter:
-    """A writer of ``schema`` (as ``parse_schema`` returns it) that raises for every value it
-    does not write exactly as fastavro would; raises :class:`_NotCompiled` for schemas using
-    what it does not handle (fixed, float, unions other than ``["null", T]``, other logical
-    types, recursive types)."""
-    named: Mapping[str, Any] = schema.get("__named_schemas", {})
+def compile_writer(schema: Any, named_schemas: Mapping[str, Any] | None = None) -> AvroWriter:
+    """A writer of ``schema`` (as ``parse_schema`` returns it, or a part of one with the named
+    types of the whole) that raises for every value it does not write exactly as fastavro
+    would; raises :class:`WriterNotCompiled` for schemas using what it does not handle (fixed,
+    float, unions other than ``["null", T]``, other logical types, recursive types)."""
+    named: Mapping[str, Any] = (
+        named_schemas if named_schemas is not None else schema.get("__named_schemas", {})
+    )
     return _compile(schema, named, frozenset())
 
 
@@ -426,18 +428,18 @@ def _compile(schema: Any, named: Mapping[str, Any], enclosing: frozenset[str]) -
     if isinstance(schema, str):
         if schema in named:
             if schema in enclosing:
-                raise _NotCompiled(f"recursive type {schema}")
+                raise WriterNotCompiled(f"recursive type {schema}")
             return _compile(named[schema], named, enclosing)
         primitive = _PRIMITIVE_WRITERS.get(schema)
         if primitive is None:
-            raise _NotCompiled(f"type {schema}")
+            raise WriterNotCompiled(f"type {schema}")
         return primitive
     type_name = schema["type"]
     logical = schema.get("logicalType")
     if logical is not None:
         writer = _LOGICAL_WRITERS.get((type_name, logical))
         if writer is None:
-            raise _NotCompiled(f"logical type {logical} on {type_name}")
+            raise WriterNotCompiled(f"logical type {logical} on {type_name}")
         return writer
     if type_name == "record":
         return _compile_record(schema, named, enclosing | {schema["name"]})
@@ -454,7 +456,7 @@ def _compile_union(
     branches: list[Any], named: Mapping[str, Any], enclosing: frozenset[str]
 ) -> AvroWriter:
     if len(branches) != 2 or branches[0] != "null" or branches[1] == "null":
-        raise _NotCompiled(f"union {branches}")
+        raise WriterNotCompiled(f"union {branches}")
     inner = _compile(branches[1], named, enclosing)
 
     def write_optional(out: bytearray, value: Any) -> None:
@@ -608,7 +610,7 @@ class AvroSerde:
     def _compile(schema: SchemaVersion) -> AvroWriter | None:
         try:
             return compile_writer(schema.parsed)
-        except _NotCompiled:
+        except WriterNotCompiled:
             return None
 
     def writer_of(self, data: bytes | bytearray | memoryview) -> SchemaVersion:

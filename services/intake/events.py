@@ -17,7 +17,9 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any, Final, Literal
 
+from services.common.avro import AvroSerde
 from services.common.cloudevents import build_headers, source_for
+from services.intake.record_encoding import default_encoding
 from services.intake.validation import InvalidRecord, ValidRecord, Violation
 
 RECORDS_TOPIC: Final = "credit.records.v1"
@@ -105,6 +107,46 @@ def credit_record(
         "attributes": content["attributes"],
         "source": source.as_avro(),
     }
+
+
+def encode_credit_record(
+    serde: AvroSerde,
+    record: ValidRecord,
+    *,
+    city_code: str,
+    version: int,
+    report_date: date,
+    accepted_at: datetime,
+    source: SubmissionSource,
+) -> bytes:
+    """``serde.encode`` of :func:`credit_record`, written around the content encoding the
+    validation made (:mod:`services.intake.record_encoding`) when it has one."""
+    encoding = default_encoding()
+    parts = record.content_parts
+    if parts is not None and serde.writer_schema(CREDIT_RECORD_SCHEMA) is encoding.schema:
+        fields = {
+            "record_id": record.record_id,
+            "version": version,
+            "supersedes_version": version - 1 if version > 1 else None,
+            "city_code": city_code,
+            "report_date": report_date,
+            "accepted_at": accepted_at,
+            "source": source.as_avro(),
+        }
+        value = encoding.event(parts, fields, publicity_start=report_date)
+        if value is not None:
+            return value
+    return serde.encode(
+        CREDIT_RECORD_SCHEMA,
+        credit_record(
+            record,
+            city_code=city_code,
+            version=version,
+            report_date=report_date,
+            accepted_at=accepted_at,
+            source=source,
+        ),
+    )
 
 
 def reasons_avro(reasons: tuple[Violation, ...]) -> list[dict[str, str]]:

@@ -19,7 +19,7 @@ from datetime import date
 from enum import Enum
 from typing import Any, Protocol
 
-from services.intake.validation import Violation, content_hash, content_of
+from services.intake.validation import Violation, content_hash
 from services.intake.vocabulary import DISCLOSURE_CATEGORIES
 
 DepartmentDay = tuple[str, date]
@@ -238,7 +238,7 @@ def record_state_from_event(record: Mapping[str, Any]) -> RecordState:
     return RecordState(
         record_id=str(record["record_id"]),
         version=int(record["version"]),
-        content_hash=content_hash(content_of(record)),
+        content_hash=content_hash(record),
         category=str(record["category"]),
         department_code=str(record["department_code"]),
         department_name=str(record["department_name"]),

@@ -209,16 +209,14 @@ class _Planner:
     def encode_record(
         self, record: ValidRecord, decided: Classification, source: ev.SubmissionSource
     ) -> tuple[RecordState, OutgoingEvent]:
-        value = self.pipeline.serde.encode(
-            ev.CREDIT_RECORD_SCHEMA,
-            ev.credit_record(
-                record,
-                city_code=self.pipeline.city_code,
-                version=decided.version,
-                report_date=decided.report_date,
-                accepted_at=self.now,
-                source=source,
-            ),
+        value = ev.encode_credit_record(
+            self.pipeline.serde,
+            record,
+            city_code=self.pipeline.city_code,
+            version=decided.version,
+            report_date=decided.report_date,
+            accepted_at=self.now,
+            source=source,
         )
         key = record.subject_key
         event = OutgoingEvent(

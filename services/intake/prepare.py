@@ -357,16 +357,14 @@ def prepare_chunk(chunk: Chunk, preparation: Preparation) -> PreparedChunk:
         key = verdict.subject_key.encode()
         out.partitions.append(partition_for(key, partitions))
         out.values.append(
-            serde.encode(
-                ev.CREDIT_RECORD_SCHEMA,
-                ev.credit_record(
-                    verdict,
-                    city_code=preparation.city_code,
-                    version=1,
-                    report_date=verdict.report_date,
-                    accepted_at=preparation.submitted_at,
-                    source=source,
-                ),
+            ev.encode_credit_record(
+                serde,
+                verdict,
+                city_code=preparation.city_code,
+                version=1,
+                report_date=verdict.report_date,
+                accepted_at=preparation.submitted_at,
+                source=source,
             )
         )
     return out

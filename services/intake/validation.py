@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import json
 import re
 import unicodedata
 from collections.abc import Callable, Mapping
@@ -48,6 +47,12 @@ from services.common.logging import mask_resident_ids
 from services.common.pseudonym import pseudonym
 from services.intake import vocabulary as vocab
 from services.intake.publicity import bounded_publicity, penalty_publicity
+from services.intake.record_encoding import (
+    CONTENT_FIELDS,
+    ContentParts,
+    content_digest,
+    default_encoding,
+)
 
 # --- results ------------------------------------------------------------------------------
 
@@ -151,6 +156,9 @@ class ValidRecord:
     content: dict[str, Any]
     content_hash: str
     warnings: tuple[Violation, ...] = ()
+    #: The content's Avro encoding in the runs the event is written around (None when a
+    #: value is one the compiled writers leave to fastavro).
+    content_parts: ContentParts | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,30 +286,6 @@ def identify(submission: object, city_code: str) -> RecordIdentity:
 
 # --- content hash -------------------------------------------------------------------------
 
-#: The ``CreditRecord`` fields a submission decides; a resubmission equal on all of them is a
-#: duplicate. ``publicity`` is included without ``publicity_start`` (the report day).
-CONTENT_FIELDS: Final = (
-    "category",
-    "department_code",
-    "department_name",
-    "subject",
-    "decision_number",
-    "decision_date",
-    "publicity",
-    "penalty",
-    "licensing",
-    "list_decision",
-    "court",
-    "commitment",
-    "attributes",
-)
-
-
-def _json_default(value: object) -> str:
-    if isinstance(value, date):
-        return value.isoformat()
-    raise TypeError(f"unexpected {type(value).__name__} in record content")
-
 
 def content_of(record: Mapping[str, Any]) -> dict[str, Any]:
     """The content part of a ``CreditRecord`` (as built here or as decoded from Kafka)."""
@@ -313,9 +297,9 @@ def content_of(record: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def content_hash(content: Mapping[str, Any]) -> str:
-    """SHA-256 of the content in canonical JSON (sorted keys, dates as ISO 8601)."""
-    canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), default=_json_default)
-    return hashlib.sha256(canonical.encode("ascii")).hexdigest()
+    """SHA-256 of the content's Avro encoding (:mod:`services.intake.record_encoding`), of a
+    ``ValidRecord``'s content or a whole event as read back."""
+    return content_digest(default_encoding().content_encoding(content))
 
 
 # --- the validator ------------------------------------------------------------------------
@@ -949,6 +933,7 @@ def _validate(submission: object, ctx: ValidationContext) -> Verdict:
         **details,
         "attributes": attributes,
     }
+    parts = default_encoding().content_parts(content)
     return ValidRecord(
         record_id=record_id_for(ctx.city_code, department_code, category, decision_number),
         subject_key=subject_key,
@@ -959,8 +944,9 @@ def _validate(submission: object, ctx: ValidationContext) -> Verdict:
         decision_date=decision_date,
         report_date=report_date,
         content=content,
-        content_hash=content_hash(content_of(content)),
+        content_hash=content_digest(parts) if parts is not None else content_hash(content),
         warnings=tuple(form.warnings),
+        content_parts=parts,
     )
 
 

@@ -23,7 +23,7 @@ from services.common.identifiers_testing import make_resident_id
 from services.common.pseudonym import DEV_REGION_KEY, pseudonym
 from services.intake import files, grpc_codec
 from services.intake import validation as v
-from services.intake.events import SubmissionSource, credit_record
+from services.intake.events import SubmissionSource, credit_record, encode_credit_record
 from services.intake.prepare import chunk_rows, split_file
 from services.intake.samples import licensing_row, penalty_row
 
@@ -66,15 +66,18 @@ def check(submission: Any) -> None:
             assert reason.code
             assert reason.message
         return
-    event = credit_record(
-        verdict,
-        city_code="320500",
-        version=1,
-        report_date=verdict.report_date,
-        accepted_at=NOW,
-        source=SubmissionSource("GRPC", NOW),
-    )
-    encoded = SERDE.encode("CreditRecord", event)
+    facts: dict[str, Any] = {
+        "city_code": "320500",
+        "version": 1,
+        "report_date": verdict.report_date,
+        "accepted_at": NOW,
+        "source": SubmissionSource("GRPC", NOW),
+    }
+    encoded = SERDE.encode("CreditRecord", credit_record(verdict, **facts))
+    # Written around the content encoding: the same bytes; read back: the same content hash.
+    assert verdict.content_parts is not None
+    assert encoded == encode_credit_record(SERDE, verdict, **facts)
+    assert v.content_hash(SERDE.decode(encoded)) == verdict.content_hash
     subject = submission.get("subject") if isinstance(submission, dict) else None
     raw_id = subject.get("resident_id_number") if isinstance(subject, dict) else None
     if isinstance(raw_id, str) and len(raw_id.strip()) == 18:
