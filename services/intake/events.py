@@ -131,9 +131,10 @@ def encode_credit_record(
             "city_code": city_code,
             "report_date": report_date,
             "accepted_at": accepted_at,
+            "publicity": {"publicity_start": report_date},
             "source": source.as_avro(),
         }
-        value = encoding.event(parts, fields, publicity_start=report_date)
+        value = encoding.event(parts, fields)
         if value is not None:
             return value
     return serde.encode(

@@ -37,7 +37,7 @@ from services.common.avro import (
     ParsedSchema,
     SchemaVersion,
     WriterNotCompiled,
-    compile_writer,
+    compile_fields_writer,
     default_store,
 )
 
@@ -81,7 +81,7 @@ class CreditRecordEncoding:
         encoding = default_encoding()
         parts = encoding.content_parts(record.content)   # None: use the fastavro paths
         digest = content_digest(parts)
-        value = encoding.event(parts, event_fields, publicity_start=report_date)
+        value = encoding.event(parts, event_fields)
     """
 
     def __init__(self, schema: SchemaVersion) -> None:
@@ -97,29 +97,29 @@ class CreditRecordEncoding:
         missing = set(CONTENT_FIELDS) - {path[0] for path, _ in leaves}
         if missing:
             raise WriterNotCompiled(f"{schema} has no content field {sorted(missing)}")
-        runs: list[tuple[bool, list[tuple[FieldPath, AvroWriter]]]] = []
+        runs: list[tuple[bool, list[tuple[FieldPath, Any]]]] = []
         for path, field_type in leaves:
             content = _is_content(path)
-            writer = compile_writer(field_type, named)
             if runs and runs[-1][0] == content:
-                runs[-1][1].append((path, writer))
+                runs[-1][1].append((path, field_type))
             else:
-                runs.append((content, [(path, writer)]))
+                runs.append((content, [(path, field_type)]))
         self.schema = schema
-        self._runs = tuple((content, tuple(fields)) for content, fields in runs)
-        self._content_runs = tuple(fields for content, fields in self._runs if content)
+        #: (content or not, writer of the run's fields from a mapping of the event's shape)
+        self._runs: tuple[tuple[bool, AvroWriter], ...] = tuple(
+            (content, compile_fields_writer(fields, named)) for content, fields in runs
+        )
+        self._content_runs = tuple(write for content, write in self._runs if content)
         self._content_schema = _content_schema(schema)
 
     def content_parts(self, record: Mapping[str, Any]) -> ContentParts | None:
         """The content's encoding in runs, from the content of a ``ValidRecord`` or a whole
         event (other fields are not read); None when a value is one for fastavro."""
+        parts = []
         try:
-            parts = []
-            for fields in self._content_runs:
+            for write in self._content_runs:
                 out = bytearray()
-                for path, write in fields:
-                    value = record[path[0]] if len(path) == 1 else record[path[0]][path[1]]
-                    write(out, value)
+                write(out, record)
                 parts.append(bytes(out))
         except Exception:  # a value the compiled writers leave: content_hash uses fastavro
             return None
@@ -145,20 +145,18 @@ class CreditRecordEncoding:
         )
         return buffer.getvalue()
 
-    def event(
-        self, parts: ContentParts, fields: Mapping[str, Any], *, publicity_start: Any
-    ) -> bytes | None:
-        """The single-object encoding of the event: ``parts`` and the other fields (top-level
-        names, besides the content), or None when one of those is a value for fastavro."""
+    def event(self, parts: ContentParts, fields: Mapping[str, Any]) -> bytes | None:
+        """The single-object encoding of the event: ``parts`` and the other fields (a mapping
+        of the event's shape holding them: ``{"record_id": …, "publicity": {"publicity_start":
+        …}, …}``), or None when one of those is a value for fastavro."""
         out = bytearray(self.schema.header)
         content_runs = iter(parts)
         try:
-            for content, run in self._runs:
+            for content, write in self._runs:
                 if content:
                     out += next(content_runs)
-                    continue
-                for path, write in run:
-                    write(out, fields[path[0]] if len(path) == 1 else publicity_start)
+                else:
+                    write(out, fields)
         except Exception:  # a value the compiled writers leave: the caller uses AvroSerde
             return None
         return bytes(out)
