@@ -130,10 +130,22 @@ async def provision(
                     for name in missing
                 ]
             )
+            # A topic created a moment ago may not be in the metadata describe_topics read
+            # yet; the broker then answers "already exists", and it is present, not created.
+            already: set[str] = set()
             for name, error_code, *rest in response.topic_errors:
-                if error_code not in (0, _TOPIC_ALREADY_EXISTS):
+                if error_code == _TOPIC_ALREADY_EXISTS:
+                    already.add(name)
+                elif error_code != 0:
                     raise RuntimeError(f"creating {name} failed: error {error_code} {rest}")
-            report.created.extend(missing)
+            report.created.extend(name for name in missing if name not in already)
+            missing = [name for name in missing if name not in already]
+            for _ in range(50):
+                if all(existing.get(name, {}).get("error_code") == 0 for name in already):
+                    break
+                await asyncio.sleep(0.1)
+                for topic in await admin.describe_topics(sorted(already)):
+                    existing[topic["topic"]] = topic
 
         present = [n for n in wanted if n not in missing]
         if present:
