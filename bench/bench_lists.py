@@ -79,7 +79,7 @@ async def _echo(request: bytes, _context: grpc.aio.ServicerContext) -> bytes:
 
 
 async def serve_echo(port: int, tls_dir: Path) -> None:
-    """A trivial grpc.aio unary echo behind the same mTLS as a city node (no interceptors)."""
+    """A trivial grpc.aio unary echo behind the same mTLS as a city node (no guard)."""
     server = grpc.aio.server()
     handler = grpc.method_handlers_generic_handler(
         "creditlink.bench.v1.EchoService",

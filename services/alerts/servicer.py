@@ -1,6 +1,6 @@
 """``AlertExchangeService`` (contracts/proto/creditlink/peer/v1/alert_exchange.proto).
 
-Behind the common interceptors (mTLS identity, policy, audit), so the calling city here is
+Behind the common peer-call guard (mTLS identity, policy, audit), so the calling city here is
 always the one its certificate names (``current_call().identity``).
 
 * ``DeliverAlerts``: a peer hands us alerts it raised; each is checked (origin is the caller,
@@ -147,7 +147,7 @@ class AlertExchangeServicer(alert_exchange_pb2_grpc.AlertExchangeServiceServicer
                 grpc.StatusCode.INVALID_ARGUMENT, f"between 1 and {MAX_DELIVER} alerts per call"
             )
         call = current_call()
-        assert call.identity is not None  # the authorization interceptor ran
+        assert call.identity is not None  # the peer-call guard identified the caller
         checked = [
             self._check(index, message, call.identity.city_code)
             for index, message in enumerate(request.alerts)

@@ -21,7 +21,7 @@ handshake verified against the region CA (``context.auth_context()``): the URI S
 ``spiffe://creditlink/city/<key>``, or the CN when the certificate has no such SAN. It must be
 a city of the region registry. No request field or metadata can change it.
 
-**What a call may do.** :class:`AuthorizationInterceptor` asks the policy
+**What a call may do.** :class:`PeerCallGuard` asks the policy
 (``policy.py``) whether the caller may call the method, and for a request about one subject
 (a top-level ``subject_key`` field) whether it may see that subject's data class. A
 natural-person subject also needs a valid consent token for the caller (the request's
@@ -29,7 +29,7 @@ natural-person subject also needs a valid consent token for the caller (the requ
 certificate names no known city) with a ``creditlink-denial`` trailer carrying a stable code.
 Batch methods check each item in the servicer with :meth:`PeerSecurity.check_subject`.
 
-**What is audited.** :class:`AuditInterceptor` writes one hash-chained record per peer call,
+**What is audited.** :class:`PeerCallGuard` writes one hash-chained record per peer call,
 allowed or refused (``audit.py``). The subject key is the request's top-level
 ``subject_key`` (none for batch and stream requests); the purpose is, in this order: the
 ``scenario`` enum name and/or the ``purpose`` text of the request (``"TENDERING: WXZB-2024-1"``),
@@ -46,7 +46,7 @@ import hashlib
 import inspect
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -70,13 +70,6 @@ from services.common.settings import Settings
 DENIAL_TRAILER: Final = "creditlink-denial"
 PURPOSE_METADATA: Final = "creditlink-purpose"
 DEFAULT_GRACE_SECONDS: Final = 5.0
-EXEMPT_SERVICES: Final = frozenset(
-    {
-        "grpc.health.v1.Health",
-        "grpc.reflection.v1alpha.ServerReflection",
-        "grpc.reflection.v1.ServerReflection",
-    }
-)
 DEFAULT_PURPOSES: Final = {
     "creditlink.peer.v1.ListSyncService": "LIST_SYNC",
     "creditlink.peer.v1.CreditCheckService": "CREDIT_CHECK",
@@ -85,6 +78,7 @@ DEFAULT_PURPOSES: Final = {
     "creditlink.peer.v1.RecordIntakeService": "RECORD_INTAKE",
 }
 _MAX_PURPOSE_CHARS = 200
+_MAX_KNOWN_CERTIFICATES = 256
 
 Handler = Callable[..., Any]
 
@@ -152,31 +146,26 @@ class PeerIdentity:
     certificate_sha256: str | None
 
 
-def _auth_values(context: grpc.aio.ServicerContext, name: str) -> list[str]:
-    values = context.auth_context().get(name, [])
+def _text(values: Sequence[Any]) -> list[str]:
     return [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in values]
+
+
+def _city_named(auth: Mapping[str, Sequence[Any]]) -> str | None:
+    for san in _text(auth.get("x509_subject_alternative_name", ())):
+        if san.startswith(CITY_URI_PREFIX):
+            return san.removeprefix(CITY_URI_PREFIX)
+    common_names = _text(auth.get("x509_common_name", ()))
+    return common_names[0] if common_names else None
 
 
 def certificate_city(context: grpc.aio.ServicerContext) -> str | None:
     """The city key the verified client certificate names, or None without a certificate."""
-    if not _auth_values(context, "x509_pem_cert"):
-        return None
-    for san in _auth_values(context, "x509_subject_alternative_name"):
-        if san.startswith(CITY_URI_PREFIX):
-            return san.removeprefix(CITY_URI_PREFIX)
-    common_names = _auth_values(context, "x509_common_name")
-    return common_names[0] if common_names else None
+    auth = context.auth_context()
+    return _city_named(auth) if auth.get("x509_pem_cert") else None
 
 
-def _certificate_sha256(context: grpc.aio.ServicerContext) -> str | None:
-    pems = _auth_values(context, "x509_pem_cert")
-    return _pem_sha256(pems[0]) if pems else None
-
-
-@functools.lru_cache(maxsize=256)
 def _pem_sha256(pem: str) -> str:
-    """SHA-256 of the certificate's DER form. Cached: a peer presents the same certificate on
-    every call, and parsing it costs more than the rest of the identity check."""
+    """SHA-256 of the certificate's DER form."""
     from cryptography import x509
     from cryptography.hazmat.primitives.serialization import Encoding
 
@@ -189,7 +178,7 @@ def _pem_sha256(pem: str) -> str:
 
 @dataclass(slots=True)
 class PeerCall:
-    """What the interceptors learnt about the current call; servicers read it."""
+    """What the peer-call guard learnt about the current call; servicers read it."""
 
     method: str
     started: float
@@ -211,10 +200,10 @@ _current_call: contextvars.ContextVar[PeerCall | None] = contextvars.ContextVar(
 
 
 def current_call() -> PeerCall:
-    """The call being served; only inside a servicer method behind the interceptors."""
+    """The call being served; only inside a servicer method behind the peer-call guard."""
     call = _current_call.get()
     if call is None:
-        raise RuntimeError("current_call() outside a peer call (interceptors not installed?)")
+        raise RuntimeError("current_call() outside a peer call (not served by start_peer_server?)")
     return call
 
 
@@ -244,6 +233,13 @@ class PeerSecurity:
     region: Region
     policy: Policy
     keyring: ConsentKeyring
+    # (caller, method) -> decision: the policy is fixed for the server's life.
+    _decisions: dict[tuple[str, str], Decision] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+    _identities: dict[str, PeerIdentity] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     @classmethod
     def from_files(
@@ -267,27 +263,41 @@ class PeerSecurity:
         return self.region.city(self.city).admin_code
 
     def identify(self, context: grpc.aio.ServicerContext) -> PeerIdentity:
-        city = certificate_city(context)
-        if city is None:
+        auth = context.auth_context()
+        pems = _text(auth.get("x509_pem_cert", ()))
+        if not pems:
             raise Denied(
                 grpc.StatusCode.UNAUTHENTICATED,
                 "no-client-certificate",
                 "a client certificate is required",
             )
-        if city not in self.region.cities:
+        # A peer presents the same verified certificate on every call, and the names in it
+        # do not change: what it identifies is worked out once per certificate.
+        known = self._identities.get(pems[0])
+        if known is not None:
+            return known
+        city = _city_named(auth)
+        if city is None or city not in self.region.cities:
             raise Denied(
                 grpc.StatusCode.UNAUTHENTICATED,
                 "unknown-city",
                 "the client certificate names no city of the region",
             )
-        return PeerIdentity(
+        identity = PeerIdentity(
             city=city,
             city_code=self.region.city(city).admin_code,
-            certificate_sha256=_certificate_sha256(context),
+            certificate_sha256=_pem_sha256(pems[0]),
         )
+        if len(self._identities) >= _MAX_KNOWN_CERTIFICATES:
+            self._identities.clear()
+        self._identities[pems[0]] = identity
+        return identity
 
     def authorize(self, identity: PeerIdentity, method: str) -> Decision:
-        decision = self.policy.decide(server=self.city, caller=identity.city, method=method)
+        decision = self._decisions.get((identity.city, method))
+        if decision is None:
+            decision = self.policy.decide(server=self.city, caller=identity.city, method=method)
+            self._decisions[(identity.city, method)] = decision
         if not decision.allowed:
             raise Denied(
                 grpc.StatusCode.PERMISSION_DENIED,
@@ -328,16 +338,31 @@ class PeerSecurity:
             raise Denied(grpc.StatusCode.PERMISSION_DENIED, exc.failure.value, str(exc)) from None
 
 
+_FIELD_NAMES: dict[type, frozenset[str]] = {}
+
+
 def _field(request: object, name: str) -> Any:
+    """The request's field ``name``, or None when its message type has no such field."""
     if not isinstance(request, Message):
         return None
-    descriptor = request.DESCRIPTOR.fields_by_name.get(name)
-    if descriptor is None:
-        return None
-    return getattr(request, name)
+    names = _FIELD_NAMES.get(type(request))
+    if names is None:
+        names = _FIELD_NAMES[type(request)] = frozenset(request.DESCRIPTOR.fields_by_name)
+    return getattr(request, name) if name in names else None
 
 
-def _purpose(request: object, context: grpc.aio.ServicerContext, method: str) -> str:
+def _metadata_value(metadata: Sequence[tuple[str, Any]], name: str) -> str | None:
+    for key, value in metadata:
+        if key == name and isinstance(value, str):
+            return value
+    return None
+
+
+def _default_purpose(method: str) -> str:
+    return DEFAULT_PURPOSES.get(method.strip("/").rsplit("/", 1)[0], "PEER_CALL")
+
+
+def _purpose(request: object, metadata: Sequence[tuple[str, Any]], method: str) -> str:
     parts: list[str] = []
     scenario = _field(request, "scenario")
     if isinstance(scenario, int) and scenario and isinstance(request, Message):
@@ -348,24 +373,16 @@ def _purpose(request: object, context: grpc.aio.ServicerContext, method: str) ->
     if isinstance(text, str) and text.strip():
         parts.append(text.strip())
     if not parts:
-        metadata = dict(context.invocation_metadata() or ())
-        declared = metadata.get(PURPOSE_METADATA)
-        if isinstance(declared, str) and declared.strip():
+        declared = _metadata_value(metadata, PURPOSE_METADATA)
+        if declared is not None and declared.strip():
             parts.append(declared.strip())
     if not parts:
-        parts.append(DEFAULT_PURPOSES.get(method.strip("/").rsplit("/", 1)[0], "PEER_CALL"))
+        parts.append(_default_purpose(method))
     # Caller-supplied text goes into a permanent log: never let a resident ID ride along.
     return mask_resident_ids(": ".join(parts))[:_MAX_PURPOSE_CHARS]
 
 
-def _is_exempt(method: str) -> bool:
-    return method.strip("/").rsplit("/", 1)[0] in EXEMPT_SERVICES
-
-
-# --- handler wrapping ---------------------------------------------------------------------
-
-Before = Callable[[PeerCall, object, grpc.aio.ServicerContext], Awaitable[None]]
-After = Callable[[PeerCall, grpc.StatusCode], Awaitable[None]]
+# --- the guard around every peer method -----------------------------------------------------
 
 
 def _status_of(context: grpc.aio.ServicerContext, error: BaseException | None) -> grpc.StatusCode:
@@ -383,193 +400,178 @@ def _status_of(context: grpc.aio.ServicerContext, error: BaseException | None) -
     return grpc.StatusCode.UNKNOWN
 
 
-def _wrap(
-    handler: grpc.RpcMethodHandler, method: str, before: Before | None, after: After | None
-) -> grpc.RpcMethodHandler:
-    """The handler with ``before`` run ahead of the behaviour and ``after`` once it ended."""
+class PeerCallGuard:
+    """Authorization, audit and latency around each peer method's handler.
 
-    def call_state() -> PeerCall:
-        call = _current_call.get()
-        if call is None or call.method != method:
+    In order, for every call: refuse with UNAVAILABLE when the audit chain cannot be extended
+    (a node does not serve peer calls it cannot account for); identity from the certificate,
+    the policy decision, the subject's class and consent (refusals abort with their denial
+    code); the servicer's behaviour; then, whatever the outcome (refusals too), the latency
+    by method and status (``creditlink_grpc_latency_seconds``) and one hash-chained audit
+    record.
+
+    The guard wraps each method handler once, when :func:`start_peer_server` registers the
+    servicer, rather than being a ``grpc.aio.ServerInterceptor``: grpc.aio runs interceptors
+    as a chain of coroutines on every call, and with two of them that chain cost more CPU
+    than the authorization and the audit themselves (``python -m bench lists``, see
+    docs/peer-calls.md).
+    """
+
+    def __init__(self, security: PeerSecurity, audit: AuditChainWriter | None) -> None:
+        self._security = security
+        self._audit = audit
+        self._node = security.city_code
+
+    def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        """``handler`` (of the full method name ``/package.Service/Method``) behind the guard."""
+        enter = functools.partial(self._enter, method=method)
+        leave = functools.partial(self._leave, method=method, latency=self._latency(method))
+
+        if handler.unary_unary or handler.stream_unary:
+            inner = handler.unary_unary or handler.stream_unary
+
+            async def unary_response(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                call = PeerCall(method=method, started=time.monotonic())
+                _current_call.set(call)  # grpc.aio serves each call in its own task
+                error: BaseException | None = None
+                try:
+                    await enter(call, request, context)
+                    return await inner(request, context)
+                except BaseException as exc:
+                    error = exc
+                    raise
+                finally:
+                    await leave(call, _status_of(context, error))
+
+            factory = (
+                grpc.unary_unary_rpc_method_handler
+                if handler.unary_unary
+                else grpc.stream_unary_rpc_method_handler
+            )
+            return factory(
+                unary_response, handler.request_deserializer, handler.response_serializer
+            )
+
+        inner_stream = handler.unary_stream or handler.stream_stream
+
+        async def streamed_response(
+            request: Any, context: grpc.aio.ServicerContext
+        ) -> AsyncIterator[Any]:
             call = PeerCall(method=method, started=time.monotonic())
             _current_call.set(call)
-        return call
-
-    async def finish(
-        call: PeerCall, context: grpc.aio.ServicerContext, error: BaseException | None
-    ) -> None:
-        if after is not None:
-            await after(call, _status_of(context, error))
-
-    if handler.unary_unary or handler.stream_unary:
-        inner = handler.unary_unary or handler.stream_unary
-
-        async def unary_response(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            call = call_state()
             error: BaseException | None = None
             try:
-                if before is not None:
-                    await before(call, request, context)
-                return await inner(request, context)
+                await enter(call, request, context)
+                produced = inner_stream(request, context)
+                if inspect.isasyncgen(produced):
+                    async for message in produced:
+                        yield message
+                else:
+                    await produced  # a behaviour that writes with context.write()
             except BaseException as exc:
                 error = exc
                 raise
             finally:
-                await finish(call, context, error)
+                await leave(call, _status_of(context, error))
 
         factory = (
-            grpc.unary_unary_rpc_method_handler
-            if handler.unary_unary
-            else grpc.stream_unary_rpc_method_handler
+            grpc.unary_stream_rpc_method_handler
+            if handler.unary_stream
+            else grpc.stream_stream_rpc_method_handler
         )
-        return factory(unary_response, handler.request_deserializer, handler.response_serializer)
+        return factory(streamed_response, handler.request_deserializer, handler.response_serializer)
 
-    inner_stream = handler.unary_stream or handler.stream_stream
+    def _latency(self, method: str) -> Callable[[grpc.StatusCode], Any]:
+        """The histogram child of ``method`` per status, looked up once per status."""
+        children: dict[grpc.StatusCode, Any] = {}
+        city = self._security.city
 
-    async def streamed_response(
-        request: Any, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[Any]:
-        call = call_state()
-        error: BaseException | None = None
+        def child(status: grpc.StatusCode) -> Any:
+            found = children.get(status)
+            if found is None:
+                found = children[status] = GRPC_LATENCY.labels(
+                    city=city, method=method, code=status.name
+                )
+            return found
+
+        return child
+
+    async def _enter(
+        self, call: PeerCall, request: object, context: grpc.aio.ServicerContext, *, method: str
+    ) -> None:
+        if self._audit is not None and not self._audit.healthy:
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE,
+                "audit log unavailable",
+                trailing_metadata=((DENIAL_TRAILER, "audit-unavailable"),),
+            )
+        security = self._security
+        metadata = context.invocation_metadata() or ()
+        call.purpose = _purpose(request, metadata, method)
+        raw_traceparent = _metadata_value(metadata, "traceparent")
+        if raw_traceparent is not None and is_valid_traceparent(raw_traceparent):
+            call.traceparent = raw_traceparent
         try:
-            if before is not None:
-                await before(call, request, context)
-            produced = inner_stream(request, context)
-            if inspect.isasyncgen(produced):
-                async for message in produced:
-                    yield message
-            else:
-                await produced  # a behaviour that writes with context.write()
-        except BaseException as exc:
-            error = exc
-            raise
-        finally:
-            await finish(call, context, error)
+            call.identity = security.identify(context)
+            call.decision = security.authorize(call.identity, method)
+            subject_key = _field(request, "subject_key")
+            if isinstance(subject_key, str) and subject_key:
+                call.subject_key = subject_key
+                token = _field(request, "consent_token")
+                call.consent = security.check_subject(
+                    call, subject_key, token if isinstance(token, str) else None
+                )
+        except Denied as denied:
+            await denied.abort(context)
 
-    factory = (
-        grpc.unary_stream_rpc_method_handler
-        if handler.unary_stream
-        else grpc.stream_stream_rpc_method_handler
-    )
-    return factory(streamed_response, handler.request_deserializer, handler.response_serializer)
+    async def _leave(
+        self,
+        call: PeerCall,
+        status: grpc.StatusCode,
+        *,
+        method: str,
+        latency: Callable[[grpc.StatusCode], Any],
+    ) -> None:
+        elapsed = time.monotonic() - call.started
+        latency(status).observe(elapsed)
+        if self._audit is None:
+            return
+        identity = call.identity
+        entry = AuditEntry(
+            caller_city=identity.city_code if identity else "unknown",
+            callee_city=self._node,
+            method=method,
+            purpose=call.purpose or _default_purpose(method),
+            status_code=status.name,
+            latency_ms=int(elapsed * 1000),
+            at=datetime.now(UTC),
+            subject_key=call.subject_key,
+            consent_reference=call.consent.token_id if call.consent else None,
+            traceparent=call.traceparent,
+            peer_certificate_sha256=identity.certificate_sha256 if identity else None,
+        )
+        try:
+            await self._audit.append(entry)
+        except AuditUnavailable:
+            if status is grpc.StatusCode.OK:
+                raise
 
 
-class _WrappingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc is untyped
-    """Runs a subclass's ``before``/``after`` hooks around every peer method's handler.
-
-    A method's handler never changes once the server runs, so each is wrapped once and the
-    wrapped handler reused, not rebuilt per call. Health and reflection pass through.
-    """
+class _Registrar:
+    """Stands in for the server while a generated ``add_…_to_server`` function registers a
+    servicer, so that :class:`PeerCallGuard` can wrap each method handler before the real
+    server sees it. Generated code hands the same handlers to both methods below."""
 
     def __init__(self) -> None:
-        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
+        self.handlers: dict[str, dict[str, grpc.RpcMethodHandler]] = {}
 
-    def hooks(self, method: str) -> tuple[Before | None, After | None]:
-        raise NotImplementedError
+    def add_registered_method_handlers(
+        self, service: str, handlers: dict[str, grpc.RpcMethodHandler]
+    ) -> None:
+        self.handlers.setdefault(service, {}).update(handlers)
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        method = handler_call_details.method
-        if (cached := self._wrapped.get(method)) is not None:
-            return cached
-        handler = await continuation(handler_call_details)
-        if handler is None or _is_exempt(method):
-            return handler
-        wrapped = self._wrapped[method] = _wrap(handler, method, *self.hooks(method))
-        return wrapped
-
-
-class AuthorizationInterceptor(_WrappingInterceptor):
-    """Identity from the certificate, the policy decision, the subject's class and consent;
-    and the call's latency by method and status (``creditlink_grpc_latency_seconds``)."""
-
-    def __init__(self, security: PeerSecurity) -> None:
-        super().__init__()
-        self._security = security
-
-    def hooks(self, method: str) -> tuple[Before | None, After | None]:
-        security = self._security
-
-        async def before(
-            call: PeerCall, request: object, context: grpc.aio.ServicerContext
-        ) -> None:
-            call.purpose = _purpose(request, context, method)
-            raw_traceparent = dict(context.invocation_metadata() or ()).get("traceparent")
-            if isinstance(raw_traceparent, str) and is_valid_traceparent(raw_traceparent):
-                call.traceparent = raw_traceparent
-            try:
-                call.identity = security.identify(context)
-                call.decision = security.authorize(call.identity, method)
-                subject_key = _field(request, "subject_key")
-                if isinstance(subject_key, str) and subject_key:
-                    call.subject_key = subject_key
-                    token = _field(request, "consent_token")
-                    call.consent = security.check_subject(
-                        call, subject_key, token if isinstance(token, str) else None
-                    )
-            except Denied as denied:
-                await denied.abort(context)
-
-        async def after(call: PeerCall, status: grpc.StatusCode) -> None:
-            GRPC_LATENCY.labels(city=security.city, method=method, code=status.name).observe(
-                time.monotonic() - call.started
-            )
-
-        return before, after
-
-
-class AuditInterceptor(_WrappingInterceptor):
-    """One hash-chained audit record per peer call, whatever its outcome.
-
-    Install it *before* :class:`AuthorizationInterceptor` so refusals are audited too. When
-    the chain cannot be extended the call is refused with UNAVAILABLE: a node does not serve
-    peer calls it cannot account for.
-    """
-
-    def __init__(self, writer: AuditChainWriter, *, node_city_code: str) -> None:
-        super().__init__()
-        self._writer = writer
-        self._node = node_city_code
-
-    def hooks(self, method: str) -> tuple[Before | None, After | None]:
-        writer = self._writer
-
-        async def before(
-            call: PeerCall, request: object, context: grpc.aio.ServicerContext
-        ) -> None:
-            if not writer.healthy:
-                await context.abort(
-                    grpc.StatusCode.UNAVAILABLE,
-                    "audit log unavailable",
-                    trailing_metadata=((DENIAL_TRAILER, "audit-unavailable"),),
-                )
-
-        async def after(call: PeerCall, status: grpc.StatusCode) -> None:
-            identity = call.identity
-            entry = AuditEntry(
-                caller_city=identity.city_code if identity else "unknown",
-                callee_city=self._node,
-                method=method,
-                purpose=call.purpose
-                or DEFAULT_PURPOSES.get(method.strip("/").rsplit("/", 1)[0], "PEER_CALL"),
-                status_code=status.name,
-                latency_ms=int((time.monotonic() - call.started) * 1000),
-                at=datetime.now(UTC),
-                subject_key=call.subject_key,
-                consent_reference=call.consent.token_id if call.consent else None,
-                traceparent=call.traceparent,
-                peer_certificate_sha256=identity.certificate_sha256 if identity else None,
-            )
-            try:
-                await writer.append(entry)
-            except AuditUnavailable:
-                if status is grpc.StatusCode.OK:
-                    raise
-
-        return before, after
+    def add_generic_rpc_handlers(self, generic_handlers: Sequence[object]) -> None:
+        """Ignored: the generated code also passes every handler to the method above."""
 
 
 # --- the server ---------------------------------------------------------------------------
@@ -588,17 +590,26 @@ class PeerServer:
     """A started server with its health servicer; stop it with :meth:`stop`."""
 
     def __init__(
-        self, server: grpc.aio.Server, port: int, health_servicer: Any, services: Sequence[str]
+        self,
+        server: grpc.aio.Server,
+        port: int,
+        health_servicer: Any,
+        services: Sequence[str],
+        audit: AuditChainWriter | None = None,
     ) -> None:
         self.server = server
         self.port = port
         self.health = health_servicer
         self._services = list(services)
+        self._audit = audit
 
     async def stop(self, grace: float = DEFAULT_GRACE_SECONDS) -> None:
-        """Report NOT_SERVING, let running calls finish for ``grace`` seconds, then stop."""
+        """Report NOT_SERVING, let running calls finish for ``grace`` seconds, then stop and
+        hand the audit records of the last calls to the broker."""
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
+        if self._audit is not None and self._audit.healthy:
+            await self._audit.flush()
 
     async def serve_until_signalled(self, grace: float = DEFAULT_GRACE_SECONDS) -> None:
         loop = asyncio.get_running_loop()
@@ -620,21 +631,35 @@ async def start_peer_server(
     services: Sequence[ServiceBinding],
     security: PeerSecurity,
     audit: AuditChainWriter | None,
-    extra_interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
     options: Sequence[tuple[str, Any]] = (),
 ) -> PeerServer:
-    """Build, bind (mTLS only) and start a server. ``bind`` may use port 0 for a free port."""
-    interceptors: list[grpc.aio.ServerInterceptor] = []
-    if audit is not None:
-        interceptors.append(AuditInterceptor(audit, node_city_code=security.city_code))
-    interceptors.append(AuthorizationInterceptor(security))
-    interceptors.extend(extra_interceptors)
-    server = grpc.aio.server(interceptors=interceptors, options=list(options))
+    """Build, bind (mTLS only) and start a server. ``bind`` may use port 0 for a free port.
+
+    Every method of ``services`` is served behind :class:`PeerCallGuard`; health and
+    reflection are not (they carry no credit data and load balancers call them).
+    """
+    server = grpc.aio.server(options=list(options))
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    guard = PeerCallGuard(security, audit)
     names = [binding.service_name for binding in services]
     for binding in services:
-        binding.add_to_server(binding.servicer, server)
+        registrar = _Registrar()
+        binding.add_to_server(binding.servicer, registrar)
+        if binding.service_name not in registrar.handlers:
+            raise ValueError(
+                f"{binding.add_to_server.__name__} registered no methods of "
+                f"{binding.service_name} (generated code older than grpcio 1.62?)"
+            )
+        for service, handlers in registrar.handlers.items():
+            guarded = {
+                name: guard.wrap(handler, f"/{service}/{name}")
+                for name, handler in handlers.items()
+            }
+            server.add_generic_rpc_handlers(
+                (grpc.method_handlers_generic_handler(service, guarded),)
+            )
+            server.add_registered_method_handlers(service, guarded)
     reflection.enable_server_reflection(
         [
             *names,
@@ -650,4 +675,4 @@ async def start_peer_server(
     for name in names:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-    return PeerServer(server, port, health_servicer, names)
+    return PeerServer(server, port, health_servicer, names, audit)

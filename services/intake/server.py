@@ -305,6 +305,7 @@ def _add_to_server(servicer: RecordIntakeServicer, server: grpc.aio.Server) -> N
         ),
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)
 
 
 def binding(servicer: RecordIntakeServicer) -> ServiceBinding:

@@ -126,7 +126,7 @@ class ScoreRecognitionServicer(pb_grpc.ScoreRecognitionServiceServicer):
         call = current_call()
         identity, grant = call.identity, call.consent
         if identity is None or grant is None:
-            # The interceptor refuses these first; this only guards a misconfigured server.
+            # The peer-call guard refuses these first; this only guards a misconfigured server.
             raise _refuse(
                 grpc.StatusCode.PERMISSION_DENIED, "consent-missing", "a consent token is required"
             )

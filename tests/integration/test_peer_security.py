@@ -359,6 +359,55 @@ async def test_audit_chain_of_all_calls_verifies(node: Node) -> None:
     assert f"{len(messages)} records" in done.stdout
 
 
+async def test_concurrent_calls_each_get_one_record_in_one_unbroken_chain(node: Node) -> None:
+    """Records of concurrent calls are sent in batches: none lost, none twice, order kept."""
+    before = node.audit.head[0]
+    channel, stub = node.stub(node.pki.tls("wuxi"))
+    async with channel:
+        await asyncio.gather(
+            *(
+                stub.CheckSubject(
+                    credit_check_pb2.CheckSubjectRequest(subject_key=ORG, purpose=f"burst {n}"),
+                    timeout=10,
+                )
+                for n in range(200)
+            )
+        )
+    assert node.audit.head[0] == before + 200
+    records = await node.audit_records()
+    burst = [r for r in records if r["seq"] > before]
+    assert sorted(r["purpose"] for r in burst) == sorted(f"burst {n}" for n in range(200))
+    assert [r["seq"] for r in records] == list(range(1, len(records) + 1))
+    messages = await read_audit_topic(node.settings, node.audit.topic)
+    assert verify_chain(messages).ok
+
+
+async def test_calls_are_refused_while_the_audit_chain_cannot_be_extended(node: Node) -> None:
+    producer = make_producer(node.settings, client_id="audit-test-unstarted")
+    await producer.start()
+    # Never started: the writer does not know the chain's head, so it may not extend it.
+    unstarted = AuditChainWriter(node.settings, node.serde, producer, node_city="320500")
+    server = await start_peer_server(
+        bind="127.0.0.1:0",
+        tls=node.pki.tls("suzhou"),
+        services=[credit_check_binding(FakeCreditCheck(make_security(node.consent.keyring), {}))],
+        security=make_security(node.consent.keyring),
+        audit=unstarted,
+    )
+    try:
+        async with secure_channel(f"127.0.0.1:{server.port}", node.pki.tls("wuxi")) as channel:
+            stub = credit_check_pb2_grpc.CreditCheckServiceStub(channel)
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await stub.CheckSubject(
+                    credit_check_pb2.CheckSubjectRequest(subject_key=ORG), timeout=10
+                )
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert _denial(refused.value) == "audit-unavailable"
+    finally:
+        await server.stop(0)
+        await producer.stop()
+
+
 async def test_restarted_writer_continues_the_chain(node: Node) -> None:
     head = node.audit.head
     producer = make_producer(node.settings, client_id="audit-test-2")

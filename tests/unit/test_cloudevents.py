@@ -17,6 +17,7 @@ from services.common.avro import AvroSerde, SchemaStore, load_example
 from services.common.cloudevents import (
     CONTENT_TYPE_AVRO,
     EventEnvelope,
+    HeaderTemplate,
     InvalidEventHeaders,
     build_headers,
     continue_trace,
@@ -250,6 +251,34 @@ def test_continue_trace_keeps_the_trace_and_changes_the_span() -> None:
     assert is_valid_traceparent(continue_trace(None))
     assert is_valid_traceparent(new_traceparent(sampled=False))
     assert new_traceparent(sampled=False).endswith("-00")
+
+
+@pytest.mark.parametrize("subject", ["wuxi:17", None])
+@pytest.mark.parametrize("traceparent", [TRACEPARENT, None])
+def test_header_template_gives_what_build_headers_gives(
+    subject: str | None, traceparent: str | None
+) -> None:
+    shared: dict[str, Any] = {
+        "event_type": "cn.creditlink.audit.peer-call.v1",
+        "source": "/cities/320200/lists",
+        "data_schema": SERDE.data_schema_uri("PeerCallAudit"),
+    }
+    moment = datetime(2025, 3, 4, 5, 6, 7, 891000, tzinfo=UTC)
+    built = HeaderTemplate(**shared).headers(
+        event_id="wuxi:17", time=moment, subject=subject, traceparent=traceparent
+    )
+    expected = build_headers(
+        **shared, subject=subject, event_id="wuxi:17", time=moment, traceparent=traceparent
+    )
+    if traceparent is None:  # each starts its own new trace
+        assert is_valid_traceparent(dict(built)["traceparent"].decode())
+        built = [h for h in built if h[0] != "traceparent"]
+        expected = [h for h in expected if h[0] != "traceparent"]
+    assert built == expected
+    with pytest.raises(ValueError, match="traceparent"):
+        HeaderTemplate(**shared).headers(
+            event_id="x", time=moment, subject=None, traceparent="00-nope"
+        )
 
 
 def test_data_schema_urn_round_trip() -> None:

@@ -19,6 +19,7 @@ from services.common.audit import (
     GENESIS_HASH,
     SCHEMA,
     AuditMessage,
+    _hashed_encoding,
     chain_hash,
     format_key,
     parse_key,
@@ -357,6 +358,15 @@ def _replace(message: AuditMessage, record: dict[str, Any]) -> AuditMessage:
 def _renumber(messages: list[AuditMessage]) -> list[AuditMessage]:
     """Offsets as the broker would assign them to the tampered copy."""
     return [dataclasses.replace(m, offset=i) for i, m in enumerate(messages)]
+
+
+@pytest.mark.parametrize("seq", [1, 2, 300, 2**40])
+def test_single_encoding_with_the_hash_equals_encoding_the_finished_record(seq: int) -> None:
+    record = _record(seq, GENESIS_HASH if seq == 1 else "ab" * 32, purpose="审计 " * (seq % 7))
+    record["hash"] = ""
+    digest, value = _hashed_encoding(SERDE, record)
+    assert digest == chain_hash(SERDE, record)
+    assert value == SERDE.encode(SCHEMA, {**record, "hash": digest})
 
 
 def test_intact_chain_verifies() -> None:
