@@ -1,14 +1,16 @@
 """``CreditCheckService``: region-wide memberships of a subject and the measures of a scenario.
 
 Answers come from this node's store (own and mirrored entries), so a check never waits on a
-peer. The interceptors have already checked the caller, the policy, and — for ``CheckSubject``
-about a natural person — the consent token; ``CheckSubjects`` checks each subject here and
-reports a refusal in that subject's result only.
+peer. The peer-call guard (``services/common/grpc_server.py``) has already checked the
+caller, the policy, and — for ``CheckSubject`` about a natural person — the consent token;
+``CheckSubjects`` checks each subject here and reports a refusal in that subject's result
+only.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Final
 
 import grpc
@@ -24,6 +26,13 @@ from services.lists.model import ListEntry, china_today
 from services.lists.status import abort
 
 MAX_BATCH: Final = 1000
+#: Scenario enum value -> the catalogue's code (``SCENARIO_GOVERNMENT_PROCUREMENT`` ->
+#: ``GOVERNMENT_PROCUREMENT``); UNSPECIFIED and OTHER are handled apart.
+_SCENARIO_CODES: Final = {
+    number: name.removeprefix("SCENARIO_")
+    for name, number in credit_check_pb2.Scenario.items()
+    if number not in (credit_check_pb2.SCENARIO_UNSPECIFIED, credit_check_pb2.SCENARIO_OTHER)
+}
 
 
 class CreditCheckServicer(credit_check_pb2_grpc.CreditCheckServiceServicer):
@@ -39,6 +48,8 @@ class CreditCheckServicer(credit_check_pb2_grpc.CreditCheckServiceServicer):
         self._catalogue = catalogue
         self._security = security
         self._peers = list(peers)
+        self._freshness_of: tuple[datetime | None, ...] = ()
+        self._freshness_answer: list[credit_check_pb2.MirrorFreshness] = []
 
     def _scenario(
         self, scenario: credit_check_pb2.Scenario.ValueType, scenario_code: str
@@ -51,9 +62,10 @@ class CreditCheckServicer(credit_check_pb2_grpc.CreditCheckServiceServicer):
             if not self._catalogue.knows(code):
                 raise ValueError(f"scenario_code {scenario_code!r} is not in this city's catalogue")
             return code
-        if scenario not in credit_check_pb2.Scenario.values():
+        known = _SCENARIO_CODES.get(scenario)
+        if known is None:
             raise ValueError(f"unknown scenario {scenario}")
-        return credit_check_pb2.Scenario.Name(scenario).removeprefix("SCENARIO_")
+        return known
 
     def _entries(self, subject_key: str, include_removed: bool) -> list[ListEntry]:
         entries = self._store.entries_of_subject(subject_key)
@@ -73,16 +85,15 @@ class CreditCheckServicer(credit_check_pb2_grpc.CreditCheckServiceServicer):
         return [membership(e) for e in entries], measures_to_proto(measures)
 
     def _freshness(self) -> list[credit_check_pb2.MirrorFreshness]:
-        result = []
-        for peer in self._peers:
-            synced = self._book.peer_synced_at(peer.admin_code)
-            if synced is not None:
-                result.append(
-                    credit_check_pb2.MirrorFreshness(
-                        city=peer.admin_code, synced_at=timestamp(synced)
-                    )
-                )
-        return result
+        synced_at = tuple(self._book.peer_synced_at(peer.admin_code) for peer in self._peers)
+        if synced_at != self._freshness_of:  # built again only when a mirror moved on
+            self._freshness_answer = [
+                credit_check_pb2.MirrorFreshness(city=peer.admin_code, synced_at=timestamp(synced))
+                for peer, synced in zip(self._peers, synced_at, strict=True)
+                if synced is not None
+            ]
+            self._freshness_of = synced_at
+        return self._freshness_answer
 
     async def CheckSubject(
         self, request: credit_check_pb2.CheckSubjectRequest, context: grpc.aio.ServicerContext

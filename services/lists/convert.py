@@ -56,10 +56,14 @@ class ContractError(ValueError):
     """A peer's message does not say what the contract requires (e.g. an UNSPECIFIED enum)."""
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def timestamp(moment: datetime) -> Timestamp:
-    stamp = Timestamp()
-    stamp.FromDatetime(moment.astimezone(UTC))
-    return stamp
+    """``moment`` as a protobuf Timestamp, to the microsecond (``Timestamp.FromDatetime``
+    gives the same, by a slower road; a naive ``moment`` is local time, as there)."""
+    since = (moment if moment.tzinfo is not None else moment.astimezone(UTC)) - _EPOCH
+    return Timestamp(seconds=since.days * 86_400 + since.seconds, nanos=since.microseconds * 1000)
 
 
 def _lookup(table: dict[_K, _V], value: _K, what: str) -> _V:

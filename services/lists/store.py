@@ -40,6 +40,8 @@ from services.common.list_digest import DigestLine, bucket_digests
 from services.lists.model import CHANGE_SCHEMA, ENTRY_SCHEMA, ListChange, ListEntry
 
 _ENTRY: Final = b"e\x00"
+_CACHED_ENTRIES: Final = 200_000
+_CACHED_SUBJECTS: Final = 200_000
 _SUBJECT: Final = b"s\x00"
 _EXPIRY: Final = b"x\x00"
 _CHANGE: Final = b"c\x00"
@@ -109,6 +111,12 @@ class ListStore:
         self.path = path
         # entry_key -> (version, status) per issuing city, for digests without decoding.
         self._digest_index: dict[str, dict[str, tuple[int, str]]] = {}
+        # Decoded entries and each subject's entry keys, for credit checks: decoding an entry
+        # is most of a check's cost. Every write goes through commit(), which drops what it
+        # changes; a read-only store sees another process's writes, so it keeps no cache.
+        self._cache = not read_only
+        self._entry_cache: dict[str, ListEntry | None] = {}
+        self._subject_cache: dict[str, tuple[str, ...]] = {}
         for entry in self.entries(""):
             self._index_for_digest(entry)
 
@@ -145,17 +153,26 @@ class ListStore:
             iterator.next()
 
     def entry(self, entry_key: str) -> ListEntry | None:
+        if self._cache and entry_key in self._entry_cache:
+            return self._entry_cache[entry_key]
         raw = self._db.get(_ENTRY + entry_key.encode())
-        return None if raw is None else self._decode_entry(raw)
+        entry = None if raw is None else self._decode_entry(raw)
+        if self._cache:
+            if len(self._entry_cache) >= _CACHED_ENTRIES:
+                self._entry_cache.clear()
+            self._entry_cache[entry_key] = entry
+        return entry
 
     def entries_of_subject(self, subject_key: str) -> list[ListEntry]:
-        prefix = _SUBJECT + subject_key.encode() + _SEP
-        found = []
-        for key, _ in self._scan(prefix):
-            entry = self.entry(key[len(prefix) :].decode())
-            if entry is not None:
-                found.append(entry)
-        return found
+        keys = self._subject_cache.get(subject_key) if self._cache else None
+        if keys is None:
+            prefix = _SUBJECT + subject_key.encode() + _SEP
+            keys = tuple(key[len(prefix) :].decode() for key, _ in self._scan(prefix))
+            if self._cache:
+                if len(self._subject_cache) >= _CACHED_SUBJECTS:
+                    self._subject_cache.clear()
+                self._subject_cache[subject_key] = keys
+        return [entry for key in keys if (entry := self.entry(key)) is not None]
 
     def entries(self, key_prefix: str, *, after: str | None = None) -> Iterator[ListEntry]:
         """Entries whose key starts with ``key_prefix`` (``"320500/"``, ``"320500/BLACK/"``),
@@ -278,7 +295,11 @@ class ListStore:
             else:
                 write.put(key, value)
         self._db.write(write, self._write_options)
+        for key in batch.puts:
+            if key.startswith(_SUBJECT):
+                self._subject_cache.pop(key[len(_SUBJECT) :].split(_SEP, 1)[0].decode(), None)
         for entry_key, entry in batch.entries.items():
+            self._entry_cache.pop(entry_key, None)
             if entry is None:
                 issuer = entry_key.split("/", 1)[0]
                 self._digest_index.get(issuer, {}).pop(entry_key, None)

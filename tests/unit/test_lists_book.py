@@ -340,6 +340,41 @@ async def test_retention_forgets_old_removed_entries_and_changes(suzhou: Node) -
     assert suzhou.store.entry_count(SUZHOU) == 3
 
 
+async def test_reads_served_from_the_cache_follow_every_write(suzhou: Node) -> None:
+    """The store caches decoded entries for checks; after each kind of write it answers what
+    a fresh, uncached reader of the same RocksDB answers."""
+    subjects = [organisation_key(n) for n in range(5)]
+
+    def agrees() -> None:
+        fresh = ListStore(suzhou.directory, SERDE, own_city=SUZHOU, read_only=True)
+        try:
+            for subject in subjects:
+                assert suzhou.store.entries_of_subject(subject) == fresh.entries_of_subject(subject)
+        finally:
+            fresh.close()
+
+    agrees()  # caches "no entries" for every subject
+    await suzhou.book.apply_records(designations(3))
+    agrees()
+    remove = list_decision(
+        organisation_key(0),
+        action="REMOVE",
+        removal_reason="REVOKED",
+        decision_number="撤1",
+        designation="苏市监信〔2024〕0号",
+    )
+    await suzhou.book.apply_records([incoming(remove, offset=3)])
+    agrees()
+    [held] = suzhou.store.entries_of_subject(organisation_key(0))
+    assert held.status is EntryStatus.REMOVED
+    suzhou.clock.advance(days=400)
+    await suzhou.book.apply_records(designations(2, start=3))
+    assert await suzhou.book.prune_retained(timedelta(days=365)) > 0
+    agrees()
+    assert suzhou.store.entries_of_subject(organisation_key(0)) == []
+    assert len(suzhou.store.entries_of_subject(organisation_key(4))) == 1
+
+
 async def test_followers_wake_on_a_new_own_change(suzhou: Node) -> None:
     waiter = asyncio.create_task(suzhou.book.wait_for_own_change(0, 5.0))
     await asyncio.sleep(0)
