@@ -225,6 +225,15 @@ def _positions(indexes: list[int]) -> str:
 def check_uscc(raw: str, *, allow_pilot: bool = True) -> IdentifierCheck:
     """Check a unified social credit code; never raises. See the module docstring."""
     code = normalize_identifier(raw)
+    # The common case first: a well-formed code whose two check characters match.
+    if (
+        len(code) == _LENGTH
+        and _USCC_CHARS.issuperset(code)
+        and code[2:8].isdigit()
+        and code[16] == _org_check(code[8:16])
+        and code[17] == _uscc_check(code[:17])
+    ):
+        return IdentifierCheck(valid=True, normalized=code, kind="uscc")
 
     def verdict(*issues: IdentifierIssue, pilot: bool = False) -> IdentifierCheck:
         return IdentifierCheck(

@@ -22,6 +22,7 @@ import csv
 import functools
 import io
 import json
+import operator
 import re
 import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -222,14 +223,37 @@ def _mask_text(text: str, id_values: Iterable[str]) -> str:
     return mask_resident_ids(text)
 
 
+def _picker(indexes: Sequence[int]) -> Callable[[Sequence[Any]], tuple[Any, ...]]:
+    """The cells at ``indexes`` as a tuple, taken in one C call."""
+    if len(indexes) == 1:
+        only = indexes[0]
+        return lambda cells: (cells[only],)
+    if not indexes:
+        return lambda cells: ()
+    picker: Callable[[Sequence[Any]], tuple[Any, ...]] = operator.itemgetter(*indexes)
+    return picker
+
+
+@dataclass(frozen=True, slots=True)
+class _Fields:
+    """Cells at some indexes of a row, named: one block of the submission."""
+
+    names: tuple[str, ...]
+    pick: Callable[[Sequence[Any]], tuple[Any, ...]]
+
+    @classmethod
+    def of(cls, pairs: Sequence[tuple[int, str]]) -> _Fields:
+        return cls(tuple(name for _, name in pairs), _picker([index for index, _ in pairs]))
+
+
 @dataclass(frozen=True, slots=True)
 class ColumnPlan:
     """How the cells of a row map to a submission, worked out once per header."""
 
     width: int
-    top: tuple[tuple[int, str], ...]
-    subject: tuple[tuple[int, str], ...]
-    blocks: tuple[tuple[str, tuple[tuple[int, str], ...]], ...]
+    top: _Fields
+    subject: _Fields
+    blocks: tuple[tuple[str, _Fields], ...]
 
 
 def column_plan(columns: Sequence[str | None]) -> ColumnPlan:
@@ -251,9 +275,9 @@ def column_plan(columns: Sequence[str | None]) -> ColumnPlan:
             blocks.setdefault(block, []).append((index, name))
     return ColumnPlan(
         width=len(columns),
-        top=tuple(top),
-        subject=tuple(subject),
-        blocks=tuple((block, tuple(pairs)) for block, pairs in blocks.items()),
+        top=_Fields.of(top),
+        subject=_Fields.of(subject),
+        blocks=tuple((block, _Fields.of(pairs)) for block, pairs in blocks.items()),
     )
 
 
@@ -263,10 +287,14 @@ def cells_to_submission(plan: ColumnPlan, cells: list[Any]) -> dict[str, Any]:
     cells has a value, so a combined licensing-and-penalty export reads cleanly."""
     if len(cells) < plan.width:
         cells = cells + [""] * (plan.width - len(cells))
-    submission: dict[str, Any] = {name: cells[i] for i, name in plan.top}
-    submission["subject"] = {name: cells[i] for i, name in plan.subject}
-    for block, pairs in plan.blocks:
-        values = {name: cells[i] for i, name in pairs if cells[i] is not None and cells[i] != ""}
+    submission: dict[str, Any] = dict(zip(plan.top.names, plan.top.pick(cells), strict=True))
+    submission["subject"] = dict(zip(plan.subject.names, plan.subject.pick(cells), strict=True))
+    for block, fields in plan.blocks:
+        values = {
+            name: value
+            for name, value in zip(fields.names, fields.pick(cells), strict=True)
+            if value is not None and value != ""
+        }
         if values:
             submission[block] = values
     return submission
@@ -484,12 +512,13 @@ def _broken_row(
     )
 
 
-def read_csv_block(header: bytes, body: bytes) -> list[FileRow] | None:
+def read_csv_block(header: bytes, body: bytes, *, line_shift: int = 0) -> list[FileRow] | None:
     """Rows of a header line and a block of whole CSV records, in one pass, when the block
     is plain UTF-8 and well-formed CSV; None otherwise (then :func:`read_csv` reads it line
     by line, with the per-line encoding rule and per-row errors). Line numbers count from
-    the header as line 1. Decoding the block at once gives the same text as decoding each
-    line: a block that is valid UTF-8 as a whole is valid UTF-8 line by line."""
+    the header as line 1, plus ``line_shift`` (where the block stands in its file).
+    Decoding the block at once gives the same text as decoding each line: a block that is
+    valid UTF-8 as a whole is valid UTF-8 line by line."""
     decoded_header = decode_line(header.rstrip(b"\r\n"))
     if decoded_header is None:
         return None
@@ -531,7 +560,7 @@ def read_csv_block(header: bytes, body: bytes) -> list[FileRow] | None:
             if used:
                 rows.append(
                     FileRow(
-                        first + 1,
+                        first + 1 + line_shift,
                         None,
                         f"the row has {len(cells)} cells, the header {len(columns)}",
                         _csv_payload(used, header_bytes, header_charset, id_values),
@@ -540,7 +569,7 @@ def read_csv_block(header: bytes, body: bytes) -> list[FileRow] | None:
                 continue
             rows.append(
                 FileRow(
-                    first + 1,
+                    first + 1 + line_shift,
                     cells_to_submission(plan, cells),
                     None,
                     functools.partial(

@@ -22,7 +22,7 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import BinaryIO, Final
@@ -232,13 +232,14 @@ def chunk_rows(chunk: Chunk) -> Iterator[files.FileRow]:
     # Line numbers of the piece read on its own: the header's lines, then the body's.
     header_lines = chunk.header.count(b"\n")
     shift = chunk.first_line - (header_lines + 1)
-    rows: Iterable[files.FileRow] | None = None
     if chunk.file_format == "csv" and header_lines == 1:
-        rows = files.read_csv_block(chunk.header, chunk.body)
-    if rows is None:
-        rows = files.read_rows(
-            io.BytesIO(chunk.header + chunk.body), chunk.file_format, at_file_start=False
-        )
+        block = files.read_csv_block(chunk.header, chunk.body, line_shift=shift)
+        if block is not None:
+            yield from block
+            return
+    rows = files.read_rows(
+        io.BytesIO(chunk.header + chunk.body), chunk.file_format, at_file_start=False
+    )
     for row in rows:
         yield files.FileRow(
             row.line_number + shift, row.submission, row.problem, row.render_payload

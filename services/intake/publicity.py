@@ -13,6 +13,7 @@ becomes public on the day the department reports it.
 from __future__ import annotations
 
 import calendar
+import functools
 from dataclasses import dataclass
 from datetime import date
 from typing import Final, Literal
@@ -26,6 +27,7 @@ PUBLICITY_MONTHS: Final[dict[str, tuple[int, int]]] = {
 }
 
 
+@functools.lru_cache(maxsize=8192)  # pure, and a file's decisions share few days
 def add_months(day: date, months: int) -> date:
     """``day`` plus ``months`` calendar months, clamped to the end of a shorter month.
 

@@ -208,7 +208,11 @@ def record_id_for(city_code: str, department_code: str, category: str, decision_
     The rule of ``CreditRecord.record_id``: the same for every version of one decision, so a
     resubmission is recognised whichever channel or file it arrives through.
     """
-    material = f"{department_code}|{category}|{decision_number_key(decision_number)}"
+    return _record_id(city_code, department_code, category, decision_number_key(decision_number))
+
+
+def _record_id(city_code: str, department_code: str, category: str, decision_key: str) -> str:
+    material = f"{department_code}|{category}|{decision_key}"
     return f"{city_code}-{hashlib.sha256(material.encode('utf-8')).hexdigest()[:32]}"
 
 
@@ -858,7 +862,8 @@ def _validate(submission: object, ctx: ValidationContext) -> Verdict:
     decision_number = form.text(
         submission, "decision_number", "decision_number", limit=128, mask_ids=False
     )
-    if decision_number is not None and not decision_number_key(decision_number):
+    decision_key = decision_number_key(decision_number) if decision_number is not None else ""
+    if decision_number is not None and not decision_key:
         form.fail("decision_number", REQUIRED, "decision_number is required")
     decision_date = form.past_day(submission, "decision_date", "decision_date")
     report_date = form.past_day(submission, "report_date", "report_date", required=False)
@@ -935,7 +940,7 @@ def _validate(submission: object, ctx: ValidationContext) -> Verdict:
     }
     parts = default_encoding().content_parts(content)
     return ValidRecord(
-        record_id=record_id_for(ctx.city_code, department_code, category, decision_number),
+        record_id=_record_id(ctx.city_code, department_code, category, decision_key),
         subject_key=subject_key,
         category=category,
         department_code=department_code,
