@@ -67,7 +67,7 @@ def parse_key(key: str) -> tuple[str | None, int | None]:
     return (chain if sep else None), int(seq)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built on every peer call, and frozen init is slower
 class AuditEntry:
     """What the peer-call guard knows about one finished call (the chain fields are added here)."""
 
@@ -154,7 +154,28 @@ class AuditChainWriter:
             self._seq, self._hash = int(tail["seq"]), str(tail["hash"])
         self._started = True
 
+    @property
+    def durable(self) -> bool:
+        return self._durable
+
     async def append(self, entry: AuditEntry) -> dict[str, Any]:
+        """Link ``entry`` into the chain and queue it; with ``durable``, wait for delivery."""
+        record, delivered = self._link(entry)
+        if self._durable:
+            try:
+                await delivered
+            except Exception as exc:
+                raise AuditUnavailable(f"audit record not delivered: {exc!r}") from exc
+        return record
+
+    def append_nowait(self, entry: AuditEntry) -> asyncio.Future[None]:
+        """Link ``entry`` into the chain and queue it; the future settles on its delivery.
+
+        Raises :class:`AuditUnavailable` when the chain cannot be extended.
+        """
+        return self._link(entry)[1]
+
+    def _link(self, entry: AuditEntry) -> tuple[dict[str, Any], asyncio.Future[None]]:
         if not self._started:
             raise AuditUnavailable("audit writer not started")
         if self._failure is not None:
@@ -186,18 +207,11 @@ class AuditChainWriter:
             subject=key,
             # A call that came without trace context gets one named after its record (not
             # sampled: nothing else traced it), not a random one per record.
-            traceparent=entry.traceparent
-            or f"00-{record['hash'][:32]}-{record['hash'][32:48]}-00",
+            traceparent=entry.traceparent or f"00-{record['hash'][:32]}-{record['hash'][32:48]}-00",
         )
         # No await between reading the head and moving it: appends link in call order.
         self._seq, self._hash = record["seq"], record["hash"]
-        delivered = self._queue(key.encode(), value, headers)
-        if self._durable:
-            try:
-                await delivered
-            except Exception as exc:
-                raise AuditUnavailable(f"audit record not delivered: {exc!r}") from exc
-        return record
+        return record, self._queue(key.encode(), value, headers)
 
     def _queue(
         self, key: bytes, value: bytes, headers: list[tuple[str, bytes]]

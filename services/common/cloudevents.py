@@ -133,7 +133,9 @@ def format_time(moment: datetime) -> str:
     """RFC 3339 in UTC with milliseconds: ``2024-05-06T01:02:03.456Z``."""
     if moment.tzinfo is None:
         raise ValueError("event time must be timezone-aware (a naive time is ambiguous)")
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    if moment.tzinfo is not UTC:
+        moment = moment.astimezone(UTC)
+    return moment.isoformat(timespec="milliseconds")[:-6] + "Z"  # without "+00:00"
 
 
 def new_traceparent(*, sampled: bool = True) -> str:
@@ -154,11 +156,12 @@ def continue_trace(parent: str | None) -> str:
 
 def is_valid_traceparent(value: str) -> bool:
     match = _TRACEPARENT.match(value)
-    if match is None or match.group("version") == "ff":
+    if match is None:
         return False
-    if match.group("version") == "00" and match.group("rest"):
+    version, trace_id, parent_id, _flags, rest = match.groups()
+    if version == "ff" or (version == "00" and rest):
         return False
-    return set(match.group("trace_id")) != {"0"} and set(match.group("parent_id")) != {"0"}
+    return bool(trace_id.strip("0")) and bool(parent_id.strip("0"))  # all zeros is invalid
 
 
 def _nonzero_hex(num_bytes: int) -> str:

@@ -46,7 +46,7 @@ import hashlib
 import inspect
 import signal
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -435,13 +435,15 @@ class PeerCallGuard:
                 _current_call.set(call)  # grpc.aio serves each call in its own task
                 error: BaseException | None = None
                 try:
-                    await enter(call, request, context)
+                    if (refusal := enter(call, request, context)) is not None:
+                        await refusal.abort(context)
                     return await inner(request, context)
                 except BaseException as exc:
                     error = exc
                     raise
                 finally:
-                    await leave(call, _status_of(context, error))
+                    if (delivered := leave(call, _status_of(context, error))) is not None:
+                        await delivered
 
             factory = (
                 grpc.unary_unary_rpc_method_handler
@@ -461,7 +463,8 @@ class PeerCallGuard:
             _current_call.set(call)
             error: BaseException | None = None
             try:
-                await enter(call, request, context)
+                if (refusal := enter(call, request, context)) is not None:
+                    await refusal.abort(context)
                 produced = inner_stream(request, context)
                 if inspect.isasyncgen(produced):
                     async for message in produced:
@@ -472,7 +475,8 @@ class PeerCallGuard:
                 error = exc
                 raise
             finally:
-                await leave(call, _status_of(context, error))
+                if (delivered := leave(call, _status_of(context, error))) is not None:
+                    await delivered
 
         factory = (
             grpc.unary_stream_rpc_method_handler
@@ -496,15 +500,12 @@ class PeerCallGuard:
 
         return child
 
-    async def _enter(
+    def _enter(
         self, call: PeerCall, request: object, context: grpc.aio.ServicerContext, *, method: str
-    ) -> None:
+    ) -> Denied | None:
+        """Fill ``call`` in; the refusal to abort the call with, if any."""
         if self._audit is not None and not self._audit.healthy:
-            await context.abort(
-                grpc.StatusCode.UNAVAILABLE,
-                "audit log unavailable",
-                trailing_metadata=((DENIAL_TRAILER, "audit-unavailable"),),
-            )
+            return Denied(grpc.StatusCode.UNAVAILABLE, "audit-unavailable", "audit log unavailable")
         security = self._security
         metadata = context.invocation_metadata() or ()
         call.purpose = _purpose(request, metadata, method)
@@ -522,20 +523,23 @@ class PeerCallGuard:
                     call, subject_key, token if isinstance(token, str) else None
                 )
         except Denied as denied:
-            await denied.abort(context)
+            return denied
+        return None
 
-    async def _leave(
+    def _leave(
         self,
         call: PeerCall,
         status: grpc.StatusCode,
         *,
         method: str,
         latency: Callable[[grpc.StatusCode], Any],
-    ) -> None:
+    ) -> Awaitable[None] | None:
+        """Record the latency and append the audit record; what to await before answering
+        (a durable audit writer's delivery), if anything."""
         elapsed = time.monotonic() - call.started
         latency(status).observe(elapsed)
         if self._audit is None:
-            return
+            return None
         identity = call.identity
         entry = AuditEntry(
             caller_city=identity.city_code if identity else "unknown",
@@ -551,10 +555,23 @@ class PeerCallGuard:
             peer_certificate_sha256=identity.certificate_sha256 if identity else None,
         )
         try:
-            await self._audit.append(entry)
+            delivered = self._audit.append_nowait(entry)
         except AuditUnavailable:
             if status is grpc.StatusCode.OK:
                 raise
+            return None
+        if not self._audit.durable:
+            return None
+        return _delivered_or_unavailable(delivered, refuse=status is grpc.StatusCode.OK)
+
+
+async def _delivered_or_unavailable(delivered: Awaitable[None], *, refuse: bool) -> None:
+    """Wait for a durable audit record; a failed delivery fails a call that had succeeded."""
+    try:
+        await delivered
+    except Exception as exc:
+        if refuse:
+            raise AuditUnavailable(f"audit record not delivered: {exc!r}") from exc
 
 
 class _Registrar:
