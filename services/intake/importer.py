@@ -42,7 +42,6 @@ from services.intake.prepare import (
     CHUNK_LINES,
     Chunk,
     Preparation,
-    Prepared,
     PreparedChunk,
     exit_with_parent,
     prepare_chunk,
@@ -117,7 +116,7 @@ def default_workers(paths: Sequence[Path]) -> int:
 
 
 def _prepared_batch(
-    chunk: Chunk, items: list[Prepared], preparation: Preparation, context: ValidationContext
+    chunk: Chunk, prepared: PreparedChunk, preparation: Preparation, context: ValidationContext
 ) -> PreparedBatch:
     def source(line_number: int) -> SubmissionSource:
         return SubmissionSource(
@@ -128,7 +127,7 @@ def _prepared_batch(
         )
 
     return PreparedBatch(
-        items=items,
+        prepared=prepared,
         revalidate=functools.partial(
             revalidate_line,
             chunk,
@@ -181,12 +180,13 @@ async def import_files(
     async def publish(
         chunk: Chunk, preparation: Preparation, future: asyncio.Future[PreparedChunk]
     ) -> None:
-        items = (await future).items()
-        for item in items:
-            day = disclosure_day_of(item)
+        prepared = await future
+        touched.update(prepared.record_days())
+        for rejection in prepared.rejections:
+            day = disclosure_day_of(rejection)
             if day is not None:
                 touched.add(day)
-        batch = _prepared_batch(chunk, items, preparation, context)
+        batch = _prepared_batch(chunk, prepared, preparation, context)
         summary.count(await pipeline.submit_prepared(batch, traceparent=trace))
 
     try:

@@ -48,6 +48,7 @@ from services.intake.ledger import (
 from services.intake.ledger_sync import LedgerFollower
 from services.intake.prepare import (
     Prepared,
+    PreparedChunk,
     PreparedRecord,
     PreparedRejection,
     check_submission,
@@ -113,7 +114,7 @@ class PreparedBatch:
     """Rows a worker process prepared (:mod:`services.intake.prepare`), in file order, with
     how to validate one of them again here and where each came from."""
 
-    items: Sequence[Prepared]
+    prepared: PreparedChunk
     revalidate: Callable[[int], Verdict]  # by line number
     source: Callable[[int], ev.SubmissionSource]  # by line number
 
@@ -243,7 +244,28 @@ class _Planner:
 
     def prepared(self, item: PreparedRecord, batch: PreparedBatch) -> None:
         state = item.state
-        decided = self.decide(state.record_id, state.content_hash, state.first_report_date)
+        record_id = state.record_id
+        if record_id not in self.pending and record_id not in self.ledger.records:
+            # New (what decide() would say, without its bookkeeping): the worker's encoding
+            # of version 1 goes out as it is. Nearly every row of a bulk file is new.
+            self.pending[record_id] = state
+            self.plan.states.append(state)
+            self.plan.events.append(
+                OutgoingEvent(
+                    ev.RECORDS_TOPIC,
+                    item.key,
+                    item.value,
+                    self.record_headers().headers(
+                        ev.record_event_id(record_id, 1), state.subject_key
+                    ),
+                    item.partition,
+                )
+            )
+            self.plan.outcomes.append(
+                Accepted(record_id, 1, state.subject_key, warnings=item.warnings)
+            )
+            return
+        decided = self.decide(record_id, state.content_hash, state.first_report_date)
         if decided.disposition is Disposition.DUPLICATE:
             self.duplicate(state, decided.version, item.warnings)
             return
@@ -397,16 +419,15 @@ class IntakePipeline:
     ) -> _Plan:
         """The same for rows a worker process prepared."""
         planner = _Planner(self, now, traceparent)
-        for item in batch.items:
-            if isinstance(item, PreparedRecord):
-                planner.prepared(item, batch)
-            else:
-                planner.rejected(
-                    item.rejection,
-                    item.payload,
-                    item.payload_encoding,
-                    batch.source(item.line_number),
-                )
+        for record in batch.prepared.records():
+            planner.prepared(record, batch)
+        for rejection in batch.prepared.rejections:
+            planner.rejected(
+                rejection.rejection,
+                rejection.payload,
+                rejection.payload_encoding,
+                batch.source(rejection.line_number),
+            )
         return planner.plan
 
     def quality_events(
@@ -471,7 +492,7 @@ class IntakePipeline:
         self, batch: PreparedBatch, *, traceparent: str | None = None
     ) -> list[Outcome]:
         """:meth:`submit` for rows a worker process prepared."""
-        if not batch.items:
+        if not len(batch.prepared):
             return []
         trace = traceparent or new_traceparent()
         return await self._store(lambda now: self.plan_prepared(batch, now=now, traceparent=trace))

@@ -44,6 +44,7 @@ from services.intake.validation import (
     pseudonymiser,
     validate_submission,
 )
+from services.intake.vocabulary import DISCLOSURE_CATEGORIES
 
 CHUNK_LINES: Final = 2000
 
@@ -103,37 +104,50 @@ class PreparedChunk:
     def __len__(self) -> int:
         return len(self.lines) + len(self.rejections)
 
-    def items(self) -> list[Prepared]:
-        """The rows as objects: valid rows in file order, then the rejections."""
-        prepared: list[Prepared] = []
+    def records(self) -> Iterator[PreparedRecord]:
+        """The valid rows in file order, as the first versions of their records."""
         no_warnings: tuple[Violation, ...] = ()
         from_ordinal = date.fromordinal
-        for index, line in enumerate(self.lines):
-            record_id, digest, category, code, name, number, subject_key = self.texts[index]
-            decided, reported = self.days[index]
-            prepared.append(
-                PreparedRecord(
-                    line,
-                    RecordState(
-                        record_id,
-                        1,
-                        digest,
-                        category,
-                        code,
-                        name,
-                        number,
-                        from_ordinal(decided),
-                        from_ordinal(reported),
-                        subject_key,
-                    ),
-                    self.warnings.get(index, no_warnings),
-                    self.partitions[index],
-                    subject_key.encode(),
-                    self.values[index],
-                )
+        warnings = self.warnings
+        for index, (line, texts, days, partition, value) in enumerate(
+            zip(self.lines, self.texts, self.days, self.partitions, self.values, strict=True)
+        ):
+            record_id, digest, category, code, name, number, subject_key = texts
+            yield PreparedRecord(
+                line,
+                RecordState(
+                    record_id,
+                    1,
+                    digest,
+                    category,
+                    code,
+                    name,
+                    number,
+                    from_ordinal(days[0]),
+                    from_ordinal(days[1]),
+                    subject_key,
+                ),
+                warnings.get(index, no_warnings),
+                partition,
+                subject_key.encode(),
+                value,
             )
+
+    def items(self) -> list[Prepared]:
+        """The rows as objects: valid rows in file order, then the rejections."""
+        prepared: list[Prepared] = list(self.records())
         prepared.extend(self.rejections)
         return prepared
+
+    def record_days(self) -> set[tuple[str, date]]:
+        """The (department, decision day) of every valid row that counts in the 双公示
+        figures, each once."""
+        days = {
+            (texts[3], decided)
+            for texts, (decided, _) in zip(self.texts, self.days, strict=True)
+            if texts[2] in DISCLOSURE_CATEGORIES
+        }
+        return {(code, date.fromordinal(decided)) for code, decided in days}
 
 
 @dataclass(frozen=True, slots=True)
