@@ -21,6 +21,7 @@ Two city nodes (Suzhou, Wuxi) run as real processes on the run's broker, over mT
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 import time
 import uuid
@@ -153,18 +154,43 @@ async def _closed_loop(
     return len(latencies), latencies, time.perf_counter() - start
 
 
-class Load:
-    """Calls, latencies and time of one contender, summed over rounds."""
+def process_cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a process so far (Linux ``/proc``); None elsewhere."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
-    def __init__(self) -> None:
+
+class Load:
+    """Calls, latencies, time and the serving process's CPU of one contender, over rounds."""
+
+    def __init__(self, server_pid: int | None = None) -> None:
         self.calls = 0
         self.latencies: list[float] = []
         self.elapsed = 0.0
+        self.server_pid = server_pid
+        self.server_cpu: float | None = 0.0 if server_pid is not None else None
 
     def add(self, calls: int, latencies: list[float], elapsed: float) -> None:
         self.calls += calls
         self.latencies.extend(latencies)
         self.elapsed += elapsed
+
+    async def measure(self, load: Awaitable[tuple[int, list[float], float]]) -> None:
+        before = process_cpu_seconds(self.server_pid) if self.server_pid else None
+        self.add(*await load)
+        after = process_cpu_seconds(self.server_pid) if self.server_pid else None
+        if before is None or after is None or self.server_cpu is None:
+            self.server_cpu = None
+        else:
+            self.server_cpu += after - before
+
+    def cpu_per_call_us(self) -> float | None:
+        if self.server_cpu is None or not self.calls:
+            return None
+        return self.server_cpu / self.calls * 1e6
 
     def totals(self) -> tuple[int, list[float], float]:
         return self.calls, self.latencies, self.elapsed
@@ -253,7 +279,13 @@ async def lists(ctx: BenchContext) -> list[Comparison]:
     try:
         await region.wait_ready()
         rows = await _propagation(region, seconds)
-        rows += await _checks(region, seconds, echo_port, kit_port)
+        wuxi = region.nodes["wuxi"].process
+        pids = {
+            "check": wuxi.pid if wuxi is not None else None,
+            "echo": servers[0].pid,
+            "kit": servers[1].pid,
+        }
+        rows += await _checks(region, seconds, echo_port, kit_port, pids)
     finally:
         for server in servers:
             server.terminate()
@@ -323,7 +355,11 @@ async def _propagation(region: ListsRegion, seconds: float) -> list[Comparison]:
 
 
 async def _checks(
-    region: ListsRegion, seconds: float, echo_port: int, kit_port: int
+    region: ListsRegion,
+    seconds: float,
+    echo_port: int,
+    kit_port: int,
+    pids: dict[str, int | None],
 ) -> list[Comparison]:
     # Half of the subjects are on Suzhou's black list (mirrored to Wuxi), half unknown.
     subjects = [organisation_key(n if n % 2 else 500_000 + n) for n in range(2000)]
@@ -372,7 +408,7 @@ async def _checks(
         await _closed_loop(warm_up, callers=CALLERS, seconds=0.5)
     # This machine is shared: interleave short rounds so drift in its load hits every
     # contender alike, instead of one long run each.
-    measured = {name: Load() for name in ("check", "echo", "kit", "batch")}
+    measured = {name: Load(pids.get(name)) for name in ("check", "echo", "kit", "batch")}
     rounds = 2 if seconds < 2 else 5
     for _ in range(rounds):
         for name, call, callers in (
@@ -381,7 +417,9 @@ async def _checks(
             ("kit", kit_echo, CALLERS),
             ("batch", check_batch, 4),
         ):
-            measured[name].add(*await _closed_loop(call, callers=callers, seconds=seconds / rounds))
+            await measured[name].measure(
+                _closed_loop(call, callers=callers, seconds=seconds / rounds)
+            )
     calls, lat, elapsed = measured["check"].totals()
     echo_calls, echo_lat, echo_elapsed = measured["echo"].totals()
     kit_calls, _kit_lat, kit_elapsed = measured["kit"].totals()
@@ -407,6 +445,7 @@ async def _checks(
             "empty CheckSubject, same kit",
             notes="same mTLS, authorization and audit chain: the lists service's own cost",
         ),
+        *_cpu_rows(measured),
         Comparison(
             "CheckSubject p50",
             percentile(lat, 50) * 1000,
@@ -430,6 +469,32 @@ async def _checks(
             "subj/s",
             "unary CheckSubject QPS",
             target=20.0,
+        ),
+    ]
+
+
+def _cpu_rows(measured: dict[str, Load]) -> list[Comparison]:
+    """The serving process's CPU per call: steadier than QPS on a shared machine, and it
+    says where a gap comes from."""
+    check, echo, kit = (measured[name].cpu_per_call_us() for name in ("check", "echo", "kit"))
+    if check is None or echo is None or kit is None:
+        return []
+    return [
+        Comparison(
+            "server CPU per CheckSubject",
+            check,
+            echo,
+            "µs",
+            "echo server CPU per call",
+            higher_is_better=False,
+        ),
+        Comparison(
+            "server CPU per CheckSubject",
+            check,
+            kit,
+            "µs",
+            "empty CheckSubject, same kit",
+            higher_is_better=False,
         ),
     ]
 
