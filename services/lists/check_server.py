@@ -10,7 +10,7 @@ only.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import date, datetime
 from typing import Final
 
 import grpc
@@ -26,6 +26,7 @@ from services.lists.model import ListEntry, china_today
 from services.lists.status import abort
 
 MAX_BATCH: Final = 1000
+_CACHED_ANSWERS: Final = 100_000
 #: Scenario enum value -> the catalogue's code (``SCENARIO_GOVERNMENT_PROCUREMENT`` ->
 #: ``GOVERNMENT_PROCUREMENT``); UNSPECIFIED and OTHER are handled apart.
 _SCENARIO_CODES: Final = {
@@ -48,6 +49,14 @@ class CreditCheckServicer(credit_check_pb2_grpc.CreditCheckServiceServicer):
         self._catalogue = catalogue
         self._security = security
         self._peers = list(peers)
+        self._answers: dict[
+            tuple[str, str | None, bool],
+            tuple[
+                tuple[int, date],
+                list[credit_check_pb2.Membership],
+                list[credit_check_pb2.Measure],
+            ],
+        ] = {}
         self._freshness_of: tuple[datetime | None, ...] = ()
         self._freshness_answer: list[credit_check_pb2.MirrorFreshness] = []
 
@@ -76,13 +85,26 @@ class CreditCheckServicer(credit_check_pb2_grpc.CreditCheckServiceServicer):
     def _answer(
         self, subject_key: str, scenario: str | None, include_removed: bool
     ) -> tuple[list[credit_check_pb2.Membership], list[credit_check_pb2.Measure]]:
+        """Memberships and measures of a subject. Kept until the store changes or the day
+        does (measures depend on the date): building the messages is most of a check's own
+        cost, and the same subjects are checked again and again."""
+        today = china_today(self._book.now())
+        key = (subject_key, scenario, include_removed)
+        cached = self._answers.get(key)
+        if cached is not None and cached[0] == (self._store.generation, today):
+            return cached[1], cached[2]
         entries = self._entries(subject_key, include_removed)
         measures = (
-            self._catalogue.measures_for(scenario, entries, today=china_today(self._book.now()))
+            self._catalogue.measures_for(scenario, entries, today=today)
             if scenario is not None and entries
             else []
         )
-        return [membership(e) for e in entries], measures_to_proto(measures)
+        answer = [membership(e) for e in entries], measures_to_proto(measures)
+        if len(self._answers) >= _CACHED_ANSWERS:
+            self._answers.clear()
+        # Messages given to a response are copied into it, so the cached ones stay unchanged.
+        self._answers[key] = ((self._store.generation, today), *answer)
+        return answer
 
     def _freshness(self) -> list[credit_check_pb2.MirrorFreshness]:
         synced_at = tuple(self._book.peer_synced_at(peer.admin_code) for peer in self._peers)

@@ -115,6 +115,9 @@ class ListStore:
         # is most of a check's cost. Every write goes through commit(), which drops what it
         # changes; a read-only store sees another process's writes, so it keeps no cache.
         self._cache = not read_only
+        #: Moves on with every commit: what a reader derived from the store is current while
+        #: the generation it derived it at still is.
+        self.generation = 0
         self._entry_cache: dict[str, ListEntry | None] = {}
         self._subject_cache: dict[str, tuple[str, ...]] = {}
         for entry in self.entries(""):
@@ -295,6 +298,7 @@ class ListStore:
             else:
                 write.put(key, value)
         self._db.write(write, self._write_options)
+        self.generation += 1
         for key in batch.puts:
             if key.startswith(_SUBJECT):
                 self._subject_cache.pop(key[len(_SUBJECT) :].split(_SEP, 1)[0].decode(), None)

@@ -62,6 +62,7 @@ class City:
     book: ListBook
     changelog: MemoryChangelog
     server: PeerServer
+    clock: Clock
 
     @property
     def target(self) -> str:
@@ -98,6 +99,7 @@ async def _serve(book: ListBook, key: str, pki: PeerPki, bind: str = "127.0.0.1:
 async def _city(directory: Path, key: str, pki: PeerPki) -> City:
     code = REGION.city(key).admin_code
     changelog = MemoryChangelog()
+    clock = Clock()
     book = ListBook(
         ListStore(directory / key, AvroSerde(), own_city=code),
         changelog,
@@ -105,9 +107,9 @@ async def _city(directory: Path, key: str, pki: PeerPki) -> City:
         changelog,
         own_city=code,
         changelog_topic="credit.list-changes.v1",
-        clock=Clock(),
+        clock=clock,
     )
-    return City(key, code, book, changelog, await _serve(book, key, pki))
+    return City(key, code, book, changelog, await _serve(book, key, pki), clock)
 
 
 @dataclass
@@ -405,6 +407,43 @@ async def test_check_subject_answers_memberships_and_measures(pair: Pair) -> Non
             )
         )
         assert [m.measure_code for m in other.measures] == ["restrict-land-transfer"]
+
+
+async def test_check_answers_follow_each_change_and_the_day(pair: Pair) -> None:
+    """Answers are cached per subject; a designation, a removal and the day coming when an
+    entry takes effect each show in the next check."""
+    subject = organisation_key(0)
+    request = credit_check_pb2.CheckSubjectRequest(
+        subject_key=subject,
+        scenario=credit_check_pb2.SCENARIO_GOVERNMENT_PROCUREMENT,
+        purpose="WXCG-2024-18",
+    )
+    channel, stub = pair.check()
+    async with channel:
+
+        async def check() -> tuple[list[int], list[str]]:
+            response = await stub.CheckSubject(request)
+            return (
+                [m.status for m in response.memberships],
+                [m.measure_code for m in response.measures],
+            )
+
+        assert await check() == ([], [])
+        starts = pair.suzhou.clock.now.date() + timedelta(days=2)
+        designation = list_decision(subject, decision_number="D0", effective_from=starts)
+        await pair.suzhou.book.apply_records([incoming(designation, offset=0)])
+        assert await check() == ([common_pb2.LIST_ENTRY_STATUS_ACTIVE], [])  # not in force yet
+        pair.suzhou.clock.advance(days=2)
+        assert await check() == ([common_pb2.LIST_ENTRY_STATUS_ACTIVE], ["restrict-procurement"])
+        removal = list_decision(
+            subject,
+            action="REMOVE",
+            removal_reason="REVOKED",
+            decision_number="撤0",
+            designation="D0",
+        )
+        await pair.suzhou.book.apply_records([incoming(removal, offset=1)])
+        assert await check() == ([], [])
 
 
 @pytest.mark.parametrize(
