@@ -351,12 +351,29 @@ def _date_bytes(day: date) -> bytes:
     return encoded
 
 
+def _moment_bytes(moment: datetime) -> bytes:
+    # fastavro's own arithmetic: whole milliseconds since the epoch, sub-millisecond dropped.
+    delta = moment - _EPOCH
+    millis = (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
+    if not _LONG_MIN <= millis <= _LONG_MAX:
+        raise _LeftToFastavro
+    encoded = bytes(_varint_bytes(millis))
+    # Events of one batch share their timestamps (accepted at, submitted at): the last one
+    # written is kept, with a reference, so an equal identity means the same value.
+    _LAST_MOMENT[0] = (moment, encoded)
+    return encoded
+
+
+_LAST_MOMENT: Final[list[tuple[datetime | None, bytes]]] = [(None, b"")]
+
 #: What generated writers refer to besides their own constants.
 _WRITER_GLOBALS: Final[dict[str, Any]] = {
     "LeftToFastavro": _LeftToFastavro,
     "write_varint": _write_varint,
     "date_bytes": _date_bytes,
     "DATE_BYTES": _DATE_BYTES,
+    "moment_bytes": _moment_bytes,
+    "LAST_MOMENT": _LAST_MOMENT,
     "EPOCH": _EPOCH,
     "pack_double": _DOUBLE.pack,
     "date": date,
@@ -509,19 +526,11 @@ class _WriterSource:
             line(depth + 1, "raise LeftToFastavro")
             line(depth, f"out += DATE_BYTES.get({name}) or date_bytes({name})")
         elif (type_name, logical) == ("long", "timestamp-millis"):
-            delta, millis = self.local("delta"), self.local("millis")
+            last = self.local("last")
             line(depth, f"if type({name}) is not datetime or {name}.tzinfo is None:")
             line(depth + 1, "raise LeftToFastavro")
-            # fastavro's own arithmetic: whole milliseconds since the epoch.
-            line(depth, f"{delta} = {name} - EPOCH")
-            line(
-                depth,
-                f"{millis} = ({delta}.days * 86400 + {delta}.seconds) * 1000"
-                f" + {delta}.microseconds // 1000",
-            )
-            line(depth, f"if not {_LONG_MIN} <= {millis} <= {_LONG_MAX}:")
-            line(depth + 1, "raise LeftToFastavro")
-            line(depth, f"write_varint(out, {millis})")
+            line(depth, f"{last} = LAST_MOMENT[0]")
+            line(depth, f"out += {last}[1] if {name} is {last}[0] else moment_bytes({name})")
         else:
             raise WriterNotCompiled(f"logical type {logical} on {type_name}")
 

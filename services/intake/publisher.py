@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -49,6 +49,8 @@ class OutgoingEvent:
 _MURMUR_M: Final = 0x5BD1E995
 _MURMUR_SEED: Final = 0x9747B28C
 _U32: Final = 0xFFFFFFFF
+#: Unpackers of little-endian 32-bit words, by word count (keys come in a few lengths).
+_WORDS: dict[int, Callable[[bytes], tuple[int, ...]]] = {}
 
 
 def partition_for(key: bytes, partitions: int) -> int:
@@ -60,7 +62,10 @@ def partition_for(key: bytes, partitions: int) -> int:
     """
     length = len(key)
     h = _MURMUR_SEED ^ length
-    for k in struct.unpack_from(f"<{length >> 2}I", key):
+    words = _WORDS.get(length >> 2)
+    if words is None:
+        words = _WORDS[length >> 2] = struct.Struct(f"<{length >> 2}I").unpack_from
+    for k in words(key):
         k = (k * _MURMUR_M) & _U32
         k ^= k >> 24
         h = ((h * _MURMUR_M) & _U32) ^ ((k * _MURMUR_M) & _U32)

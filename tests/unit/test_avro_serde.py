@@ -475,3 +475,14 @@ def test_values_the_compiled_writer_leaves_get_fastavros_answer(
                 SERDE.encode(version.full_name, mutated)
         else:
             assert SERDE.encode(version.full_name, mutated) == expected, (path, odd)
+
+
+def test_a_timestamp_met_again_is_written_the_same() -> None:
+    """Writers keep the last timestamp's encoding; the same moment object, an equal one and a
+    different one in turn are each written as fastavro writes them."""
+    version = STORE.latest("CreditRecord")
+    example = load_example("CreditRecord")
+    moment = datetime(2025, 10, 20, 9, 30, 15, 999_999, tzinfo=timezone(timedelta(hours=8)))
+    for when in (moment, moment, moment.astimezone(UTC), moment + timedelta(milliseconds=1)):
+        record = dict(example, accepted_at=when, source=dict(example["source"], submitted_at=when))
+        assert SERDE.encode("CreditRecord", record) == _fastavro_bytes(version, record)
