@@ -222,7 +222,8 @@ def parse_day(raw: str) -> date | None:
     ``2024-05-06``, ``2024/5/6``, ``2024.05.06``, ``20240506``, ``2024年5月6日``, and any of
     these followed by a midnight time (``2024-05-06 00:00:00``), which spreadsheet exports add.
     """
-    text = unicodedata.normalize("NFKC", raw).strip()
+    # NFKC leaves every ASCII character as it is.
+    text = (raw if raw.isascii() else unicodedata.normalize("NFKC", raw)).strip()
     if len(text) == 10 and text[4] == "-" and text[7] == "-":
         try:
             return date.fromisoformat(text)
@@ -627,12 +628,13 @@ def _penalty_types(form: _Form, node: Mapping[str, Any], path: str) -> list[str]
         return []
     types: list[str] = []
     for index, item in enumerate(items):
-        where = f"{path}[{index}]"
         if not isinstance(item, str):
+            where = f"{path}[{index}]"
             form.fail(where, INVALID_TYPE, f"{where} must be text")
             continue
         symbol = vocab.PENALTY_TYPE.get(vocab.spelling_key(item))
         if symbol is None:
+            where = f"{path}[{index}]"
             form.fail(where, INVALID_VALUE, f"{where} is not a penalty type of art. 9")
         elif symbol not in types:
             types.append(symbol)

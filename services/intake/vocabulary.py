@@ -10,6 +10,7 @@ hyphens as underscores), so ``admin-penalty`` and ``ＡＤＭＩＮ_ＰＥＮＡ
 
 from __future__ import annotations
 
+import functools
 import unicodedata
 from collections.abc import Iterable, Mapping
 from types import MappingProxyType
@@ -18,8 +19,17 @@ from typing import Final
 
 def spelling_key(raw: str) -> str:
     """The form every spelling is compared in."""
+    # Vocabulary values repeat from record to record; only short ones are kept, so a
+    # hostile file cannot fill the cache with large cells.
+    return _cached_spelling_key(raw) if len(raw) <= 64 else _spelling_key(raw)
+
+
+def _spelling_key(raw: str) -> str:
     text = unicodedata.normalize("NFKC", raw).strip().upper()
     return text.replace(" ", "_").replace("-", "_")
+
+
+_cached_spelling_key = functools.lru_cache(maxsize=4096)(_spelling_key)
 
 
 def _table(
