@@ -26,7 +26,7 @@ import asyncio
 import functools
 import hashlib
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -88,16 +88,17 @@ class AuditEntry:
 class AuditChainWriter:
     """Appends :class:`AuditEntry` values to one chain.
 
-    Linking a record (its ``seq``, ``prev_hash`` and ``hash``) happens in :meth:`append`, in
-    call order. Sending does not: the records appended while the event loop runs one round
-    go to the broker together, as one batch of the audit partition, from a single sender
-    task that keeps their order. Producing each record on its own cost a peer call more CPU
-    than the rest of its audit.
+    :meth:`append_nowait` only queues the entry, in call order. One sender task takes what is
+    queued every ``linger_ms``, links each record in that order (its ``seq``, ``prev_hash``
+    and ``hash``), encodes it and sends them all as one batch of the audit partition. Doing
+    the audit per call, between two calls' gRPC work, cost a peer call several times what
+    the same work costs done for fifty records in a row (docs/peer-calls.md).
 
     ``durable=True`` makes :meth:`append` wait for the broker's acknowledgement of the
-    record. The default returns once the record is linked and queued in this process, so the
-    audit costs a peer call microseconds; a failed delivery marks the writer unavailable,
-    and the guard in ``grpc_server.py`` then refuses calls rather than serve them unaudited.
+    record. The default returns once the entry is queued in this process, so the audit costs
+    a peer call microseconds; a record that cannot be linked or delivered marks the writer
+    unavailable, and the guard in ``grpc_server.py`` then refuses calls rather than serve them
+    unaudited.
     """
 
     def __init__(
@@ -130,7 +131,7 @@ class AuditChainWriter:
         self._hash = GENESIS_HASH
         self._failure: BaseException | None = None
         self._started = False
-        self._queued: list[tuple[bytes, bytes, list[tuple[str, bytes]]]] = []
+        self._queued: list[AuditEntry | Callable[[], AuditEntry]] = []
         self._queued_delivered: asyncio.Future[None] | None = None
         self._sender: asyncio.Task[None] | None = None
 
@@ -140,12 +141,16 @@ class AuditChainWriter:
 
     @property
     def head(self) -> tuple[int, str]:
-        """(seq, hash) of the last record appended or recovered."""
+        """(seq, hash) of the last record linked or recovered (:meth:`flush` links all)."""
         return self._seq, self._hash
 
     @property
     def healthy(self) -> bool:
         return self._started and self._failure is None
+
+    @property
+    def durable(self) -> bool:
+        return self._durable
 
     async def start(self) -> None:
         """Recover the chain's tail from the topic, so a restart continues the same chain."""
@@ -154,32 +159,40 @@ class AuditChainWriter:
             self._seq, self._hash = int(tail["seq"]), str(tail["hash"])
         self._started = True
 
-    @property
-    def durable(self) -> bool:
-        return self._durable
-
-    async def append(self, entry: AuditEntry) -> dict[str, Any]:
-        """Link ``entry`` into the chain and queue it; with ``durable``, wait for delivery."""
-        record, delivered = self._link(entry)
+    async def append(self, entry: AuditEntry) -> None:
+        """Queue ``entry`` for the chain; with ``durable``, wait until it is delivered."""
+        delivered = self.append_nowait(entry)
         if self._durable:
             try:
                 await delivered
             except Exception as exc:
                 raise AuditUnavailable(f"audit record not delivered: {exc!r}") from exc
-        return record
 
-    def append_nowait(self, entry: AuditEntry) -> asyncio.Future[None]:
-        """Link ``entry`` into the chain and queue it; the future settles on its delivery.
+    def append_nowait(self, entry: AuditEntry | Callable[[], AuditEntry]) -> asyncio.Future[None]:
+        """Queue ``entry`` for the chain; the future settles once its record is delivered.
 
+        ``entry`` may be a function that makes the entry, called when the record is linked:
+        what only the audit needs is then worked out in the sender's batch, not in the call.
         Raises :class:`AuditUnavailable` when the chain cannot be extended.
         """
-        return self._link(entry)[1]
-
-    def _link(self, entry: AuditEntry) -> tuple[dict[str, Any], asyncio.Future[None]]:
         if not self._started:
             raise AuditUnavailable("audit writer not started")
         if self._failure is not None:
             raise AuditUnavailable(f"audit delivery failed: {self._failure!r}")
+        self._queued.append(entry)
+        if self._queued_delivered is None:
+            self._queued_delivered = asyncio.get_running_loop().create_future()
+            # Nobody need look at a non-durable delivery: failures also land in _failure.
+            self._queued_delivered.add_done_callback(_consume_exception)
+        if self._sender is None or self._sender.done():
+            self._sender = asyncio.get_running_loop().create_task(self._send_queued())
+        return self._queued_delivered
+
+    def _link(
+        self, queued: AuditEntry | Callable[[], AuditEntry]
+    ) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
+        """The next record of the chain, made from ``queued``: key, value and headers."""
+        entry = queued if isinstance(queued, AuditEntry) else queued()
         record: dict[str, Any] = {
             "seq": self._seq + 1,
             "node_city": self._node_city,
@@ -198,7 +211,7 @@ class AuditChainWriter:
             "prev_hash": self._hash,
             "hash": "",
         }
-        record["hash"], value = _hashed_encoding(self._serde, record)
+        digest, value = _hashed_encoding(self._serde, record)
         key = format_key(self._chain, record["seq"])
         headers = self._headers.headers(
             # The chain position is unique per source, and a record re-sent keeps it.
@@ -207,27 +220,14 @@ class AuditChainWriter:
             subject=key,
             # A call that came without trace context gets one named after its record (not
             # sampled: nothing else traced it), not a random one per record.
-            traceparent=entry.traceparent or f"00-{record['hash'][:32]}-{record['hash'][32:48]}-00",
+            traceparent=entry.traceparent or f"00-{digest[:32]}-{digest[32:48]}-00",
         )
-        # No await between reading the head and moving it: appends link in call order.
-        self._seq, self._hash = record["seq"], record["hash"]
-        return record, self._queue(key.encode(), value, headers)
-
-    def _queue(
-        self, key: bytes, value: bytes, headers: list[tuple[str, bytes]]
-    ) -> asyncio.Future[None]:
-        """Queue one linked record for the sender; the future settles once it is delivered."""
-        self._queued.append((key, value, headers))
-        if self._queued_delivered is None:
-            self._queued_delivered = asyncio.get_running_loop().create_future()
-            # Nobody need look at a non-durable delivery: failures also land in _failure.
-            self._queued_delivered.add_done_callback(_consume_exception)
-        if self._sender is None or self._sender.done():
-            self._sender = asyncio.get_running_loop().create_task(self._send_queued())
-        return self._queued_delivered
+        self._seq, self._hash = record["seq"], digest
+        return key.encode(), value, headers
 
     async def _send_queued(self) -> None:
-        """Send what is queued, oldest first, until nothing is (one sender at a time).
+        """Link and send what is queued, oldest first, until nothing is (one sender at a
+        time, so the chain follows the order of the queue).
 
         Each round first waits ``linger_ms``, so that under load a batch carries the records
         of many calls: each produce request costs this process a fixed ~0.3 ms of CPU.
@@ -235,11 +235,11 @@ class AuditChainWriter:
         while self._queued:
             if self._linger:
                 await asyncio.sleep(self._linger)
-            records, delivered = self._queued, self._queued_delivered
+            entries, delivered = self._queued, self._queued_delivered
             self._queued, self._queued_delivered = [], None
             assert delivered is not None
             try:
-                deliveries = await self._send_batches(records)
+                deliveries = await self._send_batches([self._link(e) for e in entries])
             except Exception as exc:
                 self._failure = exc
                 delivered.set_exception(exc)
@@ -272,7 +272,7 @@ class AuditChainWriter:
             delivered.set_result(None)
 
     async def flush(self) -> None:
-        """Wait until every record appended so far is with the broker."""
+        """Wait until every entry appended so far is linked and with the broker."""
         while self._sender is not None and not self._sender.done():
             await asyncio.shield(self._sender)
         await self._producer.flush()

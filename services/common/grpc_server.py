@@ -178,20 +178,40 @@ def _pem_sha256(pem: str) -> str:
 
 @dataclass(slots=True)
 class PeerCall:
-    """What the peer-call guard learnt about the current call; servicers read it."""
+    """What the peer-call guard learnt about the current call; servicers read it.
+
+    ``purpose`` and ``traceparent`` are worked out from the request and its metadata when
+    first read: the audit record needs them, and it is made after the call is answered.
+    """
 
     method: str
     started: float
     identity: PeerIdentity | None = None
     decision: Decision | None = None
     subject_key: str | None = None
-    purpose: str = ""
     consent: ConsentGrant | None = None
-    traceparent: str | None = None
     extra_consents: list[str] = field(default_factory=list)
+    request: object = None
+    metadata: Sequence[tuple[str, Any]] = ()
+    _purpose: str | None = None
+    _traceparent: tuple[str | None] | None = None
 
     def may_see(self, data_class: str) -> bool:
         return self.decision is not None and self.decision.permits(data_class)
+
+    @property
+    def purpose(self) -> str:
+        if self._purpose is None:
+            self._purpose = _purpose(self.request, self.metadata, self.method)
+        return self._purpose
+
+    @property
+    def traceparent(self) -> str | None:
+        """The caller's W3C ``traceparent``, if it sent a valid one."""
+        if self._traceparent is None:
+            raw = _metadata_value(self.metadata, "traceparent")
+            self._traceparent = (raw if raw is not None and is_valid_traceparent(raw) else None,)
+        return self._traceparent[0]
 
 
 _current_call: contextvars.ContextVar[PeerCall | None] = contextvars.ContextVar(
@@ -507,11 +527,8 @@ class PeerCallGuard:
         if self._audit is not None and not self._audit.healthy:
             return Denied(grpc.StatusCode.UNAVAILABLE, "audit-unavailable", "audit log unavailable")
         security = self._security
-        metadata = context.invocation_metadata() or ()
-        call.purpose = _purpose(request, metadata, method)
-        raw_traceparent = _metadata_value(metadata, "traceparent")
-        if raw_traceparent is not None and is_valid_traceparent(raw_traceparent):
-            call.traceparent = raw_traceparent
+        call.request = request
+        call.metadata = context.invocation_metadata() or ()
         try:
             call.identity = security.identify(context)
             call.decision = security.authorize(call.identity, method)
@@ -540,19 +557,9 @@ class PeerCallGuard:
         latency(status).observe(elapsed)
         if self._audit is None:
             return None
-        identity = call.identity
-        entry = AuditEntry(
-            caller_city=identity.city_code if identity else "unknown",
-            callee_city=self._node,
-            method=method,
-            purpose=call.purpose or _default_purpose(method),
-            status_code=status.name,
-            latency_ms=int(elapsed * 1000),
-            at=datetime.now(UTC),
-            subject_key=call.subject_key,
-            consent_reference=call.consent.token_id if call.consent else None,
-            traceparent=call.traceparent,
-            peer_certificate_sha256=identity.certificate_sha256 if identity else None,
+        # The record is made when the writer links it, after the call is answered.
+        entry = functools.partial(
+            _audit_entry, call, status, elapsed, datetime.now(UTC), self._node
         )
         try:
             delivered = self._audit.append_nowait(entry)
@@ -563,6 +570,25 @@ class PeerCallGuard:
         if not self._audit.durable:
             return None
         return _delivered_or_unavailable(delivered, refuse=status is grpc.StatusCode.OK)
+
+
+def _audit_entry(
+    call: PeerCall, status: grpc.StatusCode, elapsed: float, at: datetime, node: str
+) -> AuditEntry:
+    identity = call.identity
+    return AuditEntry(
+        caller_city=identity.city_code if identity else "unknown",
+        callee_city=node,
+        method=call.method,
+        purpose=call.purpose or _default_purpose(call.method),
+        status_code=status.name,
+        latency_ms=int(elapsed * 1000),
+        at=at,
+        subject_key=call.subject_key,
+        consent_reference=call.consent.token_id if call.consent else None,
+        traceparent=call.traceparent,
+        peer_certificate_sha256=identity.certificate_sha256 if identity else None,
+    )
 
 
 async def _delivered_or_unavailable(delivered: Awaitable[None], *, refuse: bool) -> None:

@@ -373,6 +373,7 @@ async def test_concurrent_calls_each_get_one_record_in_one_unbroken_chain(node: 
                 for n in range(200)
             )
         )
+    await node.audit.flush()
     assert node.audit.head[0] == before + 200
     records = await node.audit_records()
     burst = [r for r in records if r["seq"] > before]
