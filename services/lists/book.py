@@ -168,6 +168,7 @@ class ListBook:
         self.cursors = CursorCodec(own_city, store.cursor_secret())
         # When each peer's mirror last applied something or heard it was caught up.
         self.synced_at: dict[str, datetime] = {}
+        self._stored_sync: dict[str, tuple[int, datetime | None]] = {}
         #: Total changes applied from each peer since start (tests check "nothing twice").
         self.mirrored_applied: dict[str, int] = {}
 
@@ -386,7 +387,16 @@ class ListBook:
         self.synced_at[peer_code] = self.now()
 
     def peer_synced_at(self, peer_code: str) -> datetime | None:
-        return self.synced_at.get(peer_code) or self.store.peer_position(peer_code).synced_at
+        synced = self.synced_at.get(peer_code)
+        if synced is not None:
+            return synced
+        # Not synced since this process started: what the store says, read again only after
+        # a commit (every credit check asks, also about peers that never answered).
+        generation, stored = self._stored_sync.get(peer_code, (-1, None))
+        if generation != self.store.generation:
+            stored = self.store.peer_position(peer_code).synced_at
+            self._stored_sync[peer_code] = (self.store.generation, stored)
+        return stored
 
     async def repair(
         self,
