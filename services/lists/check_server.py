@@ -51,11 +51,7 @@ class CreditCheckServicer(credit_check_pb2_grpc.CreditCheckServiceServicer):
         self._peers = list(peers)
         self._answers: dict[
             tuple[str, str | None, bool],
-            tuple[
-                tuple[int, date],
-                list[credit_check_pb2.Membership],
-                list[credit_check_pb2.Measure],
-            ],
+            tuple[tuple[int, date], credit_check_pb2.CheckSubjectResponse],
         ] = {}
         self._freshness_of: tuple[datetime | None, ...] = ()
         self._freshness_answer: list[credit_check_pb2.MirrorFreshness] = []
@@ -84,26 +80,32 @@ class CreditCheckServicer(credit_check_pb2_grpc.CreditCheckServiceServicer):
 
     def _answer(
         self, subject_key: str, scenario: str | None, include_removed: bool
-    ) -> tuple[list[credit_check_pb2.Membership], list[credit_check_pb2.Measure]]:
-        """Memberships and measures of a subject. Kept until the store changes or the day
-        does (measures depend on the date): building the messages is most of a check's own
-        cost, and the same subjects are checked again and again."""
+    ) -> credit_check_pb2.CheckSubjectResponse:
+        """A response carrying the subject's key, memberships and measures, and nothing else.
+
+        Kept until the store changes or the day does (measures depend on the date): building
+        the messages is most of a check's own cost, and the same subjects are checked again
+        and again. Callers copy from it and never change it.
+        """
         today = china_today(self._book.now())
         key = (subject_key, scenario, include_removed)
         cached = self._answers.get(key)
         if cached is not None and cached[0] == (self._store.generation, today):
-            return cached[1], cached[2]
+            return cached[1]
         entries = self._entries(subject_key, include_removed)
         measures = (
             self._catalogue.measures_for(scenario, entries, today=today)
             if scenario is not None and entries
             else []
         )
-        answer = [membership(e) for e in entries], measures_to_proto(measures)
+        answer = credit_check_pb2.CheckSubjectResponse(
+            subject_key=subject_key,
+            memberships=[membership(e) for e in entries],
+            measures=measures_to_proto(measures),
+        )
         if len(self._answers) >= _CACHED_ANSWERS:
             self._answers.clear()
-        # Messages given to a response are copied into it, so the cached ones stay unchanged.
-        self._answers[key] = ((self._store.generation, today), *answer)
+        self._answers[key] = ((self._store.generation, today), answer)
         return answer
 
     def _freshness(self) -> list[credit_check_pb2.MirrorFreshness]:
@@ -135,14 +137,11 @@ class CreditCheckServicer(credit_check_pb2_grpc.CreditCheckServiceServicer):
             scenario = self._scenario(request.scenario, request.scenario_code)
         except ValueError as exc:
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "unknown-scenario", str(exc))
-        memberships, measures = self._answer(request.subject_key, scenario, request.include_removed)
-        return credit_check_pb2.CheckSubjectResponse(
-            subject_key=request.subject_key,
-            memberships=memberships,
-            measures=measures,
-            checked_at=timestamp(self._book.now()),
-            mirror_freshness=self._freshness(),
-        )
+        response = credit_check_pb2.CheckSubjectResponse()
+        response.CopyFrom(self._answer(request.subject_key, scenario, request.include_removed))
+        response.checked_at.CopyFrom(timestamp(self._book.now()))
+        response.mirror_freshness.extend(self._freshness())
+        return response
 
     async def CheckSubjects(
         self, request: credit_check_pb2.CheckSubjectsRequest, context: grpc.aio.ServicerContext
@@ -183,10 +182,10 @@ class CreditCheckServicer(credit_check_pb2_grpc.CreditCheckServiceServicer):
                     _failed(key, f"subjects[{index}].consent_token", denied.denial, denied.details)
                 )
                 continue
-            memberships, measures = self._answer(key, scenario, request.include_removed)
+            answer = self._answer(key, scenario, request.include_removed)
             results.append(
                 credit_check_pb2.SubjectCheckResult(
-                    subject_key=key, memberships=memberships, measures=measures
+                    subject_key=key, memberships=answer.memberships, measures=answer.measures
                 )
             )
         return credit_check_pb2.CheckSubjectsResponse(
