@@ -40,7 +40,9 @@ _REJECTION_NAMESPACE: Final = uuid.uuid5(uuid.NAMESPACE_URL, "urn:creditlink:int
 Channel = Literal["FILE", "GRPC"]
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: one is built per record and a frozen dataclass's __init__ costs three times
+# as much (intake's CPU per record is its throughput). Treated as immutable all the same.
+@dataclass(slots=True)
 class SubmissionSource:
     """Where one submission came from (``RecordSource`` of the events)."""
 
