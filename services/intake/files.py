@@ -289,12 +289,15 @@ def cells_to_submission(plan: ColumnPlan, cells: list[Any]) -> dict[str, Any]:
     cells has a value, so a combined licensing-and-penalty export reads cleanly."""
     if len(cells) < plan.width:
         cells = cells + [""] * (plan.width - len(cells))
-    submission: dict[str, Any] = dict(zip(plan.top.names, plan.top.pick(cells), strict=True))
-    submission["subject"] = dict(zip(plan.subject.names, plan.subject.pick(cells), strict=True))
+    submission: dict[str, Any] = dict(zip(plan.top.names, plan.top.pick(cells), strict=False))
+    submission["subject"] = dict(zip(plan.subject.names, plan.subject.pick(cells), strict=False))
     for block, fields in plan.blocks:
+        picked = fields.pick(cells)
+        if picked.count("") == len(picked):
+            continue  # the other category's block of a combined export: nothing given
         values = {
             name: value
-            for name, value in zip(fields.names, fields.pick(cells), strict=True)
+            for name, value in zip(fields.names, picked, strict=False)
             if value is not None and value != ""
         }
         if values:
