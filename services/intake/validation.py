@@ -462,8 +462,8 @@ class _Form:
         unit of the national public-disclosure data standard), as integral fen."""
         given = [
             (suffix, scale)
-            for suffix, scale in (("_fen", 1), ("_yuan", 100), ("_wan_yuan", 1_000_000))
-            if node.get(stem + suffix) not in (None, "")
+            for name, suffix, scale in _amount_units(stem)
+            if node.get(name) not in (None, "")
         ]
         if not given:
             return None
@@ -472,7 +472,6 @@ class _Form:
             self.fail(f"{path}.{stem}{given[0][0]}", INCONSISTENT, f"give only one of {names}")
             return None
         suffix, scale = given[0]
-        where = f"{path}.{stem}{suffix}"
         value = node[stem + suffix]
         if type(value) is str and scale == 100:
             match = _PLAIN_YUAN.match(value)
@@ -480,6 +479,7 @@ class _Form:
                 plain = int(match.group(1)) * 100 + int((match.group(2) or "").ljust(2, "0"))
                 if plain <= MAX_AMOUNT_FEN:
                     return plain
+        where = f"{path}.{stem}{suffix}"
         amount: Decimal
         try:
             if isinstance(value, bool):
@@ -681,8 +681,15 @@ def _penalty(form: _Form, node: Mapping[str, Any]) -> tuple[dict[str, Any], str 
     return details, severity
 
 
+@functools.cache
+def _amount_units(stem: str) -> tuple[tuple[str, str, int], ...]:
+    """(field, suffix, fen per unit) of the ways to give the amount ``stem``."""
+    units = (("_fen", 1), ("_yuan", 100), ("_wan_yuan", 1_000_000))
+    return tuple((stem + suffix, suffix, scale) for suffix, scale in units)
+
+
 def _amount_given(node: Mapping[str, Any], stem: str) -> bool:
-    return any(node.get(stem + s) not in (None, "") for s in ("_fen", "_yuan", "_wan_yuan"))
+    return any(node.get(name) not in (None, "") for name, _, _ in _amount_units(stem))
 
 
 def _licensing(form: _Form, node: Mapping[str, Any]) -> dict[str, Any]:
