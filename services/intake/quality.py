@@ -20,6 +20,7 @@ Pure functions over the :class:`~services.intake.ledger.Ledger`; publishing is e
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from datetime import date, datetime
 from importlib.metadata import PackageNotFoundError, version
@@ -29,12 +30,17 @@ from services.common.workdays import CalendarNotCovered, WorkdayCalendar
 from services.intake.ledger import Ledger
 
 
+@functools.cache  # reading package metadata takes a millisecond; it is one per figure
+def _holiday_package() -> str:
+    try:
+        return f"chinesecalendar {version('chinesecalendar')}"
+    except PackageNotFoundError:  # pragma: no cover - the package is a hard dependency
+        return "chinesecalendar (unknown version)"
+
+
 def calendar_version(calendar: WorkdayCalendar) -> str:
     """Which holiday data due dates were computed with, e.g. ``chinesecalendar 1.11.0``."""
-    try:
-        package = f"chinesecalendar {version('chinesecalendar')}"
-    except PackageNotFoundError:  # pragma: no cover - the package is a hard dependency
-        package = "chinesecalendar (unknown version)"
+    package = _holiday_package()
     supplemented = calendar.supplemented_years
     if supplemented:
         return f"{package} + supplement {','.join(str(y) for y in supplemented)}"
