@@ -45,7 +45,6 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
-import yaml
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from fastavro.read import SchemaResolutionError as _FastavroResolutionError
 from fastavro.schema import fingerprint as _fastavro_fingerprint
@@ -811,6 +810,8 @@ class CatalogueBinding:
 def read_catalogue_bindings(path: Path | str | None = None) -> list[CatalogueBinding]:
     """The (topic, value schema, compatibility) of every topic in the catalogue."""
     catalogue_path = Path(path) if path is not None else TOPICS_FILE
+    import yaml  # only the schema check reads the catalogue; intake workers never do
+
     raw = yaml.safe_load(catalogue_path.read_text(encoding="utf-8"))
     bindings: list[CatalogueBinding] = []
     for entry in raw["topics"]:

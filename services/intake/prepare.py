@@ -31,7 +31,7 @@ from services.common.avro import AvroSerde
 from services.intake import events as ev
 from services.intake import files
 from services.intake.ledger import RecordState
-from services.intake.publisher import partition_for
+from services.intake.partitioning import partition_for
 from services.intake.validation import (
     INCONSISTENT,
     UNPARSEABLE,

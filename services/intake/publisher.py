@@ -17,8 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -27,6 +26,7 @@ from aiokafka import AIOKafkaProducer
 from services.common.kafka import make_producer
 from services.common.logging import get_logger
 from services.common.settings import Settings
+from services.intake.partitioning import partition_for
 
 # A transaction holds one batch (seconds at most). If its producer dies, readers wait this
 # long at most before the broker aborts it and read_committed readers move past it.
@@ -46,43 +46,6 @@ class OutgoingEvent:
     headers: list[tuple[str, bytes]]
     #: Already computed with the murmur2 partitioner (by a worker process), or None.
     partition: int | None = None
-
-
-_MURMUR_M: Final = 0x5BD1E995
-_MURMUR_SEED: Final = 0x9747B28C
-_U32: Final = 0xFFFFFFFF
-#: Unpackers of little-endian 32-bit words, by word count (keys come in a few lengths).
-_WORDS: dict[int, Callable[[bytes], tuple[int, ...]]] = {}
-
-
-def partition_for(key: bytes, partitions: int) -> int:
-    """The partition the Java client's default partitioner (and aiokafka's) gives ``key``:
-    murmur2 of the key, sign bit cleared, modulo the partition count.
-
-    The same arithmetic as ``aiokafka.partitioner.murmur2``, reading four bytes at a time:
-    the partitioner runs once per record, and this takes half its time.
-    """
-    length = len(key)
-    h = _MURMUR_SEED ^ length
-    words = _WORDS.get(length >> 2)
-    if words is None:
-        words = _WORDS[length >> 2] = struct.Struct(f"<{length >> 2}I").unpack_from
-    for k in words(key):
-        k = (k * _MURMUR_M) & _U32
-        k ^= k >> 24
-        h = ((h * _MURMUR_M) & _U32) ^ ((k * _MURMUR_M) & _U32)
-    tail = length & 3
-    if tail:
-        whole = length - tail
-        if tail == 3:
-            h ^= key[whole + 2] << 16
-        if tail >= 2:
-            h ^= key[whole + 1] << 8
-        h = ((h ^ key[whole]) * _MURMUR_M) & _U32
-    h ^= h >> 13
-    h = (h * _MURMUR_M) & _U32
-    h ^= h >> 15
-    return (h & 0x7FFFFFFF) % partitions
 
 
 class PublishFailed(Exception):
