@@ -549,7 +549,8 @@ def read_csv_block(header: bytes, body: bytes, *, line_shift: int = 0) -> list[F
     try:
         for cells in reader:
             first, previous = previous + 1, reader.line_num
-            if not cells or not "".join(cells).strip():
+            # Blank: every cell whitespace. A first cell with text settles it at once.
+            if not cells or not (cells[0].strip() or "".join(cells).strip()):
                 continue
             id_values = [cells[i] for i in id_indexes if i < len(cells)]
             if lines is None:

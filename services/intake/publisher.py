@@ -134,8 +134,11 @@ class TransactionalPublisher:
         try:
             futures: list[asyncio.Future[Any]] = []
             batches: dict[tuple[str, int], Any] = {}
+            topics: dict[str, str] = {}
             for event in events:
-                topic = self._settings.topic(event.topic)
+                topic = topics.get(event.topic) or topics.setdefault(
+                    event.topic, self._settings.topic(event.topic)
+                )
                 partition = event.partition
                 if partition is None:
                     partitions = await self._partitions_of(producer, topic)
