@@ -48,7 +48,6 @@ from services.common.pseudonym import pseudonym
 from services.intake import vocabulary as vocab
 from services.intake.publicity import bounded_publicity, penalty_publicity
 from services.intake.record_encoding import (
-    CONTENT_FIELDS,
     ContentParts,
     content_digest,
     default_encoding,
@@ -142,9 +141,10 @@ class RecordIdentity:
 class ValidRecord:
     """An accepted submission, normalised to the Avro ``CreditRecord`` shape.
 
-    ``content`` holds every field the submission decides (see :data:`CONTENT_FIELDS`); the
-    node adds version, report date, acceptance time, publicity start and source when it
-    publishes. ``content_hash`` tells a duplicate from a correction.
+    ``content`` holds every field the submission decides (see
+    :data:`~services.intake.record_encoding.CONTENT_FIELDS`); the node adds version, report
+    date, acceptance time, publicity start and source when it publishes. ``content_hash``
+    tells a duplicate from a correction.
     """
 
     record_id: str
@@ -292,15 +292,6 @@ def identify(submission: object, city_code: str) -> RecordIdentity:
 
 
 # --- content hash -------------------------------------------------------------------------
-
-
-def content_of(record: Mapping[str, Any]) -> dict[str, Any]:
-    """The content part of a ``CreditRecord`` (as built here or as decoded from Kafka)."""
-    content = {name: record.get(name) for name in CONTENT_FIELDS}
-    publicity = content.get("publicity")
-    if isinstance(publicity, Mapping):
-        content["publicity"] = {k: v for k, v in publicity.items() if k != "publicity_start"}
-    return content
 
 
 def content_hash(content: Mapping[str, Any]) -> str:
