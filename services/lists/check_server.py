@@ -27,6 +27,8 @@ from services.lists.status import abort
 
 MAX_BATCH: Final = 1000
 _CACHED_ANSWERS: Final = 100_000
+#: (subject key, scenario, scenario code, include removed) as the request gives them.
+_AnswerKey = tuple[str, int, str, bool]
 #: Scenario enum value -> the catalogue's code (``SCENARIO_GOVERNMENT_PROCUREMENT`` ->
 #: ``GOVERNMENT_PROCUREMENT``); UNSPECIFIED and OTHER are handled apart.
 _SCENARIO_CODES: Final = {
@@ -50,8 +52,7 @@ class CreditCheckServicer(credit_check_pb2_grpc.CreditCheckServiceServicer):
         self._security = security
         self._peers = list(peers)
         self._answers: dict[
-            tuple[str, str | None, bool],
-            tuple[tuple[int, date], credit_check_pb2.CheckSubjectResponse],
+            _AnswerKey, tuple[tuple[int, date], credit_check_pb2.CheckSubjectResponse]
         ] = {}
         self._freshness_of: tuple[datetime | None, ...] = ()
         self._freshness_answer: list[credit_check_pb2.MirrorFreshness] = []
@@ -78,20 +79,26 @@ class CreditCheckServicer(credit_check_pb2_grpc.CreditCheckServiceServicer):
             entries = [e for e in entries if not e.removed]
         return entries
 
-    def _answer(
-        self, subject_key: str, scenario: str | None, include_removed: bool
-    ) -> credit_check_pb2.CheckSubjectResponse:
-        """A response carrying the subject's key, memberships and measures, and nothing else.
-
-        Kept until the store changes or the day does (measures depend on the date): building
-        the messages is most of a check's own cost, and the same subjects are checked again
-        and again. Callers copy from it and never change it.
-        """
-        today = china_today(self._book.now())
-        key = (subject_key, scenario, include_removed)
+    def _cached(self, key: _AnswerKey, today: date) -> credit_check_pb2.CheckSubjectResponse | None:
         cached = self._answers.get(key)
         if cached is not None and cached[0] == (self._store.generation, today):
             return cached[1]
+        return None
+
+    def _answer(
+        self, key: _AnswerKey, scenario: str | None, today: date
+    ) -> credit_check_pb2.CheckSubjectResponse:
+        """A response carrying the subject's key, memberships and measures, and nothing else.
+
+        Kept, under the request's own (subject, scenario, scenario code, include removed),
+        until the store changes or the day does (measures depend on the date): building the
+        messages is most of a check's own cost, and the same subjects are checked again and
+        again. Callers copy from it and never change it.
+        """
+        cached = self._cached(key, today)
+        if cached is not None:
+            return cached
+        subject_key, include_removed = key[0], key[3]
         entries = self._entries(subject_key, include_removed)
         measures = (
             self._catalogue.measures_for(scenario, entries, today=today)
@@ -126,20 +133,32 @@ class CreditCheckServicer(credit_check_pb2_grpc.CreditCheckServiceServicer):
             await abort(
                 context, grpc.StatusCode.INVALID_ARGUMENT, "purpose-required", "purpose is required"
             )
-        if not is_valid_subject_key(request.subject_key):
-            await abort(
-                context,
-                grpc.StatusCode.INVALID_ARGUMENT,
-                "invalid-subject-key",
-                "subject_key must be L:<18-character code> or N:<64 lowercase hex>",
-            )
-        try:
-            scenario = self._scenario(request.scenario, request.scenario_code)
-        except ValueError as exc:
-            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "unknown-scenario", str(exc))
+        now = self._book.now()
+        today = china_today(now)
+        key = (
+            request.subject_key,
+            request.scenario,
+            request.scenario_code,
+            request.include_removed,
+        )
+        # A request answered before is valid: only a new one is checked and worked out.
+        answer = self._cached(key, today)
+        if answer is None:
+            if not is_valid_subject_key(request.subject_key):
+                await abort(
+                    context,
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    "invalid-subject-key",
+                    "subject_key must be L:<18-character code> or N:<64 lowercase hex>",
+                )
+            try:
+                scenario = self._scenario(request.scenario, request.scenario_code)
+            except ValueError as exc:
+                await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "unknown-scenario", str(exc))
+            answer = self._answer(key, scenario, today)
         response = credit_check_pb2.CheckSubjectResponse()
-        response.CopyFrom(self._answer(request.subject_key, scenario, request.include_removed))
-        response.checked_at.CopyFrom(timestamp(self._book.now()))
+        response.CopyFrom(answer)
+        response.checked_at.CopyFrom(timestamp(now))
         response.mirror_freshness.extend(self._freshness())
         return response
 
@@ -162,6 +181,7 @@ class CreditCheckServicer(credit_check_pb2_grpc.CreditCheckServiceServicer):
         except ValueError as exc:
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "unknown-scenario", str(exc))
         call = current_call()
+        today = china_today(self._book.now())
         results = []
         for index, query in enumerate(request.subjects):
             key = query.subject_key
@@ -182,7 +202,11 @@ class CreditCheckServicer(credit_check_pb2_grpc.CreditCheckServiceServicer):
                     _failed(key, f"subjects[{index}].consent_token", denied.denial, denied.details)
                 )
                 continue
-            answer = self._answer(key, scenario, request.include_removed)
+            answer = self._answer(
+                (key, request.scenario, request.scenario_code, request.include_removed),
+                scenario,
+                today,
+            )
             results.append(
                 credit_check_pb2.SubjectCheckResult(
                     subject_key=key, memberships=answer.memberships, measures=answer.measures
