@@ -33,7 +33,7 @@ from services.common.region import load_region
 from services.common.settings import Settings, SettingsError, load_settings
 from services.common.workdays import default_calendar
 from services.intake.files import FileFormatError
-from services.intake.importer import DEFAULT_CHUNK, import_files, progress_bar
+from services.intake.importer import DEFAULT_CHUNK, default_workers, import_files, progress_bar
 from services.intake.node import china_today, intake_node
 from services.intake.publisher import PublishFailed
 from services.intake.queries import list_overdue, query_quality
@@ -138,7 +138,11 @@ def import_command(
     settings = _settings()
 
     async def run() -> Any:
-        async with intake_node(settings, writer=writer, uploader_department=department) as node:
+        # The preparing processes start while the node connects and catches up.
+        preparers = workers if workers is not None else default_workers(paths)
+        async with intake_node(
+            settings, writer=writer, uploader_department=department, preparers=preparers
+        ) as node:
             with progress_bar(progress and sys.stderr.isatty()) as bar:
                 return await import_files(
                     node, paths, chunk_size=chunk_size, progress=bar, workers=workers

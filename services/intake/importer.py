@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import multiprocessing
 import os
 import time
 from collections import deque
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -43,11 +41,11 @@ from services.intake.prepare import (
     Chunk,
     Preparation,
     PreparedChunk,
-    exit_with_parent,
     prepare_chunk,
     revalidate_line,
     split_file,
 )
+from services.intake.preparers import PreparerPool
 from services.intake.validation import ValidationContext
 
 DEFAULT_CHUNK: Final = CHUNK_LINES
@@ -162,17 +160,16 @@ async def import_files(
     partitions = await node.publisher.partition_count(RECORDS_TOPIC)
     count = workers if workers is not None else default_workers(paths)
     loop = asyncio.get_running_loop()
-    pool = (
-        ProcessPoolExecutor(
-            count, mp_context=multiprocessing.get_context("spawn"), initializer=exit_with_parent
-        )
-        if count > 1
-        else None
-    )
+    own_pool: PreparerPool | None = None
+    pool: PreparerPool | None = None
+    if count > 1:
+        # The node's processes when it keeps some (already started); else our own.
+        pool = node.preparers or (own_pool := PreparerPool(count))
+        count = pool.workers
 
     def prepare(chunk: Chunk, preparation: Preparation) -> asyncio.Future[PreparedChunk]:
         if pool is not None:
-            return loop.run_in_executor(pool, prepare_chunk, chunk, preparation)
+            return pool.prepare(chunk, preparation)
         done: asyncio.Future[PreparedChunk] = loop.create_future()
         done.set_result(prepare_chunk(chunk, preparation))
         return done
@@ -227,8 +224,8 @@ async def import_files(
                     if progress is not None and task is not None:
                         progress.update(task, completed=size, records=summary.lines)
     finally:
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
+        if own_pool is not None:
+            own_pool.close()
     if summary.ignored_columns:
         log.warning("columns_ignored", columns=summary.ignored_columns)
     summary.quality_figures = await pipeline.publish_quality(touched, traceparent=trace)

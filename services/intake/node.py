@@ -8,10 +8,11 @@ last stable offsets, which now lie past every batch that will ever commit under 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from typing import Final
 from zoneinfo import ZoneInfo
 
@@ -23,6 +24,8 @@ from services.common.workdays import WorkdayCalendar, default_calendar
 from services.intake.ledger import Ledger
 from services.intake.ledger_sync import LedgerFollower
 from services.intake.pipeline import IntakePipeline
+from services.intake.prepare import Preparation
+from services.intake.preparers import PreparerPool
 from services.intake.publisher import TransactionalPublisher
 from services.intake.validation import pseudonymiser
 
@@ -44,6 +47,8 @@ class IntakeNode:
     publisher: TransactionalPublisher
     follower: LedgerFollower
     pipeline: IntakePipeline
+    #: Processes kept for preparing imports' chunks (None: an import starts its own).
+    preparers: PreparerPool | None = None
 
 
 @contextlib.asynccontextmanager
@@ -55,33 +60,67 @@ async def intake_node(
     today: Callable[[], date] = china_today,
     calendar: WorkdayCalendar | None = None,
     region_key: bytes | None = None,
+    preparers: int = 0,
 ) -> AsyncIterator[IntakeNode]:
-    """A started writer whose ledger holds everything committed so far."""
+    """A started writer whose ledger holds everything committed so far.
+
+    ``preparers`` > 1 also starts that many processes for preparing imports' chunks, while
+    the node connects and catches up, and keeps them until the node stops.
+    """
     city_code = load_region(settings.region_file).city(settings.city).admin_code
     key = region_key if region_key is not None else load_region_key()
     serde = AvroSerde()
     ledger = Ledger()
     publisher = TransactionalPublisher(settings, writer=writer)
     follower = LedgerFollower(settings, serde, ledger)
-    await publisher.start()
-    try:
-        await follower.start()
-        try:
-            await follower.catch_up()
-            pipeline = IntakePipeline(
-                city=settings.city,
-                city_code=city_code,
-                serde=serde,
-                ledger=ledger,
-                publisher=publisher,
-                follower=follower,
-                pseudonymise=pseudonymiser(key),
-                calendar=calendar or default_calendar(),
-                today=today,
-                uploader_department=uploader_department,
+    pool = PreparerPool(preparers) if preparers > 1 else None
+    warming = (
+        asyncio.create_task(
+            pool.warm(
+                Preparation(
+                    city=settings.city,
+                    city_code=city_code,
+                    region_key=key,
+                    today=today(),
+                    submitted_at=datetime.now(UTC),
+                    uploader_department=uploader_department,
+                    partitions=1,
+                    traceparent=None,
+                )
             )
-            yield IntakeNode(settings, city_code, key, serde, ledger, publisher, follower, pipeline)
+        )
+        if pool is not None
+        else None
+    )
+    try:
+        await publisher.start()
+        try:
+            await follower.start()
+            try:
+                await follower.catch_up()
+                pipeline = IntakePipeline(
+                    city=settings.city,
+                    city_code=city_code,
+                    serde=serde,
+                    ledger=ledger,
+                    publisher=publisher,
+                    follower=follower,
+                    pseudonymise=pseudonymiser(key),
+                    calendar=calendar or default_calendar(),
+                    today=today,
+                    uploader_department=uploader_department,
+                )
+                if warming is not None:
+                    await warming
+                yield IntakeNode(
+                    settings, city_code, key, serde, ledger, publisher, follower, pipeline, pool
+                )
+            finally:
+                await follower.stop()
         finally:
-            await follower.stop()
+            await publisher.stop()
     finally:
-        await publisher.stop()
+        if warming is not None and not warming.done():
+            warming.cancel()
+        if pool is not None:
+            pool.close()

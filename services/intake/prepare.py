@@ -22,6 +22,7 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -329,6 +330,15 @@ def exit_with_parent() -> None:
         os._exit(0)
 
     threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
+def warm_worker(chunk: Chunk, preparation: Preparation, hold_seconds: float) -> int:
+    """Pool warm-up task: prepare a one-row chunk, which loads the schemas, compiles the
+    writers and reads the calendar; then hold this worker briefly so that the next warm-up
+    task goes to another one. Returns this worker's process id."""
+    prepare_chunk(chunk, preparation)
+    time.sleep(hold_seconds)
+    return os.getpid()
 
 
 def prepare_chunk(chunk: Chunk, preparation: Preparation) -> PreparedChunk:

@@ -72,9 +72,15 @@ async def decoded(settings: Settings, topic: str) -> list[dict[str, Any]]:
     return [serde.decode(m.value) for m in await read_topic(settings, topic) if m.value]
 
 
-async def run_import(settings: Settings, paths: list[Path], **options: Any) -> ImportSummary:
+async def run_import(
+    settings: Settings, paths: list[Path], *, preparers: int = 0, **options: Any
+) -> ImportSummary:
     async with intake_node(
-        settings, writer="import", today=lambda: TODAY, region_key=DEV_REGION_KEY
+        settings,
+        writer="import",
+        today=lambda: TODAY,
+        region_key=DEV_REGION_KEY,
+        preparers=preparers,
     ) as node:
         return await import_files(node, paths, **options)
 
@@ -158,8 +164,11 @@ async def test_a_mixed_file_gives_exact_counts_and_topics(
         )
 
     before = counted()
-    # Small chunks: several transactions, corrections and duplicates across them.
-    summary = await run_import(provisioned, [path], chunk_size=7, workers=workers)
+    # Small chunks: several transactions, corrections and duplicates across them. The first
+    # import uses the node's preparing processes (started with the node), the second its own.
+    summary = await run_import(
+        provisioned, [path], chunk_size=7, workers=workers, preparers=workers
+    )
     assert summary.lines == 27
     assert (summary.accepted, summary.duplicates, summary.rejected) == (19, 2, 6)
     # The Prometheus counters saw the same: one rejection was already on the topic.
