@@ -159,8 +159,12 @@ class AuditChainWriter:
             self._seq, self._hash = int(tail["seq"]), str(tail["hash"])
         self._started = True
 
-    async def append(self, entry: AuditEntry) -> None:
-        """Queue ``entry`` for the chain; with ``durable``, wait until it is delivered."""
+    async def append(self, entry: AuditEntry | Callable[[], AuditEntry]) -> None:
+        """Queue ``entry`` for the chain; with ``durable``, wait until it is delivered.
+
+        Raises :class:`AuditUnavailable` when the chain cannot be extended or the record
+        cannot be delivered.
+        """
         delivered = self.append_nowait(entry)
         if self._durable:
             try:

@@ -158,12 +158,6 @@ def _city_named(auth: Mapping[str, Sequence[Any]]) -> str | None:
     return common_names[0] if common_names else None
 
 
-def certificate_city(context: grpc.aio.ServicerContext) -> str | None:
-    """The city key the verified client certificate names, or None without a certificate."""
-    auth = context.auth_context()
-    return _city_named(auth) if auth.get("x509_pem_cert") else None
-
-
 def _pem_sha256(pem: str) -> str:
     """SHA-256 of the certificate's DER form."""
     from cryptography import x509
@@ -445,7 +439,7 @@ class PeerCallGuard:
     def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         """``handler`` (of the full method name ``/package.Service/Method``) behind the guard."""
         enter = functools.partial(self._enter, method=method)
-        leave = functools.partial(self._leave, method=method, latency=self._latency(method))
+        leave = functools.partial(self._leave, latency=self._latency(method))
 
         if handler.unary_unary or handler.stream_unary:
             inner = handler.unary_unary or handler.stream_unary
@@ -548,7 +542,6 @@ class PeerCallGuard:
         call: PeerCall,
         status: grpc.StatusCode,
         *,
-        method: str,
         latency: Callable[[grpc.StatusCode], Any],
     ) -> Awaitable[None] | None:
         """Record the latency and append the audit record; what to await before answering
@@ -561,15 +554,15 @@ class PeerCallGuard:
         entry = functools.partial(
             _audit_entry, call, status, elapsed, datetime.now(UTC), self._node
         )
+        refuse = status is grpc.StatusCode.OK  # a call that failed anyway still answers
+        if self._audit.durable:
+            return _audited(self._audit.append(entry), refuse=refuse)
         try:
-            delivered = self._audit.append_nowait(entry)
+            self._audit.append_nowait(entry)
         except AuditUnavailable:
-            if status is grpc.StatusCode.OK:
+            if refuse:
                 raise
-            return None
-        if not self._audit.durable:
-            return None
-        return _delivered_or_unavailable(delivered, refuse=status is grpc.StatusCode.OK)
+        return None
 
 
 def _audit_entry(
@@ -591,13 +584,14 @@ def _audit_entry(
     )
 
 
-async def _delivered_or_unavailable(delivered: Awaitable[None], *, refuse: bool) -> None:
-    """Wait for a durable audit record; a failed delivery fails a call that had succeeded."""
+async def _audited(appended: Awaitable[None], *, refuse: bool) -> None:
+    """Wait for a durable audit record; a record that cannot be written fails a call that
+    had succeeded."""
     try:
-        await delivered
-    except Exception as exc:
+        await appended
+    except AuditUnavailable:
         if refuse:
-            raise AuditUnavailable(f"audit record not delivered: {exc!r}") from exc
+            raise
 
 
 class _Registrar:

@@ -17,8 +17,9 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any, Final, Literal
 
+from services.common import cloudevents
 from services.common.avro import AvroSerde
-from services.common.cloudevents import build_headers, source_for
+from services.common.cloudevents import new_traceparent, source_for
 from services.intake.record_encoding import default_encoding
 from services.intake.validation import InvalidRecord, ValidRecord, Violation
 
@@ -183,10 +184,10 @@ def rejected_record(
     }
 
 
-class HeaderTemplate:
-    """CloudEvents headers of many events of one type and batch, built once by
-    :func:`~services.common.cloudevents.build_headers` and varied only in ``ce_id`` and
-    ``ce_subject``: the per-event cost of headers becomes a list copy."""
+class HeaderTemplate(cloudevents.HeaderTemplate):
+    """CloudEvents headers of the events of one intake batch: this city's intake as source,
+    one time and one trace context (a new one when ``traceparent`` is None); each event
+    varies only in ``ce_id`` and ``ce_subject``, so its headers cost a list copy."""
 
     def __init__(
         self,
@@ -197,24 +198,13 @@ class HeaderTemplate:
         time: datetime,
         traceparent: str | None,
     ) -> None:
-        self._headers = build_headers(
+        super().__init__(
             event_type=event_type,
             source=source_for(city, "intake"),
-            subject="-",
             data_schema=data_schema,
-            event_id="-",
             time=time,
-            traceparent=traceparent,
+            traceparent=traceparent or new_traceparent(),
         )
-        names = [name for name, _ in self._headers]
-        self._id_at = names.index("ce_id")
-        self._subject_at = names.index("ce_subject")
-
-    def headers(self, event_id: str, subject: str) -> list[tuple[str, bytes]]:
-        headers = list(self._headers)
-        headers[self._id_at] = ("ce_id", event_id.encode())
-        headers[self._subject_at] = ("ce_subject", subject.encode())
-        return headers
 
 
 def quality_key(quality: Mapping[str, Any]) -> str:
