@@ -61,6 +61,7 @@ from services.common.audit import AuditChainWriter, AuditEntry, AuditUnavailable
 from services.common.certs import CITY_URI_PREFIX, DEFAULT_OUT
 from services.common.cloudevents import is_valid_traceparent
 from services.common.consent import ConsentError, ConsentGrant, ConsentKeyring
+from services.common.heap import settle_heap
 from services.common.logging import mask_resident_ids
 from services.common.observability import GRPC_LATENCY
 from services.common.policy import NATURAL_PERSON, Decision, Policy, data_class_of, load_policy
@@ -712,4 +713,5 @@ async def start_peer_server(
     for name in names:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    settle_heap()  # what the node loaded so far lives as long as the server
     return PeerServer(server, port, health_servicer, names, audit)

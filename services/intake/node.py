@@ -17,6 +17,7 @@ from typing import Final
 from zoneinfo import ZoneInfo
 
 from services.common.avro import AvroSerde
+from services.common.heap import settle_heap
 from services.common.pseudonym import load_region_key
 from services.common.region import load_region
 from services.common.settings import Settings
@@ -112,6 +113,7 @@ async def intake_node(
                 )
                 if warming is not None:
                     await warming
+                settle_heap()  # the ledger read so far, the schemas and the calendar stay
                 yield IntakeNode(
                     settings, city_code, key, serde, ledger, publisher, follower, pipeline, pool
                 )

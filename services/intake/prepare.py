@@ -29,6 +29,7 @@ from datetime import date, datetime
 from typing import BinaryIO, Final
 
 from services.common.avro import AvroSerde
+from services.common.heap import settle_heap
 from services.intake import events as ev
 from services.intake import files
 from services.intake.ledger import RecordState
@@ -315,6 +316,7 @@ def revalidate_line(
 
 
 _SERDE: AvroSerde | None = None
+_SETTLED = False
 
 
 def exit_with_parent() -> None:
@@ -394,4 +396,8 @@ def prepare_chunk(chunk: Chunk, preparation: Preparation) -> PreparedChunk:
                 source=source,
             )
         )
+    global _SETTLED
+    if not _SETTLED:  # schemas, compiled writers and the calendar are loaded by now
+        settle_heap()
+        _SETTLED = True
     return out
