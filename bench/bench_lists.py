@@ -21,6 +21,7 @@ Two city nodes (Suzhou, Wuxi) run as real processes on the run's broker, over mT
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sys
 import time
@@ -34,8 +35,8 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from bench.harness import BenchContext, Comparison, benchmark, percentile
 from creditlink.peer.v1 import credit_check_pb2, credit_check_pb2_grpc
-from services.common.audit import AUDIT_TOPIC, AuditChainWriter
-from services.common.avro import AvroSerde
+from services.common.audit import AUDIT_TOPIC
+from services.common.audit_relay import AuditRelay
 from services.common.consent import ConsentKeyring
 from services.common.grpc_server import (
     PeerSecurity,
@@ -101,10 +102,8 @@ async def serve_kit_echo(port: int, tls_dir: Path, bootstrap: str, prefix: str) 
         {"CREDITLINK_CITY": "wuxi", "KAFKA_BOOTSTRAP": bootstrap, "CREDITLINK_TOPIC_PREFIX": prefix}
     )
     region = load_region(settings.region_file)
-    serde = AvroSerde()
-    producer = make_producer(settings, client_id="bench-kit-echo")
-    await producer.start()
-    audit = AuditChainWriter(settings, serde, producer, node_city="320200", chain="bench")
+    # The audit chain as a lists node writes it: through a relay helper process.
+    audit = AuditRelay(settings, node_city="320200", chain="bench")
     await audit.start()
     security = PeerSecurity(
         city="wuxi",
@@ -154,13 +153,35 @@ async def _closed_loop(
     return len(latencies), latencies, time.perf_counter() - start
 
 
+def _stat_fields(pid: int | str) -> list[str]:
+    """The fields of ``/proc/<pid>/stat`` after the command name (the 3rd field is first)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
 def process_cpu_seconds(pid: int) -> float | None:
-    """User + system CPU time of a process so far (Linux ``/proc``); None elsewhere."""
+    """User + system CPU time so far of a process and of its live descendants (a node's
+    audit relay helper does part of its work), from Linux ``/proc``; None elsewhere."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        parents: dict[int, int] = {}
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                with contextlib.suppress(OSError):
+                    parents[int(entry.name)] = int(_stat_fields(entry.name)[1])
+        family, grew = {pid}, True
+        while grew:
+            found = {child for child, parent in parents.items() if parent in family}
+            grew = not found <= family
+            family |= found
+        ticks = 0
+        for member in family:
+            with contextlib.suppress(OSError):
+                fields = _stat_fields(member)
+                ticks += int(fields[11]) + int(fields[12])
     except OSError:
         return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    if pid not in parents:
+        return None
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 class Load:

@@ -29,7 +29,7 @@ import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import TopicPartition
@@ -83,6 +83,25 @@ class AuditEntry:
     traceparent: str | None = None
     peer_certificate_sha256: str | None = None
     direction: str = "INBOUND"
+
+
+class AuditLog(Protocol):
+    """What the peer-call guard needs of an audit chain: :class:`AuditChainWriter` in the
+    serving process, or ``audit_relay.AuditRelay`` in a helper process."""
+
+    @property
+    def healthy(self) -> bool: ...
+
+    @property
+    def durable(self) -> bool: ...
+
+    async def append(self, entry: AuditEntry | Callable[[], AuditEntry]) -> None: ...
+
+    def append_nowait(
+        self, entry: AuditEntry | Callable[[], AuditEntry]
+    ) -> asyncio.Future[None]: ...
+
+    async def flush(self) -> None: ...
 
 
 class AuditChainWriter:

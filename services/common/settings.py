@@ -90,3 +90,16 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         data_dir=data_dir,
         log_level=log_level,
     )
+
+
+def settings_environment(settings: Settings) -> dict[str, str]:
+    """The environment :func:`load_settings` reads ``settings`` back from (for a helper
+    process of the same node)."""
+    return {
+        "CREDITLINK_CITY": settings.city,
+        "KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+        "CREDITLINK_TOPIC_PREFIX": settings.topic_prefix,
+        "CREDITLINK_REGION_FILE": str(settings.region_file),
+        "CREDITLINK_DATA_DIR": str(settings.data_dir),
+        "CREDITLINK_LOG_LEVEL": settings.log_level,
+    }

@@ -24,6 +24,7 @@ import structlog
 
 from creditlink.peer.v1 import credit_check_pb2_grpc, list_sync_pb2_grpc
 from services.common.audit import AuditChainWriter
+from services.common.audit_relay import AuditRelay
 from services.common.avro import AvroSerde
 from services.common.grpc_server import (
     PeerSecurity,
@@ -84,13 +85,10 @@ class ListsNode:
             settings.data_dir / SERVICE / "store", self.serde, own_city=self.city.admin_code
         )
         self.producer = make_producer(settings, client_id=SERVICE)
-        self.audit = AuditChainWriter(
-            settings,
-            self.serde,
-            self.producer,
-            node_city=self.city.admin_code,
-            chain=SERVICE,
-            service=SERVICE,
+        # Credit checks are the region's hot path: their audit chain is linked and produced
+        # by a helper process, off the serving thread (services/common/audit_relay.py).
+        self.audit = AuditRelay(
+            settings, node_city=self.city.admin_code, chain=SERVICE, service=SERVICE
         )
         # Refusals of what peers send are OUTBOUND records of a second chain (one writer each).
         self.mirror_audit = AuditChainWriter(
@@ -138,11 +136,21 @@ class ListsNode:
         return make
 
     async def start(self) -> None:
-        await self.producer.start()
-        await self.audit.start()
-        await self.mirror_audit.start()
-        caught_up = await self.book.catch_up()
-        await self.book.expire_due()
+        # The relay's helper process starts (imports, connects, reads the chain's head)
+        # while this process catches up.
+        relay = asyncio.create_task(self.audit.start())
+        try:
+            await self.producer.start()
+            await self.mirror_audit.start()
+            caught_up = await self.book.catch_up()
+            await self.book.expire_due()
+        except BaseException:
+            relay.cancel()
+            with contextlib.suppress(BaseException):
+                await relay
+            await self.audit.close()
+            raise
+        await relay
         check = CreditCheckServicer(
             self.book, self.catalogue, self.security, self.region.peers_of(self.settings.city)
         )
@@ -237,7 +245,7 @@ class ListsNode:
         for mirror in self.mirrors:
             await mirror.close()
         with contextlib.suppress(Exception):
-            await self.audit.flush()
+            await self.audit.close()
         await self.producer.stop()
         self.store.close()
 
