@@ -244,6 +244,46 @@ class _Planner:
         state, event = self.encode_record(record, decided, source)
         self.publish_record(state, event, decided, record.warnings)
 
+    def prepared_chunk(self, batch: PreparedBatch) -> None:
+        """Every valid row of a prepared chunk, in file order (see :meth:`prepared`).
+
+        Nearly every row of a bulk file is new: those take the loop's own path, which builds
+        no per-row object beyond the ledger state, the event and the outcome."""
+        chunk = batch.prepared
+        if not chunk.lines:
+            return
+        known = self.ledger.records
+        pending = self.pending
+        states = self.plan.states
+        events = self.plan.events
+        outcomes = self.plan.outcomes
+        headers = self.record_headers().headers
+        values = chunk.values
+        partitions = chunk.partitions
+        warnings = chunk.warnings
+        no_warnings: tuple[Violation, ...] = ()
+        for index, state in chunk.states():
+            record_id = state.record_id
+            if record_id in pending or record_id in known:
+                self.prepared(chunk.record(index, state), batch)
+                continue
+            # What prepared() does for a new row, without building the PreparedRecord.
+            subject_key = state.subject_key
+            pending[record_id] = state
+            states.append(state)
+            events.append(
+                OutgoingEvent(
+                    ev.RECORDS_TOPIC,
+                    subject_key.encode(),
+                    values[index],
+                    headers(ev.record_event_id(record_id, 1), subject_key),
+                    partitions[index],
+                )
+            )
+            outcomes.append(
+                Accepted(record_id, 1, subject_key, warnings=warnings.get(index, no_warnings))
+            )
+
     def prepared(self, item: PreparedRecord, batch: PreparedBatch) -> None:
         state = item.state
         record_id = state.record_id
@@ -421,8 +461,7 @@ class IntakePipeline:
     ) -> _Plan:
         """The same for rows a worker process prepared."""
         planner = _Planner(self, now, traceparent)
-        for record in batch.prepared.records():
-            planner.prepared(record, batch)
+        planner.prepared_chunk(batch)
         for rejection in batch.prepared.rejections:
             planner.rejected(
                 rejection.rejection,

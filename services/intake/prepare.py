@@ -108,17 +108,16 @@ class PreparedChunk:
     def __len__(self) -> int:
         return len(self.lines) + len(self.rejections)
 
-    def records(self) -> Iterator[PreparedRecord]:
-        """The valid rows in file order, as the first versions of their records."""
-        no_warnings: tuple[Violation, ...] = ()
+    def states(self) -> Iterator[tuple[int, RecordState]]:
+        """(position, ledger state of version 1) of every valid row, in file order: all that
+        deciding a new record needs; :meth:`record` builds the rest of a row's object."""
         from_ordinal = date.fromordinal
-        warnings = self.warnings
-        for index, (line, texts, days, partition, value) in enumerate(
-            zip(self.lines, self.texts, self.days, self.partitions, self.values, strict=True)
+        for index, (texts, (decided, reported)) in enumerate(
+            zip(self.texts, self.days, strict=True)
         ):
             record_id, digest, category, code, name, number, subject_key = texts
-            yield PreparedRecord(
-                line,
+            yield (
+                index,
                 RecordState(
                     record_id,
                     1,
@@ -127,15 +126,27 @@ class PreparedChunk:
                     code,
                     name,
                     number,
-                    from_ordinal(days[0]),
-                    from_ordinal(days[1]),
+                    from_ordinal(decided),
+                    from_ordinal(reported),
                     subject_key,
                 ),
-                warnings.get(index, no_warnings),
-                partition,
-                subject_key.encode(),
-                value,
             )
+
+    def record(self, index: int, state: RecordState) -> PreparedRecord:
+        """The valid row at ``index`` (of :meth:`states`) as the first version of its record."""
+        return PreparedRecord(
+            self.lines[index],
+            state,
+            self.warnings.get(index, ()),
+            self.partitions[index],
+            state.subject_key.encode(),
+            self.values[index],
+        )
+
+    def records(self) -> Iterator[PreparedRecord]:
+        """The valid rows in file order, as the first versions of their records."""
+        for index, state in self.states():
+            yield self.record(index, state)
 
     def items(self) -> list[Prepared]:
         """The rows as objects: valid rows in file order, then the rejections."""
