@@ -303,6 +303,25 @@ def content_hash(content: Mapping[str, Any]) -> str:
 # --- the validator ------------------------------------------------------------------------
 
 
+#: Text values read before (exact ``str``) → their stripped text, for those that pass every
+#: check of :meth:`_Form.text` but the length limit whatever the flags: not blank, printable
+#: (so free of control characters, line breaks and surrogates) and holding no
+#: ID-number-shaped token (so nothing to mask). Bulk files repeat most values row after row
+#: (department, vocabulary, dates, legal basis, names), and checking them again is a large
+#: share of validating a row. Bounded: emptied when full, so unique values cannot grow it.
+_CLEAN_TEXT: dict[str, str] = {}
+_CLEAN_TEXT_SIZE: Final = 8192
+#: Date spellings read before → the date, for those :meth:`_Form.day` accepts.
+_DAYS: dict[str, date] = {}
+_DAYS_SIZE: Final = 4096
+
+
+def _remember_clean(value: str, text: str) -> None:
+    if len(_CLEAN_TEXT) >= _CLEAN_TEXT_SIZE:
+        _CLEAN_TEXT.clear()
+    _CLEAN_TEXT[value] = text
+
+
 class _Form:
     """Reads fields of one submission, collecting every problem instead of stopping."""
 
@@ -339,6 +358,9 @@ class _Form:
     ) -> str | None:
         value = node.get(name)
         if type(value) is str:  # the common case first: exact type checks are cheap
+            known = _CLEAN_TEXT.get(value)
+            if known is not None and len(known) <= limit:
+                return known  # passes every check below whatever the flags: see _CLEAN_TEXT
             text = value.strip()
         elif value is None:
             text = ""
@@ -365,15 +387,18 @@ class _Form:
         if len(text) > limit:
             self.fail(path, TOO_LONG, f"{path} has {len(text)} characters, at most {limit}")
             return None
-        if mask_ids and len(text) >= _ID_LENGTH and _ID_SHAPED.search(text):
-            masked = mask_resident_ids(text)
-            if masked != text:
-                self.warn(
-                    path,
-                    PERSONAL_DATA_MASKED,
-                    f"{path} contained an ID-number-shaped value; it was masked",
-                )
-                text = masked
+        if len(text) >= _ID_LENGTH and _ID_SHAPED.search(text):
+            if mask_ids:
+                masked = mask_resident_ids(text)
+                if masked != text:
+                    self.warn(
+                        path,
+                        PERSONAL_DATA_MASKED,
+                        f"{path} contained an ID-number-shaped value; it was masked",
+                    )
+                    text = masked
+        elif type(value) is str and text.isprintable():
+            _remember_clean(value, text)
         return text
 
     def choice(
@@ -402,6 +427,9 @@ class _Form:
         raw = self.text(node, name, path, required=required, mask_ids=False)
         if raw is None:
             return None
+        known = _DAYS.get(raw)
+        if known is not None:
+            return known
         if raw in vocab.OPEN_ENDED:
             self.fail(path, INVALID_FORMAT, f"{path} must be a date, not an open end")
             return None
@@ -412,6 +440,9 @@ class _Form:
         if day < EARLIEST_DECISION:
             self.fail(path, DATE_OUT_OF_RANGE, f"{path} is before {EARLIEST_DECISION.isoformat()}")
             return None
+        if len(_DAYS) >= _DAYS_SIZE:
+            _DAYS.clear()
+        _DAYS[raw] = day
         return day
 
     def past_day(

@@ -341,3 +341,22 @@ def test_junk_gets_an_answer(junk: Any) -> None:
     assert isinstance(verdict, v.InvalidRecord)
     assert verdict.reasons
     assert all(r.code != v.UNPROCESSABLE for r in verdict.reasons)
+
+
+def test_text_read_before_is_checked_again_where_it_would_fail() -> None:
+    """Values read cleanly once are remembered; a field where the same value breaks a rule
+    still reports it, and an ID-number-shaped value is masked wherever masking applies."""
+    long_text = "违法事实" * 60  # 240 characters: fits LONG_TEXT, not SHORT_TEXT
+    assert valid(penalty(violation=long_text)).content["penalty"]["violation"] == long_text
+    assert invalid(penalty(department_name=long_text)) == {"department_name": v.TOO_LONG}
+    resident = make_resident_id(random.Random(5))
+    number = f"苏市监罚{resident}号"  # decision numbers are not masked
+    assert valid(penalty(decision_number=number)).decision_number == number
+    masked = valid(penalty(violation=number))
+    assert resident not in masked.content["penalty"]["violation"]
+    assert [w.code for w in masked.warnings] == [v.PERSONAL_DATA_MASKED]
+    assert valid(penalty(decision_date=" 2025-09-26")).decision_date == date(2025, 9, 26)
+    assert valid(penalty(decision_date=" 2025-09-26")).decision_date == date(2025, 9, 26)
+    assert invalid(penalty(decision_date="2025-09-26", report_date="2025-09-25")) == {
+        "report_date": v.REPORT_BEFORE_DECISION
+    }
