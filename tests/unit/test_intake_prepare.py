@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 
+import pytest
 from aiokafka.partitioner import DefaultPartitioner
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -37,3 +38,19 @@ def test_plain_lines_and_quoted_records_split_at_the_same_places() -> None:
         (7, b"A5,z\n"),
     ]
     assert {c.header for c in chunks} == {b"decision_number,violation\n"}
+
+
+@pytest.mark.parametrize("read_size", [1, 2, 3, 5, 8, 13, 64])
+def test_chunks_do_not_depend_on_how_the_body_is_read(read_size: int) -> None:
+    """The body is read in blocks; plain blocks are taken many lines at a time, the others
+    line by line. Block edges (inside a line, a quoted record, a CR LF) change nothing."""
+    data = (
+        b"\xef\xbb\xbfdecision_number,violation\r\n"
+        b'A1,x\nA2,"spans\ntwo lines"\nA3,y\r\nA4,"q""uote"\n\nA5,z\nA6,\xe4\xb8\xad\nA7,w'
+    )
+    for chunk_lines in (1, 2, 3, 100):
+        whole = list(split_file(io.BytesIO(data), "csv", "f.csv", chunk_lines))
+        pieces = list(split_file(io.BytesIO(data), "csv", "f.csv", chunk_lines, read_size))
+        assert pieces == whole
+    body = b'A1,x\nA2,"spans\ntwo lines"\nA3,y\nA4,"q""uote"\n\nA5,z\nA6,\xe4\xb8\xad\nA7,w\n'
+    assert [(c.first_line, c.body) for c in whole] == [(2, body)]
