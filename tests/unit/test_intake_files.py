@@ -150,3 +150,19 @@ def test_the_block_reader_agrees_with_the_line_reader() -> None:
     assert files.read_csv_block(header, body) is not None
     assert files.read_csv_block(header, b'A1,"open\n') is None  # csv error: line by line
     assert files.read_csv_block(header, "A1,中".encode("gb18030")) is None
+
+
+def test_text_cells_read_as_the_general_cell_reader_reads_them() -> None:
+    columns = ["category", "subject_name", "domain", "fine_amount_yuan", "licence_name"]
+    plan = files.column_plan([*columns, "attributes.batch"])
+    rows = [
+        ["ADMIN_PENALTY", "甲", "MARKET", "5.00", "", ""],
+        ["ADMIN_LICENSING", "", "", "", "许可证", "7"],
+        ["", "", "", " ", "", ""],
+        ["ADMIN_PENALTY"],
+        [],
+    ]
+    for cells in rows:
+        expected = files.cells_to_submission(plan, list(cells))
+        assert files.text_cells_to_submission(plan, list(cells)) == expected
+        assert list(files.text_cells_to_submission(plan, list(cells))) == list(expected)
