@@ -237,3 +237,40 @@ def test_publicity_windows_by_severity() -> None:
         date(2026, 9, 26),
         date(2028, 9, 26),
     )
+
+
+def test_a_day_of_accepted_records_only_counts_as_record_by_record() -> None:
+    """A day whose records are all accepted (a bulk import) is counted in C-level passes;
+    the figure is the one a record-by-record count gives, overdue ids in order."""
+    day = date(2025, 9, 26)  # due Mon 13 Oct
+    ledger = Ledger()
+    reports = [date(2025, 10, 13), date(2025, 10, 14), date(2025, 10, 10), date(2025, 10, 20)]
+    verdicts = [record(serial, day, reports[serial % 4]) for serial in range(1, 41)]
+    for verdict in verdicts:
+        accept(ledger, verdict)
+    moved = record(41, date(2025, 9, 30), date(2025, 10, 20))
+    accept(ledger, moved)
+    ledger.apply_rejection(rejection(41, day))  # its record is dated another day
+
+    def figure() -> dict[str, Any]:
+        return disclosure_quality(
+            ledger,
+            DEPARTMENT.code,
+            day,
+            today=date(2025, 10, 20),
+            calendar=CALENDAR,
+            city_code="320500",
+            computed_at=NOW,
+        )
+
+    mixed = figure()  # the moved record sends this day down the record-by-record count
+    late = sorted(r.record_id for r in verdicts if r.report_date > date(2025, 10, 13))
+    assert mixed["overdue_record_ids"] == late
+    assert (mixed["submitted_count"], mixed["valid_count"]) == (40, 40)
+    assert (mixed["reported_on_time_count"], mixed["reported_late_count"]) == (20, 20)
+
+    only_accepted = Ledger()
+    for verdict in verdicts:
+        accept(only_accepted, verdict)
+    ledger = only_accepted
+    assert figure() == mixed
