@@ -29,7 +29,7 @@ import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Final, Protocol
+from typing import Any, Final
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import TopicPartition
@@ -85,83 +85,21 @@ class AuditEntry:
     direction: str = "INBOUND"
 
 
-class AuditLog(Protocol):
-    """What the peer-call guard needs of an audit chain: :class:`AuditChainWriter` in the
-    serving process, or ``audit_relay.AuditRelay`` in a helper process."""
+class QueuedAuditLog:
+    """Entries queued per call and handed on one batch per ``linger_ms``, in queue order:
+    what :class:`AuditChainWriter` and ``audit_relay.AuditRelay`` share. A subclass says
+    how a batch is handed on (:meth:`_hand_on`) and sets ``_started`` once it may be."""
 
-    @property
-    def healthy(self) -> bool: ...
+    _name = "audit log"
 
-    @property
-    def durable(self) -> bool: ...
-
-    async def append(self, entry: AuditEntry | Callable[[], AuditEntry]) -> None: ...
-
-    def append_nowait(
-        self, entry: AuditEntry | Callable[[], AuditEntry]
-    ) -> asyncio.Future[None]: ...
-
-    async def flush(self) -> None: ...
-
-
-class AuditChainWriter:
-    """Appends :class:`AuditEntry` values to one chain.
-
-    :meth:`append_nowait` only queues the entry, in call order. One sender task takes what is
-    queued every ``linger_ms``, links each record in that order (its ``seq``, ``prev_hash``
-    and ``hash``), encodes it and sends them all as one batch of the audit partition. Doing
-    the audit per call, between two calls' gRPC work, cost a peer call several times what
-    the same work costs done for fifty records in a row (docs/peer-calls.md).
-
-    ``durable=True`` makes :meth:`append` wait for the broker's acknowledgement of the
-    record. The default returns once the entry is queued in this process, so the audit costs
-    a peer call microseconds; a record that cannot be linked or delivered marks the writer
-    unavailable, and the guard in ``grpc_server.py`` then refuses calls rather than serve them
-    unaudited.
-    """
-
-    def __init__(
-        self,
-        settings: Settings,
-        serde: AvroSerde,
-        producer: AIOKafkaProducer,
-        *,
-        node_city: str,
-        chain: str | None = None,
-        service: str = "peer-gateway",
-        durable: bool = False,
-        linger_ms: int = 20,
-    ) -> None:
-        self._settings = settings
-        self._linger = linger_ms / 1000
-        self._serde = serde
-        self._producer = producer
-        self._topic = settings.topic(AUDIT_TOPIC)
-        self._node_city = node_city
-        self._chain = chain
-        self._headers = HeaderTemplate(
-            event_type=EVENT_TYPE,
-            source=source_for(node_city, service),
-            data_schema=serde.data_schema_uri(SCHEMA),
-        )
-        _check_hash_is_last(serde)
+    def __init__(self, *, durable: bool, linger_ms: int) -> None:
         self._durable = durable
-        self._seq = 0
-        self._hash = GENESIS_HASH
+        self._linger = linger_ms / 1000
         self._failure: BaseException | None = None
         self._started = False
         self._queued: list[AuditEntry | Callable[[], AuditEntry]] = []
         self._queued_delivered: asyncio.Future[None] | None = None
         self._sender: asyncio.Task[None] | None = None
-
-    @property
-    def topic(self) -> str:
-        return self._topic
-
-    @property
-    def head(self) -> tuple[int, str]:
-        """(seq, hash) of the last record linked or recovered (:meth:`flush` links all)."""
-        return self._seq, self._hash
 
     @property
     def healthy(self) -> bool:
@@ -170,13 +108,6 @@ class AuditChainWriter:
     @property
     def durable(self) -> bool:
         return self._durable
-
-    async def start(self) -> None:
-        """Recover the chain's tail from the topic, so a restart continues the same chain."""
-        tail = await read_chain_tail(self._settings, self._topic, self._chain)
-        if tail is not None:
-            self._seq, self._hash = int(tail["seq"]), str(tail["hash"])
-        self._started = True
 
     async def append(self, entry: AuditEntry | Callable[[], AuditEntry]) -> None:
         """Queue ``entry`` for the chain; with ``durable``, wait until it is delivered.
@@ -194,14 +125,14 @@ class AuditChainWriter:
     def append_nowait(self, entry: AuditEntry | Callable[[], AuditEntry]) -> asyncio.Future[None]:
         """Queue ``entry`` for the chain; the future settles once its record is delivered.
 
-        ``entry`` may be a function that makes the entry, called when the record is linked:
-        what only the audit needs is then worked out in the sender's batch, not in the call.
+        ``entry`` may be a function that makes the entry, called when its batch is handed
+        on: what only the audit needs is then worked out in the batch, not in the call.
         Raises :class:`AuditUnavailable` when the chain cannot be extended.
         """
         if not self._started:
-            raise AuditUnavailable("audit writer not started")
+            raise AuditUnavailable(f"{self._name} not started")
         if self._failure is not None:
-            raise AuditUnavailable(f"audit delivery failed: {self._failure!r}")
+            raise AuditUnavailable(f"{self._name} failed: {self._failure!r}")
         self._queued.append(entry)
         if self._queued_delivered is None:
             self._queued_delivered = asyncio.get_running_loop().create_future()
@@ -210,6 +141,102 @@ class AuditChainWriter:
         if self._sender is None or self._sender.done():
             self._sender = asyncio.get_running_loop().create_task(self._send_queued())
         return self._queued_delivered
+
+    async def _send_queued(self) -> None:
+        """Hand on what is queued, oldest first, until nothing is (one sender at a time, so
+        the chain follows the order of the queue).
+
+        Each round first waits ``linger_ms``, so that under load a batch carries the records
+        of many calls: each produce request costs the producing process a fixed ~0.3 ms of
+        CPU.
+        """
+        while self._queued:
+            if self._linger:
+                await asyncio.sleep(self._linger)
+            entries, delivered = self._queued, self._queued_delivered
+            self._queued, self._queued_delivered = [], None
+            assert delivered is not None
+            await self._hand_on(entries, delivered)
+
+    async def _hand_on(
+        self,
+        entries: list[AuditEntry | Callable[[], AuditEntry]],
+        delivered: asyncio.Future[None],
+    ) -> None:
+        """Deliver one batch; settle ``delivered`` when it is (or failed: set ``_failure``)."""
+        raise NotImplementedError
+
+    async def _sent(self) -> None:
+        """Wait until everything queued so far has been handed on."""
+        while self._sender is not None and not self._sender.done():
+            await asyncio.shield(self._sender)
+
+    async def flush(self) -> None:
+        """Wait until every entry appended so far is delivered (or has failed)."""
+        raise NotImplementedError
+
+
+class AuditChainWriter(QueuedAuditLog):
+    """Appends :class:`AuditEntry` values to one chain.
+
+    :meth:`append_nowait` only queues the entry, in call order. One sender task takes what is
+    queued every ``linger_ms``, links each record in that order (its ``seq``, ``prev_hash``
+    and ``hash``), encodes it and sends them all as one batch of the audit partition. Doing
+    the audit per call, between two calls' gRPC work, cost a peer call several times what
+    the same work costs done for fifty records in a row (docs/peer-calls.md).
+
+    ``durable=True`` makes :meth:`append` wait for the broker's acknowledgement of the
+    record. The default returns once the entry is queued in this process, so the audit costs
+    a peer call microseconds; a record that cannot be linked or delivered marks the writer
+    unavailable, and the guard in ``grpc_server.py`` then refuses calls rather than serve them
+    unaudited.
+    """
+
+    _name = "audit writer"
+
+    def __init__(
+        self,
+        settings: Settings,
+        serde: AvroSerde,
+        producer: AIOKafkaProducer,
+        *,
+        node_city: str,
+        chain: str | None = None,
+        service: str = "peer-gateway",
+        durable: bool = False,
+        linger_ms: int = 20,
+    ) -> None:
+        super().__init__(durable=durable, linger_ms=linger_ms)
+        self._settings = settings
+        self._serde = serde
+        self._producer = producer
+        self._topic = settings.topic(AUDIT_TOPIC)
+        self._node_city = node_city
+        self._chain = chain
+        self._headers = HeaderTemplate(
+            event_type=EVENT_TYPE,
+            source=source_for(node_city, service),
+            data_schema=serde.data_schema_uri(SCHEMA),
+        )
+        _check_hash_is_last(serde)
+        self._seq = 0
+        self._hash = GENESIS_HASH
+
+    @property
+    def topic(self) -> str:
+        return self._topic
+
+    @property
+    def head(self) -> tuple[int, str]:
+        """(seq, hash) of the last record linked or recovered (:meth:`flush` links all)."""
+        return self._seq, self._hash
+
+    async def start(self) -> None:
+        """Recover the chain's tail from the topic, so a restart continues the same chain."""
+        tail = await read_chain_tail(self._settings, self._topic, self._chain)
+        if tail is not None:
+            self._seq, self._hash = int(tail["seq"]), str(tail["hash"])
+        self._started = True
 
     def _link(
         self, queued: AuditEntry | Callable[[], AuditEntry]
@@ -248,28 +275,21 @@ class AuditChainWriter:
         self._seq, self._hash = record["seq"], digest
         return key.encode(), value, headers
 
-    async def _send_queued(self) -> None:
-        """Link and send what is queued, oldest first, until nothing is (one sender at a
-        time, so the chain follows the order of the queue).
-
-        Each round first waits ``linger_ms``, so that under load a batch carries the records
-        of many calls: each produce request costs this process a fixed ~0.3 ms of CPU.
-        """
-        while self._queued:
-            if self._linger:
-                await asyncio.sleep(self._linger)
-            entries, delivered = self._queued, self._queued_delivered
-            self._queued, self._queued_delivered = [], None
-            assert delivered is not None
-            try:
-                deliveries = await self._send_batches([self._link(e) for e in entries])
-            except Exception as exc:
-                self._failure = exc
-                delivered.set_exception(exc)
-                continue
-            asyncio.gather(*deliveries).add_done_callback(
-                functools.partial(self._on_delivery, delivered)
-            )
+    async def _hand_on(
+        self,
+        entries: list[AuditEntry | Callable[[], AuditEntry]],
+        delivered: asyncio.Future[None],
+    ) -> None:
+        """Link and send one batch of the audit partition."""
+        try:
+            deliveries = await self._send_batches([self._link(e) for e in entries])
+        except Exception as exc:
+            self._failure = exc
+            delivered.set_exception(exc)
+            return
+        asyncio.gather(*deliveries).add_done_callback(
+            functools.partial(self._on_delivery, delivered)
+        )
 
     async def _send_batches(
         self, records: list[tuple[bytes, bytes, list[tuple[str, bytes]]]]
@@ -296,8 +316,7 @@ class AuditChainWriter:
 
     async def flush(self) -> None:
         """Wait until every entry appended so far is linked and with the broker."""
-        while self._sender is not None and not self._sender.done():
-            await asyncio.shield(self._sender)
+        await self._sent()
         await self._producer.flush()
 
 

@@ -43,6 +43,7 @@ from services.common.audit import (
     AuditChainWriter,
     AuditEntry,
     AuditUnavailable,
+    QueuedAuditLog,
 )
 from services.common.avro import AvroSerde
 from services.common.kafka import make_producer
@@ -66,13 +67,15 @@ async def _read_frame(reader: asyncio.StreamReader) -> Any:
     return pickle.loads(await reader.readexactly(length))  # noqa: S301 (our own helper)
 
 
-class AuditRelay:
+class AuditRelay(QueuedAuditLog):
     """The audit chain ``chain`` of this node, linked and produced by a helper process.
 
     Offers what :class:`~services.common.audit.AuditChainWriter` offers the peer-call guard
     (``append``, ``append_nowait``, ``healthy``, ``durable``, ``flush``, ``head``); start it
     with :meth:`start` and end it with :meth:`close`.
     """
+
+    _name = "audit relay"
 
     def __init__(
         self,
@@ -84,23 +87,17 @@ class AuditRelay:
         durable: bool = False,
         linger_ms: int = 20,
     ) -> None:
+        super().__init__(durable=durable, linger_ms=linger_ms)
         self._settings = settings
         self._node_city = node_city
         self._chain = chain
         self._service = service
-        self._durable = durable
-        self._linger = linger_ms / 1000
         self._topic = settings.topic(AUDIT_TOPIC)
         self._process: asyncio.subprocess.Process | None = None
         self._reader: asyncio.Task[None] | None = None
-        self._sender: asyncio.Task[None] | None = None
-        self._queued: list[AuditEntry | Callable[[], AuditEntry]] = []
-        self._queued_delivered: asyncio.Future[None] | None = None
         self._in_flight: dict[int, asyncio.Future[None]] = {}
         self._frames = 0
         self._head: tuple[int, str] = (0, "")
-        self._failure: BaseException | None = None
-        self._started = False
         self._closing = False
 
     @property
@@ -111,14 +108,6 @@ class AuditRelay:
     def head(self) -> tuple[int, str]:
         """``(seq, hash)`` of the last record the helper linked, as of its last answer."""
         return self._head
-
-    @property
-    def healthy(self) -> bool:
-        return self._started and self._failure is None
-
-    @property
-    def durable(self) -> bool:
-        return self._durable
 
     @property
     def pid(self) -> int | None:
@@ -155,51 +144,25 @@ class AuditRelay:
         self._reader = asyncio.get_running_loop().create_task(self._read_answers())
         self._started = True
 
-    async def append(self, entry: AuditEntry | Callable[[], AuditEntry]) -> None:
-        """As :meth:`AuditChainWriter.append`."""
-        delivered = self.append_nowait(entry)
-        if self._durable:
-            try:
-                await delivered
-            except Exception as exc:
-                raise AuditUnavailable(f"audit record not delivered: {exc!r}") from exc
-
-    def append_nowait(self, entry: AuditEntry | Callable[[], AuditEntry]) -> asyncio.Future[None]:
-        """As :meth:`AuditChainWriter.append_nowait`: queue ``entry`` (or the function making
-        it, called when the batch is sent); the future settles once the broker has it."""
-        if not self._started:
-            raise AuditUnavailable("audit relay not started")
-        if self._failure is not None:
-            raise AuditUnavailable(f"audit relay failed: {self._failure!r}")
-        self._queued.append(entry)
-        if self._queued_delivered is None:
-            self._queued_delivered = asyncio.get_running_loop().create_future()
-            self._queued_delivered.add_done_callback(_consume_exception)
-        if self._sender is None or self._sender.done():
-            self._sender = asyncio.get_running_loop().create_task(self._send_queued())
-        return self._queued_delivered
-
-    async def _send_queued(self) -> None:
-        """Send what is queued as one frame per round, oldest first, until nothing is."""
+    async def _hand_on(
+        self,
+        entries: list[AuditEntry | Callable[[], AuditEntry]],
+        delivered: asyncio.Future[None],
+    ) -> None:
+        """Write one batch to the helper as one frame; its answer settles ``delivered``."""
         process = self._process
         assert process is not None
         assert process.stdin is not None
-        while self._queued:
-            if self._linger:
-                await asyncio.sleep(self._linger)
-            entries, delivered = self._queued, self._queued_delivered
-            self._queued, self._queued_delivered = [], None
-            assert delivered is not None
-            try:
-                rows = [_entry_values(e if isinstance(e, AuditEntry) else e()) for e in entries]
-                self._frames += 1
-                self._in_flight[self._frames] = delivered
-                process.stdin.write(_frame(rows))
-                await process.stdin.drain()
-            except Exception as exc:
-                self._fail(exc)
-                if not delivered.done():
-                    delivered.set_exception(exc)
+        try:
+            rows = [_entry_values(e if isinstance(e, AuditEntry) else e()) for e in entries]
+            self._frames += 1
+            self._in_flight[self._frames] = delivered
+            process.stdin.write(_frame(rows))
+            await process.stdin.drain()
+        except Exception as exc:
+            self._fail(exc)
+            if not delivered.done():
+                delivered.set_exception(exc)
 
     async def _read_answers(self) -> None:
         process = self._process
@@ -231,8 +194,7 @@ class AuditRelay:
 
     async def flush(self) -> None:
         """Wait until every entry appended so far is with the broker (or has failed)."""
-        while self._sender is not None and not self._sender.done():
-            await asyncio.shield(self._sender)
+        await self._sent()
         if self._in_flight:
             await asyncio.gather(*self._in_flight.values(), return_exceptions=True)
 
@@ -256,11 +218,6 @@ class AuditRelay:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reader
         self._started = False
-
-
-def _consume_exception(future: asyncio.Future[None]) -> None:
-    if not future.cancelled():
-        future.exception()
 
 
 # --- the helper -------------------------------------------------------------------------

@@ -57,7 +57,7 @@ from google.protobuf.message import Message
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from services.common.audit import AuditEntry, AuditLog, AuditUnavailable
+from services.common.audit import AuditEntry, AuditUnavailable, QueuedAuditLog
 from services.common.certs import CITY_URI_PREFIX, DEFAULT_OUT
 from services.common.cloudevents import is_valid_traceparent
 from services.common.consent import ConsentError, ConsentGrant, ConsentKeyring
@@ -432,7 +432,7 @@ class PeerCallGuard:
     docs/peer-calls.md).
     """
 
-    def __init__(self, security: PeerSecurity, audit: AuditLog | None) -> None:
+    def __init__(self, security: PeerSecurity, audit: QueuedAuditLog | None) -> None:
         self._security = security
         self._audit = audit
         self._node = security.city_code
@@ -633,7 +633,7 @@ class PeerServer:
         port: int,
         health_servicer: Any,
         services: Sequence[str],
-        audit: AuditLog | None = None,
+        audit: QueuedAuditLog | None = None,
     ) -> None:
         self.server = server
         self.port = port
@@ -668,7 +668,7 @@ async def start_peer_server(
     tls: TlsFiles,
     services: Sequence[ServiceBinding],
     security: PeerSecurity,
-    audit: AuditLog | None,
+    audit: QueuedAuditLog | None,
     options: Sequence[tuple[str, Any]] = (),
 ) -> PeerServer:
     """Build, bind (mTLS only) and start a server. ``bind`` may use port 0 for a free port.
