@@ -113,11 +113,19 @@ class PreparedChunk:
     def states(self) -> Iterator[tuple[int, RecordState]]:
         """(position, ledger state of version 1) of every valid row, in file order: all that
         deciding a new record needs; :meth:`record` builds the rest of a row's object."""
-        from_ordinal = date.fromordinal
+        # A chunk's rows share a few days: one date object per day, not two per row (the
+        # ledger keeps every state for the rest of the process).
+        dates: dict[int, date] = {}
         for index, (texts, (decided, reported)) in enumerate(
             zip(self.texts, self.days, strict=True)
         ):
             record_id, digest, category, code, name, number, subject_key = texts
+            decision_date = dates.get(decided)
+            if decision_date is None:
+                decision_date = dates[decided] = date.fromordinal(decided)
+            report_date = dates.get(reported)
+            if report_date is None:
+                report_date = dates[reported] = date.fromordinal(reported)
             yield (
                 index,
                 RecordState(
@@ -128,8 +136,8 @@ class PreparedChunk:
                     code,
                     name,
                     number,
-                    from_ordinal(decided),
-                    from_ordinal(reported),
+                    decision_date,
+                    report_date,
                     subject_key,
                 ),
             )
