@@ -314,6 +314,9 @@ _CLEAN_TEXT_SIZE: Final = 8192
 #: Date spellings read before → the date, for those :meth:`_Form.day` accepts.
 _DAYS: dict[str, date] = {}
 _DAYS_SIZE: Final = 4096
+#: Penalty-type lists (text) read before without a problem → their symbols, in order.
+_PENALTY_TYPES: dict[str, tuple[str, ...]] = {}
+_PENALTY_TYPES_SIZE: Final = 1024
 
 
 def _remember_clean(value: str, text: str) -> None:
@@ -639,6 +642,11 @@ def _subject(form: _Form, sub: Mapping[str, Any]) -> tuple[str, dict[str, Any]] 
 
 def _penalty_types(form: _Form, node: Mapping[str, Any], path: str) -> list[str]:
     raw = node.get("penalty_types")
+    if type(raw) is str:
+        known = _PENALTY_TYPES.get(raw)
+        if known is not None:
+            return list(known)
+    errors = len(form.errors)
     items: list[object]
     if raw is None or raw == "" or raw == []:
         form.fail(path, REQUIRED, f"{path} needs at least one penalty type")
@@ -664,6 +672,10 @@ def _penalty_types(form: _Form, node: Mapping[str, Any], path: str) -> list[str]
             types.append(symbol)
     if not types and not form.errors:
         form.fail(path, REQUIRED, f"{path} needs at least one penalty type")
+    elif types and type(raw) is str and len(form.errors) == errors:
+        if len(_PENALTY_TYPES) >= _PENALTY_TYPES_SIZE:
+            _PENALTY_TYPES.clear()
+        _PENALTY_TYPES[raw] = tuple(types)
     return types
 
 

@@ -360,3 +360,15 @@ def test_text_read_before_is_checked_again_where_it_would_fail() -> None:
     assert invalid(penalty(decision_date="2025-09-26", report_date="2025-09-25")) == {
         "report_date": v.REPORT_BEFORE_DECISION
     }
+
+
+def test_penalty_types_read_before_give_the_same_symbols_and_the_same_problems() -> None:
+    for _ in range(2):
+        record = valid(penalty(penalty_types="警告、罚款", fine_amount_yuan="10.00"))
+        assert record.content["penalty"]["penalty_types"] == ["WARNING", "FINE"]
+        assert invalid(penalty(penalty_types="警告、没有这种", fine_amount_yuan="")) == {
+            "penalty.penalty_types[1]": v.INVALID_VALUE
+        }
+    first = valid(penalty(penalty_types="罚款"))
+    first.content["penalty"]["penalty_types"].append("WARNING")  # each record its own list
+    assert valid(penalty(penalty_types="罚款")).content["penalty"]["penalty_types"] == ["FINE"]
