@@ -392,7 +392,9 @@ async def _checks(
             purpose="bench",
         )
 
-    payload = request(0).SerializeToString()
+    # Built before the clock, as the echo's payload is: the callers only call.
+    requests = [request(n) for n in range(len(subjects))]
+    payload = requests[0].SerializeToString()
     tls = region.tls("suzhou")
     channels = [region.channel("suzhou", "wuxi") for _ in range(4)]
     stubs = [region.check_stub(c) for c in channels]
@@ -405,13 +407,15 @@ async def _checks(
     await _wait_for_kit(kit_stubs[0])
 
     async def check(n: int) -> object:
-        return await stubs[n % len(stubs)].CheckSubject(request(n), timeout=10)
+        return await stubs[n % len(stubs)].CheckSubject(requests[n % len(requests)], timeout=10)
 
     async def echo(n: int) -> object:
         return await echoes[n % len(echoes)](payload, timeout=10)
 
     async def kit_echo(n: int) -> object:
-        return await kit_stubs[n % len(kit_stubs)].CheckSubject(request(n), timeout=10)
+        return await kit_stubs[n % len(kit_stubs)].CheckSubject(
+            requests[n % len(requests)], timeout=10
+        )
 
     async def check_batch(n: int) -> object:
         first = (n * BATCH) % len(subjects)
