@@ -129,7 +129,7 @@ def main() -> int:
         console.print(f"broker     {bootstrap} (started: Kafka KRaft, jars from Maven Central)")
     try:
         scenario = run_region_scenario(
-            bootstrap, console, data_root=supervisor.RUN_DIR / "data", keep=args.keep
+            bootstrap, console, data_root=supervisor.data_root(bootstrap), keep=args.keep
         )
     finally:
         if broker is not None and not args.keep:

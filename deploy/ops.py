@@ -102,7 +102,7 @@ def region_up(
             f"{len(report.drift)} drifted"
         )
     procs = supervisor.processes(region, chosen)
-    data_root = REPO_ROOT / ".cache" / "region" / "data"
+    data_root = supervisor.data_root(broker.bootstrap)
     for proc in procs:
         supervisor.start(proc, bootstrap=broker.bootstrap, data_root=data_root)
     late = supervisor.wait_healthy(procs, timeout_s=timeout)

@@ -8,6 +8,7 @@ peer policy). Processes are detached and tracked by pid files under ``.cache/reg
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+from aiokafka.admin import AIOKafkaAdminClient
 
 from deploy.broker import REPO_ROOT
 from services.common.region import City, Region
@@ -27,6 +29,25 @@ RUN_DIR = REPO_ROOT / ".cache" / "region"
 CERT_DIR = REPO_ROOT / "deploy" / "local" / "certs"
 # Processes this process started, kept so that stopping them also reaps them.
 _children: dict[str, subprocess.Popen[bytes]] = {}
+
+
+def data_root(bootstrap: str) -> Path:
+    """Where the services keep their local state for the Kafka cluster at ``bootstrap``: a
+    folder per cluster id. Local stores hold offsets and state derived from one cluster's
+    topics; after the broker is wiped or another one answers at the same address they must
+    not be reused (faust refuses to start on them: ConsistencyError), while the services
+    rebuild empty stores from the topics."""
+    return RUN_DIR / "data" / asyncio.run(_cluster_id(bootstrap))
+
+
+async def _cluster_id(bootstrap: str) -> str:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="creditlink-region")
+    await admin.start()
+    try:
+        cluster = await admin.describe_cluster()
+    finally:
+        await admin.close()
+    return str(cluster.get("cluster_id") or "unknown-cluster")
 
 
 @dataclass(frozen=True, slots=True)
