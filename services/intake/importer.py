@@ -9,11 +9,13 @@ commit was aborted and is published by it. Nothing is kept on local disk.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
+import gc
 import os
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -49,6 +51,13 @@ from services.intake.preparers import PreparerPool
 from services.intake.validation import ValidationContext
 
 DEFAULT_CHUNK: Final = CHUNK_LINES
+# The cyclic collector's first threshold while an import runs. Each record adds a ledger
+# state that lives on, and what is in flight (prepared chunks, events, outcomes) outlives a
+# few young collections, so at the default 700 an import of 200,000 records ran about 1,600
+# young, 150 middle and a dozen full collections, the full ones walking the whole growing
+# ledger: a third of the importing process's CPU. At this threshold the same garbage is
+# collected some fifteen times less often; reference counting frees the rest as before.
+IMPORT_GC_THRESHOLD: Final = 10_000
 # Below this, spawning worker processes costs more than it saves.
 PARALLEL_FROM_BYTES: Final = 4 << 20
 
@@ -136,6 +145,28 @@ def _prepared_batch(
     )
 
 
+_imports_running = 0
+_threshold_before: tuple[int, int, int] = gc.get_threshold()
+
+
+@contextlib.contextmanager
+def collecting_less() -> Iterator[None]:
+    """Raise the collector's first threshold to :data:`IMPORT_GC_THRESHOLD` (never lower
+    it) while at least one import of this process runs; restore it after the last."""
+    global _imports_running, _threshold_before
+    if _imports_running == 0:
+        _threshold_before = gc.get_threshold()
+        first, second, third = _threshold_before
+        gc.set_threshold(max(first, IMPORT_GC_THRESHOLD), second, third)
+    _imports_running += 1
+    try:
+        yield
+    finally:
+        _imports_running -= 1
+        if _imports_running == 0:
+            gc.set_threshold(*_threshold_before)
+
+
 async def import_files(
     node: IntakeNode,
     paths: Sequence[Path],
@@ -150,6 +181,20 @@ async def import_files(
     Chunks are prepared by ``workers`` processes (default :func:`default_workers`), up to two
     per worker ahead of the one being published; they are decided and published in order.
     """
+    with collecting_less():
+        return await _import_files(
+            node, paths, chunk_size=chunk_size, progress=progress, workers=workers
+        )
+
+
+async def _import_files(
+    node: IntakeNode,
+    paths: Sequence[Path],
+    *,
+    chunk_size: int = DEFAULT_CHUNK,
+    progress: Progress | None = None,
+    workers: int | None = None,
+) -> ImportSummary:
     log = get_logger(component="import")
     pipeline = node.pipeline
     summary = ImportSummary(files=[p.name for p in paths])
