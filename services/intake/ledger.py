@@ -14,6 +14,7 @@ Everything here is pure: applying an event, classifying a submission, listing a 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from datetime import date
 from enum import Enum
@@ -102,6 +103,10 @@ class Classification:
 class _DayEntries:
     record_ids: set[str] = field(default_factory=set)
     unidentified_rejections: set[str] = field(default_factory=set)
+    #: First report date → ids of the records whose latest version is dated this day: what
+    #: a figure counts as valid and on time, kept as records are applied so that a figure
+    #: of thousands of records does not look at each of them again.
+    accepted: dict[date, set[str]] = field(default_factory=dict)
 
 
 class Ledger:
@@ -134,6 +139,8 @@ class Ledger:
             return False
         if known is not None:
             self.superseded[(known.record_id, known.content_hash)] = known.version
+            if known.category in DISCLOSURE_CATEGORIES:
+                self._unaccept(known)
         self.records[state.record_id] = state
         self.department_names[state.department_code] = state.department_name
         if state.category in DISCLOSURE_CATEGORIES:
@@ -143,7 +150,19 @@ class Ledger:
             if entries is None:
                 entries = self._days[key] = _DayEntries()
             entries.record_ids.add(state.record_id)
+            accepted = entries.accepted.get(state.first_report_date)
+            if accepted is None:
+                accepted = entries.accepted[state.first_report_date] = set()
+            accepted.add(state.record_id)
         return True
+
+    def _unaccept(self, state: RecordState) -> None:
+        """Take a superseded version out of its day's accepted records."""
+        entries = self._days[(state.department_code, state.decision_date)]
+        accepted = entries.accepted[state.first_report_date]
+        accepted.discard(state.record_id)
+        if not accepted:
+            del entries.accepted[state.first_report_date]
 
     def apply_rejection(self, state: RejectionState) -> bool:
         if state.rejection_id in self.rejections:
@@ -230,6 +249,12 @@ class Ledger:
         if entries is None:
             return []
         return [self.records[r] for r in sorted(entries.record_ids) if r in self.records]
+
+    def day_accepted(self, department_code: str, day: date) -> Mapping[date, AbstractSet[str]]:
+        """First report date → ids of the accepted 双公示 records of the department whose
+        latest version is dated ``day`` (read only)."""
+        entries = self._days.get((department_code, day))
+        return entries.accepted if entries is not None else {}
 
     def day_submissions(self, department_code: str, day: date) -> tuple[set[str], set[str]]:
         """(record ids submitted — accepted or rejected —, rejection ids without a record id)."""

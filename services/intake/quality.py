@@ -24,15 +24,11 @@ import functools
 from dataclasses import dataclass
 from datetime import date, datetime
 from importlib.metadata import PackageNotFoundError, version
-from itertools import compress
-from operator import attrgetter
+from itertools import filterfalse
 from typing import Any
 
 from services.common.workdays import CalendarNotCovered, WorkdayCalendar
 from services.intake.ledger import Ledger
-
-_DECISION_DATE = attrgetter("decision_date")
-_FIRST_REPORT = attrgetter("first_report_date")
 
 
 @functools.cache  # reading package metadata takes a millisecond; it is one per figure
@@ -93,31 +89,23 @@ def disclosure_quality(
     submitted = len(unidentified)
     valid = on_time = 0
     overdue: list[str] = []
-    ordered = sorted(record_ids)
     records = ledger.records
-    states = list(map(records.get, ordered)) if all(map(records.__contains__, ordered)) else None
-    if states is not None and list(map(_DECISION_DATE, states)).count(day) == len(states):
-        # Every record of the day is accepted and still dated this day, as after a bulk
-        # import: the loop below, in C-level passes (a figure lists thousands of records).
-        overdue = list(compress(ordered, map(due.__lt__, map(_FIRST_REPORT, states))))
-        submitted += len(ordered)
-        valid = len(ordered)
-        on_time = valid - len(overdue)
-    else:
-        for record_id in ordered:
-            state = records.get(record_id)
-            if state is not None and state.decision_date != day:
-                continue  # a rejection dated this day was corrected to another decision date
-            submitted += 1
-            if state is None:
-                if today > due:
-                    overdue.append(record_id)
-                continue
-            valid += 1
-            if state.first_report_date <= due:
-                on_time += 1
-            else:
-                overdue.append(record_id)
+    accepted = ledger.day_accepted(department_code, day)
+    for reported, ids in accepted.items():
+        valid += len(ids)
+        if reported <= due:
+            on_time += len(ids)
+        else:
+            overdue.extend(ids)
+    submitted += valid
+    if len(record_ids) > valid:
+        # Submitted but not accepted (rejected, not corrected), or corrected to another
+        # decision date (then counted on that day, not here).
+        unaccepted = list(filterfalse(records.__contains__, record_ids))
+        submitted += len(unaccepted)
+        if today > due:
+            overdue.extend(unaccepted)
+    overdue.sort()
     expected = ledger.declared.get((department_code, day))
     return {
         "department_day": f"{department_code}:{day.isoformat()}",

@@ -239,38 +239,80 @@ def test_publicity_windows_by_severity() -> None:
     )
 
 
-def test_a_day_of_accepted_records_only_counts_as_record_by_record() -> None:
-    """A day whose records are all accepted (a bulk import) is counted in C-level passes;
-    the figure is the one a record-by-record count gives, overdue ids in order."""
-    day = date(2025, 9, 26)  # due Mon 13 Oct
+def _counted_record_by_record(
+    ledger: Ledger, department: str, day: date, today: date
+) -> tuple[int, int, int, list[str]]:
+    """(submitted, valid, on time, overdue ids) from the ledger's states, one by one."""
+    due = CALENDAR.disclosure_deadline(day)
+    record_ids, unidentified = ledger.day_submissions(department, day)
+    submitted, valid, on_time, overdue = len(unidentified), 0, 0, []
+    for record_id in sorted(record_ids):
+        state = ledger.records.get(record_id)
+        if state is not None and state.decision_date != day:
+            continue
+        submitted += 1
+        if state is None:
+            if today > due:
+                overdue.append(record_id)
+        elif state.first_report_date <= due:
+            valid += 1
+            on_time += 1
+        else:
+            valid += 1
+            overdue.append(record_id)
+    return submitted, valid, on_time, overdue
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_figures_kept_as_records_apply_equal_a_count_from_scratch(seed: int) -> None:
+    """New records, duplicates, corrections (also to another decision date or department
+    day), rejections with and without a record id, corrected rejections, and versions read
+    back out of order: the figure equals a record-by-record count of the ledger."""
+    rng = random.Random(seed)
+    days = [date(2025, 9, 26), date(2025, 9, 30), date(2025, 10, 9)]
+    reports = [date(2025, 10, 10), date(2025, 10, 14), date(2025, 10, 17), date(2025, 10, 20)]
     ledger = Ledger()
-    reports = [date(2025, 10, 13), date(2025, 10, 14), date(2025, 10, 10), date(2025, 10, 20)]
-    verdicts = [record(serial, day, reports[serial % 4]) for serial in range(1, 41)]
-    for verdict in verdicts:
-        accept(ledger, verdict)
-    moved = record(41, date(2025, 9, 30), date(2025, 10, 20))
-    accept(ledger, moved)
-    ledger.apply_rejection(rejection(41, day))  # its record is dated another day
-
-    def figure() -> dict[str, Any]:
-        return disclosure_quality(
-            ledger,
-            DEPARTMENT.code,
-            day,
-            today=date(2025, 10, 20),
-            calendar=CALENDAR,
-            city_code="320500",
-            computed_at=NOW,
+    published: list[v.ValidRecord] = []
+    for step in range(160):
+        serial = rng.randrange(1, 40)
+        action = rng.random()
+        if action < 0.2:
+            ledger.apply_rejection(
+                rejection(serial, rng.choice(days), with_number=rng.random() < 0.8)
+            )
+            continue
+        reported = rng.choice(reports)
+        verdict = record(
+            serial,
+            rng.choice(days),
+            reported,
+            violation=rng.choice(("甲", "乙")),  # the same content now and then: duplicates
         )
-
-    mixed = figure()  # the moved record sends this day down the record-by-record count
-    late = sorted(r.record_id for r in verdicts if r.report_date > date(2025, 10, 13))
-    assert mixed["overdue_record_ids"] == late
-    assert (mixed["submitted_count"], mixed["valid_count"]) == (40, 40)
-    assert (mixed["reported_on_time_count"], mixed["reported_late_count"]) == (20, 20)
-
-    only_accepted = Ledger()
-    for verdict in verdicts:
-        accept(only_accepted, verdict)
-    ledger = only_accepted
-    assert figure() == mixed
+        decided = ledger.classify(verdict)
+        if decided.disposition is Disposition.DUPLICATE:
+            continue
+        state = record_state_of(verdict, decided.version, decided.report_date)
+        published.append(verdict)
+        ledger.apply_record(state)
+        if action > 0.9:  # a rebuild meeting an older version after a newer one
+            ledger.apply_record(record_state_of(verdict, max(1, decided.version - 1), reported))
+        if step % 20 == 0 or step == 159:
+            for today in (date(2025, 10, 15), date(2025, 10, 20)):
+                for day in days:
+                    figure = disclosure_quality(
+                        ledger,
+                        DEPARTMENT.code,
+                        day,
+                        today=today,
+                        calendar=CALENDAR,
+                        city_code="320500",
+                        computed_at=NOW,
+                    )
+                    counted = (
+                        figure["submitted_count"],
+                        figure["valid_count"],
+                        figure["reported_on_time_count"],
+                        figure["overdue_record_ids"],
+                    )
+                    assert counted == _counted_record_by_record(ledger, DEPARTMENT.code, day, today)
+    assert published
