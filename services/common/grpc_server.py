@@ -61,7 +61,7 @@ from services.common.audit import AuditEntry, AuditUnavailable, QueuedAuditLog
 from services.common.certs import CITY_URI_PREFIX, DEFAULT_OUT
 from services.common.cloudevents import is_valid_traceparent
 from services.common.consent import ConsentError, ConsentGrant, ConsentKeyring
-from services.common.heap import settle_heap
+from services.common.heap import hand_over_gil_sooner, settle_heap
 from services.common.logging import mask_resident_ids
 from services.common.observability import GRPC_LATENCY
 from services.common.policy import NATURAL_PERSON, Decision, Policy, data_class_of, load_policy
@@ -714,4 +714,5 @@ async def start_peer_server(
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     settle_heap()  # what the node loaded so far lives as long as the server
+    hand_over_gil_sooner()
     return PeerServer(server, port, health_servicer, names, audit)
