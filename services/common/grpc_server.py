@@ -61,11 +61,11 @@ from services.common.audit import AuditEntry, AuditUnavailable, QueuedAuditLog
 from services.common.certs import CITY_URI_PREFIX, DEFAULT_OUT
 from services.common.cloudevents import is_valid_traceparent
 from services.common.consent import ConsentError, ConsentGrant, ConsentKeyring
-from services.common.heap import hand_over_gil_sooner, settle_heap
 from services.common.logging import mask_resident_ids
 from services.common.observability import GRPC_LATENCY
 from services.common.policy import NATURAL_PERSON, Decision, Policy, data_class_of, load_policy
 from services.common.region import Region
+from services.common.runtime import hand_over_gil_sooner, settle_heap
 from services.common.settings import Settings
 
 DENIAL_TRAILER: Final = "creditlink-denial"

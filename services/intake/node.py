@@ -17,9 +17,9 @@ from typing import Final
 from zoneinfo import ZoneInfo
 
 from services.common.avro import AvroSerde
-from services.common.heap import settle_heap
 from services.common.pseudonym import load_region_key
 from services.common.region import load_region
+from services.common.runtime import settle_heap
 from services.common.settings import Settings
 from services.common.workdays import WorkdayCalendar, default_calendar
 from services.intake.ledger import Ledger

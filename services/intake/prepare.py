@@ -29,7 +29,7 @@ from datetime import date, datetime
 from typing import BinaryIO, Final
 
 from services.common.avro import AvroSerde
-from services.common.heap import settle_heap
+from services.common.runtime import settle_heap
 from services.intake import events as ev
 from services.intake import files
 from services.intake.ledger import RecordState
