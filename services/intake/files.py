@@ -284,14 +284,21 @@ def column_plan(columns: Sequence[str | None]) -> ColumnPlan:
     )
 
 
-def cells_to_submission(plan: ColumnPlan, cells: list[Any]) -> dict[str, Any]:
-    """A submission from a row's cells (missing trailing cells read as empty). A details
-    block (``penalty``, ``licensing``) or ``attributes`` is present only when one of its
-    cells has a value, so a combined licensing-and-penalty export reads cleanly."""
+def _padded_top(plan: ColumnPlan, cells: list[Any]) -> tuple[list[Any], dict[str, Any]]:
+    """The row's cells padded to the plan's width (missing trailing cells read as empty),
+    and the submission's top-level fields and subject."""
     if len(cells) < plan.width:
         cells = cells + [""] * (plan.width - len(cells))
     submission: dict[str, Any] = dict(zip(plan.top.names, plan.top.pick(cells), strict=False))
     submission["subject"] = dict(zip(plan.subject.names, plan.subject.pick(cells), strict=False))
+    return cells, submission
+
+
+def cells_to_submission(plan: ColumnPlan, cells: list[Any]) -> dict[str, Any]:
+    """A submission from a row's cells (missing trailing cells read as empty). A details
+    block (``penalty``, ``licensing``) or ``attributes`` is present only when one of its
+    cells has a value, so a combined licensing-and-penalty export reads cleanly."""
+    cells, submission = _padded_top(plan, cells)
     for block, fields in plan.blocks:
         picked = fields.pick(cells)
         if picked.count("") == len(picked):
@@ -310,10 +317,7 @@ def text_cells_to_submission(plan: ColumnPlan, cells: list[str]) -> dict[str, An
     """:func:`cells_to_submission` of cells that are all text, as a CSV row's are. For text,
     "has a value" is truthiness, so a block's cells are filtered in one C-level pass (this
     runs for every row of a bulk file)."""
-    if len(cells) < plan.width:
-        cells = cells + [""] * (plan.width - len(cells))
-    submission: dict[str, Any] = dict(zip(plan.top.names, plan.top.pick(cells), strict=False))
-    submission["subject"] = dict(zip(plan.subject.names, plan.subject.pick(cells), strict=False))
+    cells, submission = _padded_top(plan, cells)
     for block, fields in plan.blocks:
         picked = fields.pick(cells)
         if any(picked):
