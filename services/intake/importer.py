@@ -182,98 +182,85 @@ async def import_files(
     per worker ahead of the one being published; they are decided and published in order.
     """
     with collecting_less():
-        return await _import_files(
-            node, paths, chunk_size=chunk_size, progress=progress, workers=workers
-        )
+        log = get_logger(component="import")
+        pipeline = node.pipeline
+        summary = ImportSummary(files=[p.name for p in paths])
+        started = time.perf_counter()
+        touched: set[tuple[str, date]] = set()
+        trace = new_traceparent()
+        context = pipeline.context()
+        partitions = await node.publisher.partition_count(RECORDS_TOPIC)
+        count = workers if workers is not None else default_workers(paths)
+        loop = asyncio.get_running_loop()
+        own_pool: PreparerPool | None = None
+        pool: PreparerPool | None = None
+        if count > 1:
+            # The node's processes when it keeps some (already started); else our own.
+            pool = node.preparers or (own_pool := PreparerPool(count))
+            count = pool.workers
 
+        def prepare(chunk: Chunk, preparation: Preparation) -> asyncio.Future[PreparedChunk]:
+            if pool is not None:
+                return pool.prepare(chunk, preparation)
+            done: asyncio.Future[PreparedChunk] = loop.create_future()
+            done.set_result(prepare_chunk(chunk, preparation))
+            return done
 
-async def _import_files(
-    node: IntakeNode,
-    paths: Sequence[Path],
-    *,
-    chunk_size: int = DEFAULT_CHUNK,
-    progress: Progress | None = None,
-    workers: int | None = None,
-) -> ImportSummary:
-    log = get_logger(component="import")
-    pipeline = node.pipeline
-    summary = ImportSummary(files=[p.name for p in paths])
-    started = time.perf_counter()
-    touched: set[tuple[str, date]] = set()
-    trace = new_traceparent()
-    context = pipeline.context()
-    partitions = await node.publisher.partition_count(RECORDS_TOPIC)
-    count = workers if workers is not None else default_workers(paths)
-    loop = asyncio.get_running_loop()
-    own_pool: PreparerPool | None = None
-    pool: PreparerPool | None = None
-    if count > 1:
-        # The node's processes when it keeps some (already started); else our own.
-        pool = node.preparers or (own_pool := PreparerPool(count))
-        count = pool.workers
+        async def publish(
+            chunk: Chunk, preparation: Preparation, future: asyncio.Future[PreparedChunk]
+        ) -> None:
+            prepared = await future
+            touched.update(prepared.record_days())
+            for rejection in prepared.rejections:
+                day = disclosure_day_of(rejection)
+                if day is not None:
+                    touched.add(day)
+            batch = _prepared_batch(chunk, prepared, preparation, context)
+            summary.count(await pipeline.submit_prepared(batch, traceparent=trace))
 
-    def prepare(chunk: Chunk, preparation: Preparation) -> asyncio.Future[PreparedChunk]:
-        if pool is not None:
-            return pool.prepare(chunk, preparation)
-        done: asyncio.Future[PreparedChunk] = loop.create_future()
-        done.set_result(prepare_chunk(chunk, preparation))
-        return done
-
-    async def publish(
-        chunk: Chunk, preparation: Preparation, future: asyncio.Future[PreparedChunk]
-    ) -> None:
-        prepared = await future
-        touched.update(prepared.record_days())
-        for rejection in prepared.rejections:
-            day = disclosure_day_of(rejection)
-            if day is not None:
-                touched.add(day)
-        batch = _prepared_batch(chunk, prepared, preparation, context)
-        summary.count(await pipeline.submit_prepared(batch, traceparent=trace))
-
-    try:
-        for path in paths:
-            file_format = files.format_of(path)
-            size = path.stat().st_size
-            log.info("import_started", file=path.name, size=size, workers=count)
-            task: TaskID | None = None
-            if progress is not None:
-                task = progress.add_task(path.name, total=size, records=0)
-            inflight: deque[tuple[Chunk, Preparation, asyncio.Future[PreparedChunk]]] = deque()
-            done_bytes = 0
-            with path.open("rb") as stream:
-                for chunk in split_file(stream, file_format, path.name, chunk_size):
-                    if not summary.ignored_columns and chunk.header:
-                        summary.ignored_columns = files.ignored_columns(chunk.header)
-                    preparation = Preparation(
-                        city=node.settings.city,
-                        city_code=node.city_code,
-                        region_key=node.region_key,
-                        today=context.today,
-                        submitted_at=datetime.now(UTC),
-                        uploader_department=pipeline.uploader_department,
-                        partitions=partitions,
-                        traceparent=trace,
-                    )
-                    inflight.append((chunk, preparation, prepare(chunk, preparation)))
-                    while len(inflight) > 2 * count:
+        try:
+            for path in paths:
+                file_format = files.format_of(path)
+                size = path.stat().st_size
+                log.info("import_started", file=path.name, size=size, workers=count)
+                task: TaskID | None = None
+                if progress is not None:
+                    task = progress.add_task(path.name, total=size, records=0)
+                inflight: deque[tuple[Chunk, Preparation, asyncio.Future[PreparedChunk]]] = deque()
+                done_bytes = 0
+                with path.open("rb") as stream:
+                    for chunk in split_file(stream, file_format, path.name, chunk_size):
+                        if not summary.ignored_columns and chunk.header:
+                            summary.ignored_columns = files.ignored_columns(chunk.header)
+                        preparation = Preparation(
+                            city=node.settings.city,
+                            city_code=node.city_code,
+                            region_key=node.region_key,
+                            today=context.today,
+                            submitted_at=datetime.now(UTC),
+                            uploader_department=pipeline.uploader_department,
+                            partitions=partitions,
+                            traceparent=trace,
+                        )
+                        inflight.append((chunk, preparation, prepare(chunk, preparation)))
+                        while len(inflight) > 2 * count:
+                            ready = inflight.popleft()
+                            await publish(*ready)
+                            done_bytes += len(ready[0].body)
+                            if progress is not None and task is not None:
+                                progress.update(task, completed=done_bytes, records=summary.lines)
+                    while inflight:
                         ready = inflight.popleft()
                         await publish(*ready)
                         done_bytes += len(ready[0].body)
                         if progress is not None and task is not None:
-                            progress.update(task, completed=done_bytes, records=summary.lines)
-                while inflight:
-                    ready = inflight.popleft()
-                    await publish(*ready)
-                    done_bytes += len(ready[0].body)
-                    if progress is not None and task is not None:
-                        progress.update(task, completed=size, records=summary.lines)
-    finally:
-        if own_pool is not None:
-            own_pool.close()
-    if summary.ignored_columns:
-        log.warning("columns_ignored", columns=summary.ignored_columns)
-    summary.quality_figures = await pipeline.publish_quality(touched, traceparent=trace)
-    summary.seconds = round(time.perf_counter() - started, 3)
-    log.info("import_finished", **summary.as_dict())
-    return summary
+                            progress.update(task, completed=size, records=summary.lines)
+        finally:
+            if own_pool is not None:
+                own_pool.close()
+        if summary.ignored_columns:
+            log.warning("columns_ignored", columns=summary.ignored_columns)
+        summary.quality_figures = await pipeline.publish_quality(touched, traceparent=trace)
+        summary.seconds = round(time.perf_counter() - started, 3)
+        log.info("import_finished", **summary.as_dict())
+        return summary

@@ -245,10 +245,12 @@ class _Planner:
         self.publish_record(state, event, decided, record.warnings)
 
     def prepared_chunk(self, batch: PreparedBatch) -> None:
-        """Every valid row of a prepared chunk, in file order (see :meth:`prepared`).
+        """Every valid row of a prepared chunk, in file order.
 
-        Nearly every row of a bulk file is new: those take the loop's own path, which builds
-        no per-row object beyond the ledger state, the event and the outcome."""
+        Nearly every row of a bulk file is new: the worker's encoding of version 1 goes out as
+        it is (what decide() would say, without its bookkeeping), and no per-row object is
+        built beyond the ledger state, the event and the outcome. The others go through
+        :meth:`prepared`."""
         chunk = batch.prepared
         if not chunk.lines:
             return
@@ -267,7 +269,6 @@ class _Planner:
             if record_id in pending or record_id in known:
                 self.prepared(chunk.record(index, state), batch)
                 continue
-            # What prepared() does for a new row, without building the PreparedRecord.
             subject_key = state.subject_key
             pending[record_id] = state
             states.append(state)
@@ -285,28 +286,10 @@ class _Planner:
             )
 
     def prepared(self, item: PreparedRecord, batch: PreparedBatch) -> None:
+        """A prepared row whose record is pending in this batch or known to the ledger (the
+        new ones take :meth:`prepared_chunk`'s own path), as :meth:`decide` classifies it."""
         state = item.state
         record_id = state.record_id
-        if record_id not in self.pending and record_id not in self.ledger.records:
-            # New (what decide() would say, without its bookkeeping): the worker's encoding
-            # of version 1 goes out as it is. Nearly every row of a bulk file is new.
-            self.pending[record_id] = state
-            self.plan.states.append(state)
-            self.plan.events.append(
-                OutgoingEvent(
-                    ev.RECORDS_TOPIC,
-                    item.key,
-                    item.value,
-                    self.record_headers().headers(
-                        ev.record_event_id(record_id, 1), state.subject_key
-                    ),
-                    item.partition,
-                )
-            )
-            self.plan.outcomes.append(
-                Accepted(record_id, 1, state.subject_key, warnings=item.warnings)
-            )
-            return
         decided = self.decide(record_id, state.content_hash, state.first_report_date)
         if decided.disposition is Disposition.DUPLICATE:
             self.duplicate(state, decided.version, item.warnings)
