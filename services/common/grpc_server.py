@@ -185,7 +185,6 @@ class PeerCall:
     decision: Decision | None = None
     subject_key: str | None = None
     consent: ConsentGrant | None = None
-    extra_consents: list[str] = field(default_factory=list)
     request: object = None
     metadata: Sequence[tuple[str, Any]] = ()
     _purpose: str | None = None
@@ -252,7 +251,7 @@ class PeerSecurity:
     _decisions: dict[tuple[str, str], Decision] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
-    _identities: dict[str, PeerIdentity] = field(
+    _identities: dict[bytes, PeerIdentity] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
 
@@ -279,7 +278,7 @@ class PeerSecurity:
 
     def identify(self, context: grpc.aio.ServicerContext) -> PeerIdentity:
         auth = context.auth_context()
-        pems = _text(auth.get("x509_pem_cert", ()))
+        pems = auth.get("x509_pem_cert")
         if not pems:
             raise Denied(
                 grpc.StatusCode.UNAUTHENTICATED,
@@ -287,7 +286,8 @@ class PeerSecurity:
                 "a client certificate is required",
             )
         # A peer presents the same verified certificate on every call, and the names in it
-        # do not change: what it identifies is worked out once per certificate.
+        # do not change: what it identifies is worked out once per certificate (looked up
+        # by the certificate as gRPC gives it, without decoding it first).
         known = self._identities.get(pems[0])
         if known is not None:
             return known
@@ -301,7 +301,7 @@ class PeerSecurity:
         identity = PeerIdentity(
             city=city,
             city_code=self.region.city(city).admin_code,
-            certificate_sha256=_pem_sha256(pems[0]),
+            certificate_sha256=_pem_sha256(_text(pems)[0]),
         )
         if len(self._identities) >= _MAX_KNOWN_CERTIFICATES:
             self._identities.clear()
@@ -378,19 +378,39 @@ def _default_purpose(method: str) -> str:
 
 
 def _purpose(request: object, metadata: Sequence[tuple[str, Any]], method: str) -> str:
-    parts: list[str] = []
     scenario = _field(request, "scenario")
+    text = _field(request, "purpose")
+    declared = _metadata_value(metadata, PURPOSE_METADATA)
+    # Callers state the same few purposes again and again, and working one out (the enum's
+    # name, masking) costs more than the rest of the audit record; short ones are kept.
+    key = (type(request), scenario, text, declared, method)
+    known = _PURPOSES.get(key)
+    if known is None:
+        known = _work_out_purpose(request, scenario, text, declared, method)
+        if len(text or "") + len(declared or "") <= _REMEMBERED_PURPOSE_CHARS:
+            if len(_PURPOSES) >= _REMEMBERED_PURPOSES:
+                _PURPOSES.clear()
+            _PURPOSES[key] = known
+    return known
+
+
+_PURPOSES: dict[tuple[Any, ...], str] = {}
+_REMEMBERED_PURPOSES: Final = 4096
+_REMEMBERED_PURPOSE_CHARS: Final = 2 * _MAX_PURPOSE_CHARS
+
+
+def _work_out_purpose(
+    request: object, scenario: Any, text: Any, declared: str | None, method: str
+) -> str:
+    parts: list[str] = []
     if isinstance(scenario, int) and scenario and isinstance(request, Message):
         enum = request.DESCRIPTOR.fields_by_name["scenario"].enum_type
         if enum is not None and scenario in enum.values_by_number:
             parts.append(enum.values_by_number[scenario].name.removeprefix("SCENARIO_"))
-    text = _field(request, "purpose")
     if isinstance(text, str) and text.strip():
         parts.append(text.strip())
-    if not parts:
-        declared = _metadata_value(metadata, PURPOSE_METADATA)
-        if declared is not None and declared.strip():
-            parts.append(declared.strip())
+    if not parts and declared is not None and declared.strip():
+        parts.append(declared.strip())
     if not parts:
         parts.append(_default_purpose(method))
     # Caller-supplied text goes into a permanent log: never let a resident ID ride along.

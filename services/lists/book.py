@@ -166,8 +166,11 @@ class ListBook:
         self._lock = asyncio.Lock()
         self._own_changed = asyncio.Condition()
         self.cursors = CursorCodec(own_city, store.cursor_secret())
-        # When each peer's mirror last applied something or heard it was caught up.
+        # When each peer's mirror last applied something or heard it was caught up
+        # (set through _mark_synced).
         self.synced_at: dict[str, datetime] = {}
+        #: Moves on whenever an entry of ``synced_at`` does (readers key caches on it).
+        self.synced_moves = 0
         self._stored_sync: dict[str, tuple[int, datetime | None]] = {}
         #: Total changes applied from each peer since start (tests check "nothing twice").
         self.mirrored_applied: dict[str, int] = {}
@@ -375,7 +378,7 @@ class ListBook:
             await self._publish_and_commit(
                 batch, logged, frozenset(c.change_id for c in report.late)
             )
-            self.synced_at[peer_code] = now
+            self._mark_synced(peer_code, now)
             self.mirrored_applied[peer_code] = self.mirrored_applied.get(peer_code, 0) + len(
                 report.applied
             )
@@ -384,7 +387,11 @@ class ListBook:
         return report
 
     def mark_caught_up(self, peer_code: str) -> None:
-        self.synced_at[peer_code] = self.now()
+        self._mark_synced(peer_code, self.now())
+
+    def _mark_synced(self, peer_code: str, now: datetime) -> None:
+        self.synced_at[peer_code] = now
+        self.synced_moves += 1
 
     def peer_synced_at(self, peer_code: str) -> datetime | None:
         synced = self.synced_at.get(peer_code)

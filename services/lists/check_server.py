@@ -10,7 +10,7 @@ only.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import date, datetime
+from datetime import date
 from typing import Final
 
 import grpc
@@ -22,7 +22,7 @@ from services.common.region import City
 from services.lists.book import ListBook
 from services.lists.convert import measures_to_proto, membership, timestamp
 from services.lists.measures import MeasuresCatalogue
-from services.lists.model import ListEntry, china_today
+from services.lists.model import ChinaDay, ListEntry, china_today
 from services.lists.status import abort
 
 MAX_BATCH: Final = 1000
@@ -52,9 +52,10 @@ class CreditCheckServicer(credit_check_pb2_grpc.CreditCheckServiceServicer):
         self._security = security
         self._peers = list(peers)
         self._answers: dict[
-            _AnswerKey, tuple[tuple[int, date], credit_check_pb2.CheckSubjectResponse]
+            _AnswerKey, tuple[int, date, credit_check_pb2.CheckSubjectResponse]
         ] = {}
-        self._freshness_of: tuple[datetime | None, ...] = ()
+        self._day = ChinaDay()
+        self._freshness_of: tuple[int, int] = (-1, -1)
         self._freshness_answer: list[credit_check_pb2.MirrorFreshness] = []
 
     def _scenario(
@@ -81,8 +82,8 @@ class CreditCheckServicer(credit_check_pb2_grpc.CreditCheckServiceServicer):
 
     def _cached(self, key: _AnswerKey, today: date) -> credit_check_pb2.CheckSubjectResponse | None:
         cached = self._answers.get(key)
-        if cached is not None and cached[0] == (self._store.generation, today):
-            return cached[1]
+        if cached is not None and cached[0] == self._store.generation and cached[1] == today:
+            return cached[2]
         return None
 
     def _answer(
@@ -112,18 +113,20 @@ class CreditCheckServicer(credit_check_pb2_grpc.CreditCheckServiceServicer):
         )
         if len(self._answers) >= _CACHED_ANSWERS:
             self._answers.clear()
-        self._answers[key] = ((self._store.generation, today), answer)
+        self._answers[key] = (self._store.generation, today, answer)
         return answer
 
     def _freshness(self) -> list[credit_check_pb2.MirrorFreshness]:
-        synced_at = tuple(self._book.peer_synced_at(peer.admin_code) for peer in self._peers)
-        if synced_at != self._freshness_of:  # built again only when a mirror moved on
+        # Built again only when a mirror moved on: its sync time, or what the store holds.
+        moved = (self._book.synced_moves, self._store.generation)
+        if moved != self._freshness_of:
+            synced_at = [self._book.peer_synced_at(peer.admin_code) for peer in self._peers]
             self._freshness_answer = [
                 credit_check_pb2.MirrorFreshness(city=peer.admin_code, synced_at=timestamp(synced))
                 for peer, synced in zip(self._peers, synced_at, strict=True)
                 if synced is not None
             ]
-            self._freshness_of = synced_at
+            self._freshness_of = moved
         return self._freshness_answer
 
     async def CheckSubject(
@@ -134,7 +137,7 @@ class CreditCheckServicer(credit_check_pb2_grpc.CreditCheckServiceServicer):
                 context, grpc.StatusCode.INVALID_ARGUMENT, "purpose-required", "purpose is required"
             )
         now = self._book.now()
-        today = china_today(now)
+        today = self._day.of(now)
         key = (
             request.subject_key,
             request.scenario,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, time, timedelta
 from enum import StrEnum
 from typing import Any, Final
 from zoneinfo import ZoneInfo
@@ -67,6 +67,29 @@ class SubjectType(StrEnum):
 def china_today(now: datetime | None = None) -> date:
     """The calendar day in China Standard Time at ``now`` (default: the current instant)."""
     return (now or datetime.now(UTC)).astimezone(CHINA).date()
+
+
+class ChinaDay:
+    """:func:`china_today` for a reader that asks on every call: the day last worked out is
+    kept with the instants it starts and ends at, and worked out again only outside them
+    (a test clock may also go back)."""
+
+    __slots__ = ("_day", "_ends", "_starts")
+
+    def __init__(self) -> None:
+        self._day = date.min
+        self._starts = self._ends = datetime.min.replace(tzinfo=UTC)
+
+    def of(self, now: datetime) -> date:
+        if now.tzinfo is None:  # local time, as china_today() takes it
+            return china_today(now)
+        if self._starts <= now < self._ends:
+            return self._day
+        day = china_today(now)
+        starts = datetime.combine(day, time(), CHINA)
+        self._day, self._starts = day, starts
+        self._ends = datetime.combine(day + timedelta(days=1), time(), CHINA)
+        return day
 
 
 def entry_key_for(

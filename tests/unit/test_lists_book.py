@@ -5,7 +5,7 @@ mirroring, repair, expiry, retention)."""
 from __future__ import annotations
 
 import asyncio
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -13,7 +13,14 @@ import pytest
 from services.common.avro import AvroSerde
 from services.common.list_digest import bucket_digests
 from services.lists.book import IncomingRecord, ListBook
-from services.lists.model import ChangeAction, EntryStatus, ListChange, RemovalReason
+from services.lists.model import (
+    ChangeAction,
+    ChinaDay,
+    EntryStatus,
+    ListChange,
+    RemovalReason,
+    china_today,
+)
 from services.lists.store import ListStore
 from services.lists.testing import (
     CHANGZHOU,
@@ -381,3 +388,17 @@ async def test_followers_wake_on_a_new_own_change(suzhou: Node) -> None:
     await suzhou.book.apply_records(designations(1))
     assert await waiter
     assert not await suzhou.book.wait_for_own_change(1, 0.05)
+
+
+def test_china_day_agrees_with_china_today_across_midnights_and_back() -> None:
+    """The day a credit check keeps is china_today()'s, whichever way the clock moves."""
+    day = ChinaDay()
+    # 16:00 UTC is midnight in China: walk over three of them, then jump back and forth.
+    start = datetime(2024, 12, 30, 15, 58, tzinfo=UTC)
+    instants = [start + timedelta(minutes=m) for m in range(0, 3 * 24 * 60, 37)]
+    instants += [start + timedelta(minutes=m) for m in (2, 1, 1, 3, -600, 2 * 24 * 60 + 2)]
+    instants += [datetime(2024, 12, 31, 16, 0, tzinfo=UTC) - timedelta(microseconds=1)]
+    for now in instants:
+        assert day.of(now) == china_today(now), now
+    naive = datetime(2024, 12, 31, 23, 59)
+    assert day.of(naive) == china_today(naive)

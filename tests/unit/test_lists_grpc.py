@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -444,6 +444,38 @@ async def test_check_answers_follow_each_change_and_the_day(pair: Pair) -> None:
         )
         await pair.suzhou.book.apply_records([incoming(removal, offset=1)])
         assert await check() == ([], [])
+
+
+async def test_check_reports_each_mirror_as_fresh_as_it_last_was(pair: Pair) -> None:
+    """``mirror_freshness`` follows every sync and caught-up of a mirror, and a commit."""
+    request = credit_check_pb2.CheckSubjectRequest(subject_key=organisation_key(0), purpose="x")
+    channel = secure_channel(pair.wuxi.target, pair.pki.tls("suzhou"))
+    stub = credit_check_pb2_grpc.CreditCheckServiceStub(channel)
+    async with channel:
+
+        async def freshness() -> dict[str, datetime]:
+            response = await stub.CheckSubject(request)
+            return {f.city: f.synced_at.ToDatetime(UTC) for f in response.mirror_freshness}
+
+        assert await freshness() == {}
+        pair.wuxi.book.mark_caught_up(SUZHOU)
+        first = pair.wuxi.clock.now
+        assert await freshness() == {SUZHOU: first}
+        pair.wuxi.clock.advance(minutes=5)
+        assert await freshness() == {SUZHOU: first}  # nothing heard since
+        pair.wuxi.book.mark_caught_up(SUZHOU)
+        assert await freshness() == {SUZHOU: first + timedelta(minutes=5)}
+        # A change mirrored from Suzhou moves it on too.
+        pair.wuxi.clock.advance(minutes=5)
+        await designate(pair.suzhou, 1)
+        mirror = pair.mirror()
+        follow = asyncio.create_task(mirror.follow())
+        try:
+            await _until(lambda: pair.wuxi.book.mirrored_applied.get(SUZHOU, 0) == 1)
+        finally:
+            follow.cancel()
+            await mirror.close()
+        assert await freshness() == {SUZHOU: pair.wuxi.clock.now}
 
 
 @pytest.mark.parametrize(

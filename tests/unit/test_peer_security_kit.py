@@ -15,6 +15,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given
 from hypothesis import strategies as st
 
+from creditlink.peer.v1 import credit_check_pb2, list_sync_pb2
+from services.common import grpc_server
 from services.common.audit import (
     GENESIS_HASH,
     SCHEMA,
@@ -442,3 +444,62 @@ def test_interleaved_chains_verify_independently() -> None:
     tampered = [m for m in interleaved if m.key != "alerts:2"]
     report = verify_chain(_renumber(tampered))
     assert [(p.kind, p.chain, p.seq) for p in report.problems] == [("removed", "alerts", 3)]
+
+
+# --- the purpose an audit record states ---------------------------------------------------
+
+CHECK_METHOD = "/creditlink.peer.v1.CreditCheckService/CheckSubject"
+SYNC_METHOD = "/creditlink.peer.v1.ListSyncService/StreamListChanges"
+DECLARED = grpc_server.PURPOSE_METADATA
+
+
+@pytest.mark.parametrize(
+    ("request_", "metadata", "method", "expected"),
+    [
+        (
+            credit_check_pb2.CheckSubjectRequest(
+                scenario=credit_check_pb2.SCENARIO_TENDERING, purpose=" WXZB-1 "
+            ),
+            (),
+            CHECK_METHOD,
+            "TENDERING: WXZB-1",
+        ),
+        (credit_check_pb2.CheckSubjectRequest(purpose="bench"), (), CHECK_METHOD, "bench"),
+        # An enum number this build does not know names nothing: the declared purpose counts.
+        (
+            credit_check_pb2.CheckSubjectRequest(scenario=77),
+            ((DECLARED, " 贷款审批 "),),
+            CHECK_METHOD,
+            "贷款审批",
+        ),
+        (credit_check_pb2.CheckSubjectRequest(), ((DECLARED, "  "),), CHECK_METHOD, "CREDIT_CHECK"),
+        (list_sync_pb2.StreamListChangesRequest(), (), SYNC_METHOD, "LIST_SYNC"),
+        (
+            credit_check_pb2.CheckSubjectRequest(purpose="核查 320102199001011234 的记录"),
+            (),
+            CHECK_METHOD,
+            "核查 320102************ 的记录",
+        ),
+    ],
+)
+def test_purpose_is_the_same_whether_worked_out_or_remembered(
+    request_: Any, metadata: tuple[tuple[str, str], ...], method: str, expected: str
+) -> None:
+    grpc_server._PURPOSES.clear()
+    first = grpc_server._purpose(request_, metadata, method)
+    assert grpc_server._PURPOSES  # remembered ...
+    assert grpc_server._purpose(request_, metadata, method) == first == expected  # ... alike
+
+
+def test_long_purposes_are_worked_out_but_not_remembered() -> None:
+    grpc_server._PURPOSES.clear()
+    long_text = "x" * (grpc_server._REMEMBERED_PURPOSE_CHARS + 1)
+    request_ = credit_check_pb2.CheckSubjectRequest(purpose=long_text)
+    purpose = grpc_server._purpose(request_, (), CHECK_METHOD)
+    assert purpose == long_text[: grpc_server._MAX_PURPOSE_CHARS]
+    assert not grpc_server._PURPOSES
+    for n in range(grpc_server._REMEMBERED_PURPOSES + 5):
+        grpc_server._purpose(
+            credit_check_pb2.CheckSubjectRequest(purpose=f"p{n}"), (), CHECK_METHOD
+        )
+    assert len(grpc_server._PURPOSES) <= grpc_server._REMEMBERED_PURPOSES
