@@ -55,6 +55,12 @@ from services.lists.testing import list_decision, organisation_key
 
 CALLERS = 16
 BATCH = 500
+#: Wuxi answers peer calls from two processes, as a node given two cores is set up
+#: (CREDITLINK_LISTS_SERVING_PROCESSES, services/lists/serving.py); so does the kit row.
+SERVING_PROCESSES = 2
+#: Each caller on a connection of its own, as separate clients are: channels of one process
+#: to one target otherwise share a single connection.
+OWN_CONNECTION = (("grpc.use_local_subchannel_pool", 1),)
 ECHO_METHOD = "/creditlink.bench.v1.EchoService/Echo"
 
 
@@ -95,7 +101,9 @@ async def serve_echo(port: int, tls_dir: Path) -> None:
     await server.wait_for_termination()
 
 
-async def serve_kit_echo(port: int, tls_dir: Path, bootstrap: str, prefix: str) -> None:
+async def serve_kit_echo(
+    port: int, tls_dir: Path, bootstrap: str, prefix: str, chain: str = "bench"
+) -> None:
     """An empty CheckSubject behind ``start_peer_server``: mTLS, authorization and the audit
     chain on Kafka, exactly as a city node serves it. Splits the kit's cost from ours."""
     settings = load_settings(
@@ -103,7 +111,7 @@ async def serve_kit_echo(port: int, tls_dir: Path, bootstrap: str, prefix: str) 
     )
     region = load_region(settings.region_file)
     # The audit chain as a lists node writes it: through a relay helper process.
-    audit = AuditRelay(settings, node_city="320200", chain="bench")
+    audit = AuditRelay(settings, node_city="320200", chain=chain)
     await audit.start()
     security = PeerSecurity(
         city="wuxi",
@@ -185,24 +193,28 @@ def process_cpu_seconds(pid: int) -> float | None:
 
 
 class Load:
-    """Calls, latencies, time and the serving process's CPU of one contender, over rounds."""
+    """Calls, latencies, time and the serving processes' CPU of one contender, over rounds."""
 
-    def __init__(self, server_pid: int | None = None) -> None:
+    def __init__(self, server_pids: list[int] | None = None) -> None:
         self.calls = 0
         self.latencies: list[float] = []
         self.elapsed = 0.0
-        self.server_pid = server_pid
-        self.server_cpu: float | None = 0.0 if server_pid is not None else None
+        self.server_pids = server_pids or []
+        self.server_cpu: float | None = 0.0 if self.server_pids else None
 
     def add(self, calls: int, latencies: list[float], elapsed: float) -> None:
         self.calls += calls
         self.latencies.extend(latencies)
         self.elapsed += elapsed
 
+    def _cpu(self) -> float | None:
+        seconds = [process_cpu_seconds(pid) for pid in self.server_pids]
+        return None if not seconds or None in seconds else sum(s or 0.0 for s in seconds)
+
     async def measure(self, load: Awaitable[tuple[int, list[float], float]]) -> None:
-        before = process_cpu_seconds(self.server_pid) if self.server_pid else None
+        before = self._cpu()
         self.add(*await load)
-        after = process_cpu_seconds(self.server_pid) if self.server_pid else None
+        after = self._cpu()
         if before is None or after is None or self.server_cpu is None:
             self.server_cpu = None
         else:
@@ -276,7 +288,11 @@ async def _kafka_hop(bootstrap: str, *, rate: float, count: int) -> list[float]:
 async def lists(ctx: BenchContext) -> list[Comparison]:
     seconds = 1.5 if ctx.quick else 5.0
     region = ListsRegion(
-        ctx.scratch / "lists", ctx.kafka_bootstrap, cities=("suzhou", "wuxi"), reconcile_seconds=600
+        ctx.scratch / "lists",
+        ctx.kafka_bootstrap,
+        cities=("suzhou", "wuxi"),
+        reconcile_seconds=600,
+        extra_env={"CREDITLINK_LISTS_SERVING_PROCESSES": str(SERVING_PROCESSES)},
     )
     await region.provision()
     region.start_all()
@@ -294,7 +310,10 @@ async def lists(ctx: BenchContext) -> list[Comparison]:
         )
         for arguments in (
             ["echo", str(echo_port), tls_dir],
-            ["kit-echo", str(kit_port), tls_dir, ctx.kafka_bootstrap, kit_prefix],
+            *(
+                ["kit-echo", str(kit_port), tls_dir, ctx.kafka_bootstrap, kit_prefix, f"bench-{n}"]
+                for n in range(SERVING_PROCESSES)
+            ),
         )
     ]
     try:
@@ -302,9 +321,9 @@ async def lists(ctx: BenchContext) -> list[Comparison]:
         rows = await _propagation(region, seconds)
         wuxi = region.nodes["wuxi"].process
         pids = {
-            "check": wuxi.pid if wuxi is not None else None,
-            "echo": servers[0].pid,
-            "kit": servers[1].pid,
+            "check": [wuxi.pid] if wuxi is not None else [],
+            "echo": [servers[0].pid],
+            "kit": [server.pid for server in servers[1:]],
         }
         rows += await _checks(region, seconds, echo_port, kit_port, pids)
     finally:
@@ -380,7 +399,7 @@ async def _checks(
     seconds: float,
     echo_port: int,
     kit_port: int,
-    pids: dict[str, int | None],
+    pids: dict[str, list[int]],
 ) -> list[Comparison]:
     # Half of the subjects are on Suzhou's black list (mirrored to Wuxi), half unknown.
     subjects = [organisation_key(n if n % 2 else 500_000 + n) for n in range(2000)]
@@ -396,13 +415,18 @@ async def _checks(
     requests = [request(n) for n in range(len(subjects))]
     payload = requests[0].SerializeToString()
     tls = region.tls("suzhou")
-    channels = [region.channel("suzhou", "wuxi") for _ in range(4)]
-    stubs = [region.check_stub(c) for c in channels]
+    check_target = region.nodes["wuxi"].target
     echo_target, kit_target = f"127.0.0.1:{echo_port}", f"127.0.0.1:{kit_port}"
+
+    def connections(target: str) -> list[grpc.aio.Channel]:
+        return [secure_channel(target, tls, options=OWN_CONNECTION) for _ in range(CALLERS)]
+
+    channels = connections(check_target)
+    stubs = [region.check_stub(c) for c in channels]
     await _wait_for_echo(echo_target, tls)
-    echo_channels = [secure_channel(echo_target, tls) for _ in range(4)]
+    echo_channels = connections(echo_target)
     echoes: list[Any] = [c.unary_unary(ECHO_METHOD) for c in echo_channels]
-    kit_channels = [secure_channel(kit_target, tls) for _ in range(4)]
+    kit_channels = connections(kit_target)
     kit_stubs = [credit_check_pb2_grpc.CreditCheckServiceStub(c) for c in kit_channels]
     await _wait_for_kit(kit_stubs[0])
 
@@ -543,12 +567,12 @@ def main(argv: list[str]) -> int:
     if len(argv) == 3 and argv[0] == "echo":
         asyncio.run(serve_echo(int(argv[1]), Path(argv[2])))
         return 0
-    if len(argv) == 5 and argv[0] == "kit-echo":
-        asyncio.run(serve_kit_echo(int(argv[1]), Path(argv[2]), argv[3], argv[4]))
+    if len(argv) == 6 and argv[0] == "kit-echo":
+        asyncio.run(serve_kit_echo(int(argv[1]), Path(argv[2]), argv[3], argv[4], argv[5]))
         return 0
     print(
         "usage: python -m bench.bench_lists echo PORT TLS_DIR\n"
-        "       python -m bench.bench_lists kit-echo PORT TLS_DIR BOOTSTRAP TOPIC_PREFIX",
+        "       python -m bench.bench_lists kit-echo PORT TLS_DIR BOOTSTRAP TOPIC_PREFIX CHAIN",
         file=sys.stderr,
     )
     return 2

@@ -56,12 +56,13 @@ START_TIMEOUT_SECONDS: Final = 60.0
 STOP_TIMEOUT_SECONDS: Final = 15.0
 
 
-def _frame(message: object) -> bytes:
+def frame(message: object) -> bytes:
+    """One frame: a 4-byte big-endian length, then a pickle (see the module docstring)."""
     payload = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
     return _LENGTH.pack(len(payload)) + payload
 
 
-async def _read_frame(reader: asyncio.StreamReader) -> Any:
+async def read_frame(reader: asyncio.StreamReader) -> Any:
     """The next message; IncompleteReadError at the end of the stream."""
     (length,) = _LENGTH.unpack(await reader.readexactly(_LENGTH.size))
     return pickle.loads(await reader.readexactly(length))  # noqa: S301 (our own helper)
@@ -131,7 +132,7 @@ class AuditRelay(QueuedAuditLog):
         assert process.stdout is not None
         try:
             kind, seq, digest = await asyncio.wait_for(
-                _read_frame(process.stdout), START_TIMEOUT_SECONDS
+                read_frame(process.stdout), START_TIMEOUT_SECONDS
             )
         except (TimeoutError, asyncio.IncompleteReadError) as exc:
             with contextlib.suppress(ProcessLookupError):
@@ -157,7 +158,7 @@ class AuditRelay(QueuedAuditLog):
             rows = [_entry_values(e if isinstance(e, AuditEntry) else e()) for e in entries]
             self._frames += 1
             self._in_flight[self._frames] = delivered
-            process.stdin.write(_frame(rows))
+            process.stdin.write(frame(rows))
             await process.stdin.drain()
         except Exception as exc:
             self._fail(exc)
@@ -170,11 +171,11 @@ class AuditRelay(QueuedAuditLog):
         assert process.stdout is not None
         try:
             while True:
-                answer = await _read_frame(process.stdout)
+                answer = await read_frame(process.stdout)
                 if answer[0] == "delivered":
-                    _, frame, seq, digest = answer
+                    _, number, seq, digest = answer
                     self._head = (seq, digest)
-                    delivered = self._in_flight.pop(frame, None)
+                    delivered = self._in_flight.pop(number, None)
                     if delivered is not None and not delivered.done():
                         delivered.set_result(None)
                 else:
@@ -250,31 +251,31 @@ async def _serve(node_city: str, chain: str | None, service: str) -> None:
         await loop.connect_read_pipe(
             lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(0, "rb", buffering=0)
         )
-        transport.write(_frame(("ready", *writer.head)))
+        transport.write(frame(("ready", *writer.head)))
 
-        def answer(frame: int, outcome: asyncio.Future[None]) -> None:
+        def answer(number: int, outcome: asyncio.Future[None]) -> None:
             error = None if outcome.cancelled() else outcome.exception()
             if outcome.cancelled() or error is not None:
-                transport.write(_frame(("failed", frame, repr(error or "cancelled"))))
+                transport.write(frame(("failed", number, repr(error or "cancelled"))))
             else:
-                transport.write(_frame(("delivered", frame, *writer.head)))
+                transport.write(frame(("delivered", number, *writer.head)))
 
-        frame = 0
+        number = 0
         while True:
             try:
-                rows = await _read_frame(reader)
+                rows = await read_frame(reader)
             except asyncio.IncompleteReadError:
                 break  # the node closed the pipe (or ended): deliver what it gave, then exit
-            frame += 1
+            number += 1
             try:
                 delivered: asyncio.Future[None] | None = None
                 for row in rows:
                     delivered = writer.append_nowait(AuditEntry(*row))
             except Exception as exc:
-                transport.write(_frame(("failed", frame, repr(exc))))
+                transport.write(frame(("failed", number, repr(exc))))
                 continue
             if delivered is not None:
-                delivered.add_done_callback(functools.partial(answer, frame))
+                delivered.add_done_callback(functools.partial(answer, number))
         with contextlib.suppress(Exception):
             await writer.flush()
         await asyncio.sleep(0)  # let the last answers' callbacks run

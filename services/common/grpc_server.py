@@ -82,6 +82,8 @@ _MAX_PURPOSE_CHARS = 200
 _MAX_KNOWN_CERTIFICATES = 256
 
 Handler = Callable[..., Any]
+#: (full method name, status code name, seconds) of one served call.
+LatencySink = Callable[[str, str, float], None]
 
 
 # --- TLS ----------------------------------------------------------------------------------
@@ -452,10 +454,16 @@ class PeerCallGuard:
     docs/peer-calls.md).
     """
 
-    def __init__(self, security: PeerSecurity, audit: QueuedAuditLog | None) -> None:
+    def __init__(
+        self,
+        security: PeerSecurity,
+        audit: QueuedAuditLog | None,
+        latency: LatencySink | None = None,
+    ) -> None:
         self._security = security
         self._audit = audit
         self._node = security.city_code
+        self._latency_sink = latency
 
     def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         """``handler`` (of the full method name ``/package.Service/Method``) behind the guard."""
@@ -520,20 +528,24 @@ class PeerCallGuard:
         )
         return factory(streamed_response, handler.request_deserializer, handler.response_serializer)
 
-    def _latency(self, method: str) -> Callable[[grpc.StatusCode], Any]:
-        """The histogram child of ``method`` per status, looked up once per status."""
+    def _latency(self, method: str) -> Callable[[grpc.StatusCode, float], None]:
+        """Where a call of ``method`` reports its latency: the histogram child per status
+        (looked up once per status), or the server's latency sink."""
+        sink = self._latency_sink
+        if sink is not None:
+            return lambda status, elapsed: sink(method, status.name, elapsed)
         children: dict[grpc.StatusCode, Any] = {}
         city = self._security.city
 
-        def child(status: grpc.StatusCode) -> Any:
+        def observe(status: grpc.StatusCode, elapsed: float) -> None:
             found = children.get(status)
             if found is None:
                 found = children[status] = GRPC_LATENCY.labels(
                     city=city, method=method, code=status.name
                 )
-            return found
+            found.observe(elapsed)
 
-        return child
+        return observe
 
     def _enter(
         self, call: PeerCall, request: object, context: grpc.aio.ServicerContext, *, method: str
@@ -563,12 +575,12 @@ class PeerCallGuard:
         call: PeerCall,
         status: grpc.StatusCode,
         *,
-        latency: Callable[[grpc.StatusCode], Any],
+        latency: Callable[[grpc.StatusCode, float], None],
     ) -> Awaitable[None] | None:
         """Record the latency and append the audit record; what to await before answering
         (a durable audit writer's delivery), if anything."""
         elapsed = time.monotonic() - call.started
-        latency(status).observe(elapsed)
+        latency(status, elapsed)
         if self._audit is None:
             return None
         # The record is made when the writer links it, after the call is answered.
@@ -690,16 +702,19 @@ async def start_peer_server(
     security: PeerSecurity,
     audit: QueuedAuditLog | None,
     options: Sequence[tuple[str, Any]] = (),
+    latency: LatencySink | None = None,
 ) -> PeerServer:
     """Build, bind (mTLS only) and start a server. ``bind`` may use port 0 for a free port.
 
     Every method of ``services`` is served behind :class:`PeerCallGuard`; health and
-    reflection are not (they carry no credit data and load balancers call them).
+    reflection are not (they carry no credit data and load balancers call them). Call
+    latencies go to ``creditlink_grpc_latency_seconds``, or to ``latency`` when given (a
+    process that serves beside a node hands them to the node's metrics).
     """
     server = grpc.aio.server(options=list(options))
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    guard = PeerCallGuard(security, audit)
+    guard = PeerCallGuard(security, audit, latency)
     names = [binding.service_name for binding in services]
     for binding in services:
         registrar = _Registrar()

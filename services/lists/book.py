@@ -21,7 +21,7 @@ the store.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -139,7 +139,77 @@ class RepairReport:
     refused: list[Refused] = field(default_factory=list)
 
 
-class ListBook:
+class BookView:
+    """What the peer-facing servicers read of a node's lists: the store, the cursors, the
+    mirrors' sync times, and a wait for the next own change. :class:`ListBook` is this and
+    the single writer; a serving process beside the node (``serving.py``) is this alone,
+    told of the node's commits."""
+
+    def __init__(
+        self, store: ListStore, *, own_city: str, clock: Callable[[], datetime] = utc_now
+    ) -> None:
+        self.store = store
+        self.own_city = own_city
+        self._clock = clock
+        self._own_changed = asyncio.Condition()
+        self.cursors = CursorCodec(own_city, store.cursor_secret())
+        # When each peer's mirror last applied something or heard it was caught up
+        # (set through _mark_synced).
+        self.synced_at: dict[str, datetime] = {}
+        #: Moves on whenever an entry of ``synced_at`` does (readers key caches on it).
+        self.synced_moves = 0
+        self._stored_sync: dict[str, tuple[int, datetime | None]] = {}
+        #: Called whenever ``synced_at`` moves on.
+        self.on_synced: list[Callable[[], None]] = []
+
+    def now(self) -> datetime:
+        return self._clock()
+
+    def _mark_synced(self, peer_code: str, now: datetime) -> None:
+        self.synced_at[peer_code] = now
+        self.synced_moves += 1
+        for listener in self.on_synced:
+            listener()
+
+    async def follow(self, changed: Iterable[bytes], synced_at: Mapping[str, datetime]) -> None:
+        """Beside the node, on a secondary store: the node committed the keys ``changed``
+        and its mirrors were last synced at ``synced_at``."""
+        self.store.follow_primary(changed)
+        if synced_at != self.synced_at:
+            self.synced_at = dict(synced_at)
+            self.synced_moves += 1
+        await self._notify_own()
+
+    def peer_synced_at(self, peer_code: str) -> datetime | None:
+        synced = self.synced_at.get(peer_code)
+        if synced is not None:
+            return synced
+        # Not synced since this process started: what the store says, read again only after
+        # a commit (every credit check asks, also about peers that never answered).
+        generation, stored = self._stored_sync.get(peer_code, (-1, None))
+        if generation != self.store.generation:
+            stored = self.store.peer_position(peer_code).synced_at
+            self._stored_sync[peer_code] = (self.store.generation, stored)
+        return stored
+
+    async def _notify_own(self) -> None:
+        async with self._own_changed:
+            self._own_changed.notify_all()
+
+    async def wait_for_own_change(self, after_sequence: int, seconds: float) -> bool:
+        """Wait until the own sequence passes ``after_sequence``; False after ``seconds``."""
+        async with self._own_changed:
+            try:
+                async with asyncio.timeout(seconds):
+                    await self._own_changed.wait_for(
+                        lambda: self.store.own_sequence() > after_sequence
+                    )
+            except TimeoutError:
+                return False
+        return True
+
+
+class ListBook(BookView):
     """Single writer of one node's lists (see the module docstring)."""
 
     def __init__(
@@ -153,8 +223,7 @@ class ListBook:
         changelog_topic: str,
         clock: Callable[[], datetime] = utc_now,
     ) -> None:
-        self.store = store
-        self.own_city = own_city
+        super().__init__(store, own_city=own_city, clock=clock)
         self._sink = sink
         self._refusals = refusals
         self._changelog = changelog
@@ -162,21 +231,9 @@ class ListBook:
         # so the next step first catches up (as after a crash) instead of deciding again.
         self._uncertain = False
         self._changelog_topic = changelog_topic
-        self._clock = clock
         self._lock = asyncio.Lock()
-        self._own_changed = asyncio.Condition()
-        self.cursors = CursorCodec(own_city, store.cursor_secret())
-        # When each peer's mirror last applied something or heard it was caught up
-        # (set through _mark_synced).
-        self.synced_at: dict[str, datetime] = {}
-        #: Moves on whenever an entry of ``synced_at`` does (readers key caches on it).
-        self.synced_moves = 0
-        self._stored_sync: dict[str, tuple[int, datetime | None]] = {}
         #: Total changes applied from each peer since start (tests check "nothing twice").
         self.mirrored_applied: dict[str, int] = {}
-
-    def now(self) -> datetime:
-        return self._clock()
 
     # --- own changes ----------------------------------------------------------------------
 
@@ -213,10 +270,6 @@ class ListBook:
         if self._uncertain:
             await self._catch_up_locked()
             self._uncertain = False
-
-    async def _notify_own(self) -> None:
-        async with self._own_changed:
-            self._own_changed.notify_all()
 
     async def apply_records(self, records: Sequence[IncomingRecord]) -> StepReport:
         """Apply a batch of this node's credit records (list decisions; others are skipped)."""
@@ -303,18 +356,6 @@ class ListBook:
 
     # --- streaming own changes ----------------------------------------------------------------
 
-    async def wait_for_own_change(self, after_sequence: int, seconds: float) -> bool:
-        """Wait until the own sequence passes ``after_sequence``; False after ``seconds``."""
-        async with self._own_changed:
-            try:
-                async with asyncio.timeout(seconds):
-                    await self._own_changed.wait_for(
-                        lambda: self.store.own_sequence() > after_sequence
-                    )
-            except TimeoutError:
-                return False
-        return True
-
     # --- mirrored changes -------------------------------------------------------------------
 
     async def apply_mirrored(
@@ -388,22 +429,6 @@ class ListBook:
 
     def mark_caught_up(self, peer_code: str) -> None:
         self._mark_synced(peer_code, self.now())
-
-    def _mark_synced(self, peer_code: str, now: datetime) -> None:
-        self.synced_at[peer_code] = now
-        self.synced_moves += 1
-
-    def peer_synced_at(self, peer_code: str) -> datetime | None:
-        synced = self.synced_at.get(peer_code)
-        if synced is not None:
-            return synced
-        # Not synced since this process started: what the store says, read again only after
-        # a commit (every credit check asks, also about peers that never answered).
-        generation, stored = self._stored_sync.get(peer_code, (-1, None))
-        if generation != self.store.generation:
-            stored = self.store.peer_position(peer_code).synced_at
-            self._stored_sync[peer_code] = (self.store.generation, stored)
-        return stored
 
     async def repair(
         self,

@@ -19,7 +19,7 @@ from creditlink.peer.v1 import common_pb2, credit_check_pb2, credit_check_pb2_gr
 from services.common.grpc_server import Denied, PeerSecurity, current_call
 from services.common.pseudonym import is_valid_subject_key
 from services.common.region import City
-from services.lists.book import ListBook
+from services.lists.book import BookView
 from services.lists.convert import measures_to_proto, membership, timestamp
 from services.lists.measures import MeasuresCatalogue
 from services.lists.model import ChinaDay, ListEntry, china_today
@@ -41,7 +41,7 @@ _SCENARIO_CODES: Final = {
 class CreditCheckServicer(credit_check_pb2_grpc.CreditCheckServiceServicer):
     def __init__(
         self,
-        book: ListBook,
+        book: BookView,
         catalogue: MeasuresCatalogue,
         security: PeerSecurity,
         peers: Sequence[City],

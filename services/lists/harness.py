@@ -26,7 +26,7 @@ import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Final
@@ -126,6 +126,17 @@ class TcpProxy:
             await self._server.wait_closed()
 
 
+async def eventually(probe: Callable[[], Awaitable[Any]], *, within: float = 30.0) -> Any:
+    """``probe()`` again every 0.1 s until it returns something true (returned), for at most
+    ``within`` seconds (then TimeoutError)."""
+    async with asyncio.timeout(within):
+        while True:
+            result = await probe()
+            if result:
+                return result
+            await asyncio.sleep(0.1)
+
+
 @dataclass
 class CityNode:
     key: str
@@ -136,6 +147,7 @@ class CityNode:
     log_path: Path
     process: subprocess.Popen[bytes] | None = None
     _log: IO[bytes] | None = field(default=None, repr=False)
+    _log_from: int = field(default=0, repr=False)
 
     @property
     def target(self) -> str:
@@ -149,6 +161,7 @@ class CityNode:
         if self.running:
             raise RuntimeError(f"{self.key} is already running")
         self._log = self.log_path.open("ab")
+        self._log_from = self._log.tell()
         self.process = subprocess.Popen(
             [sys.executable, "-m", "services.lists"],
             env=self.env,
@@ -199,6 +212,14 @@ class CityNode:
     def log_text(self) -> str:
         return self.log_path.read_text(encoding="utf-8", errors="replace")
 
+    @property
+    def started(self) -> bool:
+        """The node logged the end of its start (serving processes included) since its
+        last :meth:`start`."""
+        with self.log_path.open("rb") as log:
+            log.seek(self._log_from)
+            return b'"lists_started"' in log.read()
+
 
 class ListsRegion:
     """Lists nodes of some cities of the demo region, each a process (see module docstring)."""
@@ -211,7 +232,9 @@ class ListsRegion:
         cities: Sequence[str] = ("suzhou", "wuxi", "changzhou"),
         reconcile_seconds: float = 2.0,
         extra_env: Mapping[str, str] | None = None,
+        ops: bool = False,
     ) -> None:
+        """``ops`` gives each node its health and metrics endpoint (``ops_ports``)."""
         self.directory = directory
         self.bootstrap = bootstrap
         self.region = load_region(REGION_FILE)
@@ -219,6 +242,7 @@ class ListsRegion:
         self.tls_dir = directory / "certs"
         issue_dev_certificates(self.tls_dir, list(cities))
         self.ports = {city: free_port() for city in cities}
+        self.ops_ports = {city: free_port() for city in cities} if ops else {}
         # viewer -> target -> port the viewer dials for the target (a proxy, or the node).
         self.routes: dict[str, dict[str, int]] = {viewer: dict(self.ports) for viewer in cities}
         self._write_region_files()
@@ -261,7 +285,10 @@ class ListsRegion:
             cities = {}
             for key, entry in raw["cities"].items():
                 entry = dict(entry)
-                entry.pop("ops", None)  # no health endpoints: ports would collide between runs
+                # Health endpoints only on ports of this run: the demo's would collide.
+                entry.pop("ops", None)
+                if key in self.ops_ports:
+                    entry["ops"] = {"lists": f"127.0.0.1:{self.ops_ports[key]}"}
                 if key in routes:
                     entry["endpoints"] = {"lists": f"127.0.0.1:{routes[key]}"}
                     entry["topic_prefix"] = f"{self.run}{key}."
@@ -293,14 +320,15 @@ class ListsRegion:
             node.stop()
 
     async def wait_ready(self, *cities: str, within: float = 60.0) -> None:
-        """Until each node answers its gRPC health check (it has caught up and serves)."""
+        """Until each node answers its gRPC health check (it has caught up and serves) and
+        has finished starting (its serving processes too)."""
         for city in cities or tuple(self.nodes):
             node = self.nodes[city]
             async with asyncio.timeout(within):
                 while True:
                     if not node.running:
                         raise RuntimeError(f"{city} exited:\n{node.log_text()[-4000:]}")
-                    if await self._serving(node):
+                    if await self._serving(node) and node.started:
                         break
                     await asyncio.sleep(0.2)
 

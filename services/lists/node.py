@@ -22,14 +22,12 @@ from typing import Any, Final
 import grpc
 import structlog
 
-from creditlink.peer.v1 import credit_check_pb2_grpc, list_sync_pb2_grpc
 from services.common.audit import AuditChainWriter
 from services.common.audit_relay import AuditRelay
 from services.common.avro import AvroSerde
 from services.common.grpc_server import (
     PeerSecurity,
     PeerServer,
-    ServiceBinding,
     TlsFiles,
     secure_channel,
     start_peer_server,
@@ -38,7 +36,6 @@ from services.common.kafka import make_producer
 from services.common.region import City, Region
 from services.common.settings import Settings
 from services.lists.book import ListBook
-from services.lists.check_server import CreditCheckServicer
 from services.lists.config import ListsConfig
 from services.lists.kafka_io import (
     CHANGES_TOPIC,
@@ -49,10 +46,15 @@ from services.lists.kafka_io import (
 )
 from services.lists.measures import load_measures
 from services.lists.mirror import Backoff, PeerMirror
+from services.lists.serving import (
+    SERVER_OPTIONS,
+    SERVICE,
+    ServingProcesses,
+    peer_services,
+    store_path,
+)
 from services.lists.store import ListStore
-from services.lists.sync_server import ListSyncServicer
 
-SERVICE: Final = "lists"
 PRUNE_EVERY_SECONDS: Final = 3600.0
 #: Keep-alive pings let a follower notice a dead peer connection (half-open TCP) quickly.
 CHANNEL_OPTIONS: Final = (
@@ -60,10 +62,6 @@ CHANNEL_OPTIONS: Final = (
     ("grpc.keepalive_timeout_ms", 5_000),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.max_pings_without_data", 0),
-)
-SERVER_OPTIONS: Final = (
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
 )
 
 log = structlog.get_logger()
@@ -81,9 +79,7 @@ class ListsNode:
         self.catalogue = load_measures(config.measures_file)
         self.security = PeerSecurity.from_files(settings, region, keys_dir=config.tls_dir)
         self.tls = TlsFiles.for_city(settings.city, config.tls_dir)
-        self.store = ListStore(
-            settings.data_dir / SERVICE / "store", self.serde, own_city=self.city.admin_code
-        )
+        self.store = ListStore(store_path(settings), self.serde, own_city=self.city.admin_code)
         self.producer = make_producer(settings, client_id=SERVICE)
         # Credit checks are the region's hot path: their audit chain is linked and produced
         # by a helper process, off the serving thread (services/common/audit_relay.py).
@@ -125,6 +121,7 @@ class ListsNode:
             if "lists" in peer.endpoints
         ]
         self.server: PeerServer | None = None
+        self.serving: ServingProcesses | None = None
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self.feed_started = asyncio.Event()
@@ -151,28 +148,26 @@ class ListsNode:
             await self.audit.close()
             raise
         await relay
-        check = CreditCheckServicer(
-            self.book, self.catalogue, self.security, self.region.peers_of(self.settings.city)
-        )
         self.server = await start_peer_server(
             bind=self.config.bind,
             tls=self.tls,
-            services=[
-                ServiceBinding(
-                    ListSyncServicer(self.book),
-                    list_sync_pb2_grpc.add_ListSyncServiceServicer_to_server,
-                    "creditlink.peer.v1.ListSyncService",
-                ),
-                ServiceBinding(
-                    check,
-                    credit_check_pb2_grpc.add_CreditCheckServiceServicer_to_server,
-                    "creditlink.peer.v1.CreditCheckService",
-                ),
-            ],
+            services=peer_services(
+                self.book, self.catalogue, self.security, self.region.peers_of(self.settings.city)
+            ),
             security=self.security,
             audit=self.audit,
             options=SERVER_OPTIONS,
         )
+        if self.config.serving_processes > 1:
+            host = self.config.bind.rpartition(":")[0]
+            self.serving = ServingProcesses(
+                self.settings,
+                self.book,
+                count=self.config.serving_processes - 1,
+                bind=f"{host}:{self.server.port}",
+                city=self.settings.city,
+            )
+            await self.serving.start()
         self._spawn("records", self._feed)
         for mirror in self.mirrors:
             self._spawn(f"follow-{mirror.peer.key}", mirror.follow)
@@ -227,12 +222,15 @@ class ListsNode:
         return {
             "audit": lambda: self.audit.healthy,
             "loops": lambda: all(not t.done() for t in self._tasks),
+            "serving": lambda: self.serving is None or self.serving.alive,
         }
 
     async def stop(self, grace: float = 2.0) -> None:
         self._stopping.set()
-        if self.server is not None:
-            await self.server.stop(grace)
+        stops = [] if self.server is None else [self.server.stop(grace)]
+        if self.serving is not None:
+            stops.append(self.serving.close())
+        await asyncio.gather(*stops)
         # The record feed ends after its current step; the other loops run until cancelled.
         # (A step cut short is no harm either: the next start catches up from the changelog.)
         if self._tasks:

@@ -18,7 +18,7 @@ import grpc
 
 from creditlink.peer.v1 import common_pb2, list_sync_pb2, list_sync_pb2_grpc
 from services.common.list_digest import bucket_count_or_default, bucket_digests, bucket_of
-from services.lists.book import ListBook
+from services.lists.book import BookView
 from services.lists.convert import LIST_TYPE_FROM_PROTO, change_to_proto, entry_to_proto
 from services.lists.cursor import InvalidCursor
 from services.lists.status import abort
@@ -41,7 +41,7 @@ def _list_type_name(value: common_pb2.ListType.ValueType) -> str | None:
 
 
 class ListSyncServicer(list_sync_pb2_grpc.ListSyncServiceServicer):
-    def __init__(self, book: ListBook) -> None:
+    def __init__(self, book: BookView) -> None:
         self._book = book
         self._store = book.store
         self._city = book.own_city

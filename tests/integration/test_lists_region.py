@@ -13,7 +13,7 @@ import asyncio
 import random
 import sys
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from datetime import date, timedelta
 from typing import Any
 
@@ -40,7 +40,7 @@ from services.common.identifiers_testing import make_uscc
 from services.common.policy import load_policy
 from services.common.settings import REPO_ROOT
 from services.lists.convert import change_to_proto
-from services.lists.harness import CityNode, ListsRegion, TcpProxy, free_port
+from services.lists.harness import CityNode, ListsRegion, TcpProxy, eventually, free_port
 from services.lists.model import ChangeAction, EntryStatus, ListChange, RemovalReason
 from services.lists.testing import SUZHOU, WUXI, list_decision, organisation_key
 
@@ -130,7 +130,7 @@ class Region:
         async def enough() -> bool:
             return await self.suzhou_entries() >= at_least
 
-        await _eventually(enough, within=within)
+        await eventually(enough, within=within)
 
     async def assert_each_suzhou_change_once(self, city: str) -> list[ListChange]:
         """``city``'s changelog holds Suzhou's changes 1..N, each exactly once."""
@@ -186,15 +186,6 @@ async def region(
             print(f"--- {node.key} log (tail) ---\n{node.log_text()[-3000:]}")
 
 
-async def _eventually(probe: Callable[[], Any], *, within: float = 30.0) -> Any:
-    async with asyncio.timeout(within):
-        while True:
-            result = await probe()
-            if result:
-                return result
-            await asyncio.sleep(0.1)
-
-
 def _list_decision_submission(uscc: str, **decision: Any) -> record_intake_pb2.CreditRecord:
     """A list decision as 苏州市市场监督管理局 submits it to Suzhou's intake."""
     number = decision.pop("decision_number")
@@ -242,7 +233,7 @@ async def test_a_blacklisting_is_seen_region_wide_and_a_repair_removes_it_everyw
             response = await region.check("suzhou", city, subject, scenario=PROCUREMENT)
             return response if response.memberships else None
 
-        response = await _eventually(listed)
+        response = await eventually(listed)
         [membership] = response.memberships
         assert membership.issuing_city == SUZHOU
         assert membership.list_type == common_pb2.LIST_TYPE_BLACK
@@ -268,7 +259,7 @@ async def test_a_blacklisting_is_seen_region_wide_and_a_repair_removes_it_everyw
             response = await region.check("wuxi", city, subject, scenario=PROCUREMENT)
             return response if not response.memberships else None
 
-        response = await _eventually(removed)
+        response = await eventually(removed)
         assert list(response.measures) == []
         history = await region.check("wuxi", city, subject, include_removed=True)
         [membership] = history.memberships
@@ -281,7 +272,7 @@ async def test_wuxi_removing_suzhous_entry_is_refused(region: Region) -> None:
     await region.harness.publish(
         "suzhou", [list_decision(subject, decision_number="苏市监信〔2024〕902号")]
     )
-    await _eventually(lambda: _listed_in(region, "wuxi", subject))
+    await eventually(lambda: _listed_in(region, "wuxi", subject))
     # A Wuxi department submits a removal of Suzhou's designation to Wuxi's node.
     attempt = list_decision(
         subject,
@@ -297,7 +288,7 @@ async def test_wuxi_removing_suzhous_entry_is_refused(region: Region) -> None:
         rejected = await region.harness.rejected_on("wuxi")
         return [r for r in rejected if r["record_id"] == attempt["record_id"]]
 
-    [rejection] = await _eventually(refused)
+    [rejection] = await eventually(refused)
     assert rejection["city_code"] == WUXI
     assert [reason["code"] for reason in rejection["reasons"]] == ["not-issuing-city"]
     for city in ("suzhou", "wuxi", "changzhou"):
@@ -332,7 +323,7 @@ async def test_a_replication_stream_cut_mid_way_resumes_without_gap_or_duplicate
     proxy, changzhou = region.proxy, region.harness.nodes["changzhou"]
     before = changzhou.digest_of(SUZHOU)[0]
     publishing = region.publish_paced(region.designations(1000), per_second=500)
-    await _eventually(lambda: _mirrored_beyond(changzhou, before + 300), within=60)
+    await eventually(lambda: _mirrored_beyond(changzhou, before + 300), within=60)
     # Cut every connection through the proxy (mid-message, wherever TCP split it), keep the
     # way closed for a moment, then let Changzhou reconnect and resume.
     proxy.refuse = True
@@ -358,7 +349,7 @@ async def test_kill_9_mid_way_and_restart_rebuilds_the_same_state(region: Region
     before = await region.suzhou_entries()
     publishing = region.publish_paced(region.designations(1000), per_second=500)
     # The issuer and a mirror die without any shutdown code, while changes are flowing.
-    await _eventually(lambda: _holds_more_than(region, before + 300), within=60)
+    await eventually(lambda: _holds_more_than(region, before + 300), within=60)
     suzhou.kill()
     changzhou.kill()
     killed_at = suzhou.digest_of(SUZHOU)[0]
@@ -402,7 +393,7 @@ async def test_a_wiped_store_is_rebuilt_from_the_changelog(region: Region) -> No
         "wuxi",
         [list_decision(subject, city=WUXI, decision_number="锡市监信〔2024〕3号")],
     )
-    await _eventually(lambda: _listed_in(region, "changzhou", subject), within=60)
+    await eventually(lambda: _listed_in(region, "changzhou", subject), within=60)
 
 
 class RogueWuxi(list_sync_pb2_grpc.ListSyncServiceServicer):
@@ -429,7 +420,7 @@ async def test_a_change_to_suzhous_entry_streamed_by_wuxi_is_refused_and_audited
     await harness.publish(
         "suzhou", [list_decision(subject, decision_number="苏市监信〔2024〕904号")]
     )
-    await _eventually(lambda: _listed_in(region, "changzhou", subject))
+    await eventually(lambda: _listed_in(region, "changzhou", subject))
     store = changzhou.store()
     try:
         [entry] = store.entries_of_subject(subject)
@@ -477,7 +468,7 @@ async def test_a_change_to_suzhous_entry_streamed_by_wuxi_is_refused_and_audited
             ]
             return [r for r in records if r["direction"] == "OUTBOUND"]
 
-        [record] = await _eventually(audited)
+        [record] = await eventually(audited)
     finally:
         region.wuxi_proxy.upstream_port = harness.ports["wuxi"]
         region.wuxi_proxy.cut()
@@ -495,7 +486,7 @@ async def test_a_change_to_suzhous_entry_streamed_by_wuxi_is_refused_and_audited
     await harness.publish(
         "wuxi", [list_decision(mark, city=WUXI, decision_number="锡市监信〔2024〕5号")]
     )
-    await _eventually(lambda: _listed_in(region, "changzhou", mark), within=60)
+    await eventually(lambda: _listed_in(region, "changzhou", mark), within=60)
 
 
 async def test_peer_calls_are_audited_on_an_intact_chain(region: Region) -> None:
