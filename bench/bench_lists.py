@@ -1,17 +1,20 @@
 """Lists figures (issue 5), each next to a baseline measured in the same run on this machine.
 
-Two city nodes (Suzhou, Wuxi) run as real processes on the run's broker, over mTLS.
+Two city nodes (Suzhou, Wuxi) run as real processes on the run's broker, over mTLS, each
+answering peer calls from two processes (``CREDITLINK_LISTS_SERVING_PROCESSES=2``, as a node
+given two cores is set up; ``services/lists/serving.py``).
 
 - **propagation**: list decisions published onto Suzhou's ``credit.records.v1`` at 500/s; for
   every twentieth one, the time until Wuxi's ``CheckSubject`` returns it (polled every 10 ms).
   Baseline: one plain Kafka hop (produce → a consumer receives it) on the same broker at the
   same rate — the path under test has two such hops plus a gRPC stream. A second row puts
   the p99 against the issue's 1 s budget.
-- **CheckSubject**: QPS and p50/p99 with 16 concurrent callers against Wuxi, versus a trivial
-  grpc.aio unary echo (its own process, the same mTLS certificates, same payload size). A
-  second row compares with an empty CheckSubject behind the same security kit (authorization
-  and the audit chain, ``services/common/grpc_server.py``), which splits the kit's cost from
-  the lists service's own.
+- **CheckSubject**: QPS and p50/p99 with 16 concurrent callers against Wuxi, each caller on
+  a connection of its own, versus a trivial grpc.aio unary echo (one process, the same mTLS
+  certificates, same payload size, called the same way). A second row compares with an
+  empty CheckSubject behind the same security kit (authorization and the audit chain,
+  ``services/common/grpc_server.py``), served from two processes too, which splits the kit's
+  cost from the lists service's own.
 - **CheckSubjects**: subjects/s in batches of 500, versus the unary CheckSubject QPS.
 
     python -m bench lists            # or: make bench
@@ -326,6 +329,7 @@ async def lists(ctx: BenchContext) -> list[Comparison]:
             "kit": [server.pid for server in servers[1:]],
         }
         rows += await _checks(region, seconds, echo_port, kit_port, pids)
+        rows.append(await _one_serving_process(region, seconds, echo_port))
     finally:
         for server in servers:
             server.terminate()
@@ -394,6 +398,65 @@ async def _propagation(region: ListsRegion, seconds: float) -> list[Comparison]:
     ]
 
 
+def _connections(target: str, tls: TlsFiles) -> list[grpc.aio.Channel]:
+    """One connection per caller."""
+    return [secure_channel(target, tls, options=OWN_CONNECTION) for _ in range(CALLERS)]
+
+
+def _check_request(n: int) -> credit_check_pb2.CheckSubjectRequest:
+    """Half of the subjects are on Suzhou's black list (mirrored to Wuxi), half unknown."""
+    return credit_check_pb2.CheckSubjectRequest(
+        subject_key=organisation_key(n if n % 2 else 500_000 + n),
+        scenario=credit_check_pb2.SCENARIO_GOVERNMENT_PROCUREMENT,
+        purpose="bench",
+    )
+
+
+async def _one_serving_process(region: ListsRegion, seconds: float, echo_port: int) -> Comparison:
+    """The same node restarted to answer from one process, against the echo again: what the
+    serving processes bring, in the same run."""
+    wuxi = region.nodes["wuxi"]
+    wuxi.stop()
+    wuxi.env["CREDITLINK_LISTS_SERVING_PROCESSES"] = "1"
+    wuxi.start()
+    await region.wait_ready("wuxi")
+    tls = region.tls("suzhou")
+    requests = [_check_request(n) for n in range(2000)]
+    payload = requests[0].SerializeToString()
+    channels = _connections(wuxi.target, tls)
+    stubs = [region.check_stub(c) for c in channels]
+    echo_channels = _connections(f"127.0.0.1:{echo_port}", tls)
+    echoes: list[Any] = [c.unary_unary(ECHO_METHOD) for c in echo_channels]
+
+    async def check(n: int) -> object:
+        return await stubs[n % len(stubs)].CheckSubject(requests[n % len(requests)], timeout=10)
+
+    async def echo(n: int) -> object:
+        return await echoes[n % len(echoes)](payload, timeout=10)
+
+    for warm_up in (check, echo):
+        await _closed_loop(warm_up, callers=CALLERS, seconds=0.5)
+    measured = {"check": Load(), "echo": Load()}
+    rounds = 2 if seconds < 2 else 5
+    for _ in range(rounds):
+        for name, call in (("check", check), ("echo", echo)):
+            await measured[name].measure(
+                _closed_loop(call, callers=CALLERS, seconds=seconds / rounds)
+            )
+    for channel in (*channels, *echo_channels):
+        await channel.close()
+    calls, _lat, elapsed = measured["check"].totals()
+    echo_calls, _echo_lat, echo_elapsed = measured["echo"].totals()
+    return Comparison(
+        f"CheckSubject QPS, {CALLERS} callers, node answering from one process",
+        calls / elapsed,
+        echo_calls / echo_elapsed,
+        "req/s",
+        "grpc.aio unary echo, same mTLS",
+        notes="CREDITLINK_LISTS_SERVING_PROCESSES=1, for comparison",
+    )
+
+
 async def _checks(
     region: ListsRegion,
     seconds: float,
@@ -401,32 +464,18 @@ async def _checks(
     kit_port: int,
     pids: dict[str, list[int]],
 ) -> list[Comparison]:
-    # Half of the subjects are on Suzhou's black list (mirrored to Wuxi), half unknown.
-    subjects = [organisation_key(n if n % 2 else 500_000 + n) for n in range(2000)]
-
-    def request(n: int) -> credit_check_pb2.CheckSubjectRequest:
-        return credit_check_pb2.CheckSubjectRequest(
-            subject_key=subjects[n % len(subjects)],
-            scenario=credit_check_pb2.SCENARIO_GOVERNMENT_PROCUREMENT,
-            purpose="bench",
-        )
-
     # Built before the clock, as the echo's payload is: the callers only call.
-    requests = [request(n) for n in range(len(subjects))]
+    requests = [_check_request(n) for n in range(2000)]
+    subjects = [r.subject_key for r in requests]
     payload = requests[0].SerializeToString()
     tls = region.tls("suzhou")
-    check_target = region.nodes["wuxi"].target
     echo_target, kit_target = f"127.0.0.1:{echo_port}", f"127.0.0.1:{kit_port}"
-
-    def connections(target: str) -> list[grpc.aio.Channel]:
-        return [secure_channel(target, tls, options=OWN_CONNECTION) for _ in range(CALLERS)]
-
-    channels = connections(check_target)
+    channels = _connections(region.nodes["wuxi"].target, tls)
     stubs = [region.check_stub(c) for c in channels]
     await _wait_for_echo(echo_target, tls)
-    echo_channels = connections(echo_target)
+    echo_channels = _connections(echo_target, tls)
     echoes: list[Any] = [c.unary_unary(ECHO_METHOD) for c in echo_channels]
-    kit_channels = connections(kit_target)
+    kit_channels = _connections(kit_target, tls)
     kit_stubs = [credit_check_pb2_grpc.CreditCheckServiceStub(c) for c in kit_channels]
     await _wait_for_kit(kit_stubs[0])
 
