@@ -9,5 +9,6 @@ region-wide credit checks with the reward and punishment measures of a scenario
 Modules, in the order a reader meets them: ``model`` (entries and changes), ``decisions``
 (what a record or a peer's change does to an entry), ``cursor``, ``measures``, ``store``
 (RocksDB), ``book`` (the single writer), ``kafka_io``, ``convert`` (protobuf), ``sync_server``,
-``check_server``, ``mirror`` (pulling and reconciling peers), ``node`` (wiring), ``config``.
+``check_server``, ``mirror`` (pulling and reconciling peers), ``serving`` (answering peer calls
+from more processes), ``node`` (wiring), ``config``.
 """

@@ -354,8 +354,6 @@ class ListBook(BookView):
             self.store.commit(batch)
         return len(removed) + len(old)
 
-    # --- streaming own changes ----------------------------------------------------------------
-
     # --- mirrored changes -------------------------------------------------------------------
 
     async def apply_mirrored(

@@ -182,6 +182,7 @@ class ListsNode:
             entries=sum(self.store.entry_count(c.admin_code) for c in self.region.cities.values()),
             caught_up=caught_up,
             peers=[m.peer.key for m in self.mirrors],
+            serving_processes=self.config.serving_processes,
         )
 
     def _spawn(self, name: str, loop: Callable[[], Coroutine[Any, Any, None]]) -> None:

@@ -29,7 +29,7 @@ from services.lists.testing import SUZHOU, list_decision, organisation_key
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(240)]
 
-CONNECTIONS = 12
+CONNECTIONS = 16
 CHECK = "/creditlink.peer.v1.CreditCheckService/CheckSubject"
 #: Channels of one process to one target share a connection unless told not to.
 OWN_CONNECTION = (("grpc.use_local_subchannel_pool", 1),)
