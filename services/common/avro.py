@@ -350,7 +350,7 @@ def _date_bytes(day: date) -> bytes:
     return encoded
 
 
-def _moment_bytes(moment: datetime) -> bytes:
+def _moment_bytes(moment: datetime, slot: int) -> bytes:
     # fastavro's own arithmetic: whole milliseconds since the epoch, sub-millisecond dropped.
     delta = moment - _EPOCH
     millis = (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
@@ -358,12 +358,14 @@ def _moment_bytes(moment: datetime) -> bytes:
         raise _LeftToFastavro
     encoded = bytes(_varint_bytes(millis))
     # Events of one batch share their timestamps (accepted at, submitted at): the last one
-    # written is kept, with a reference, so an equal identity means the same value.
-    _LAST_MOMENT[0] = (moment, encoded)
+    # written by each timestamp field (its slot) is kept, with a reference, so an equal
+    # identity means the same value.
+    _LAST_MOMENT[slot] = (moment, encoded)
     return encoded
 
 
-_LAST_MOMENT: Final[list[tuple[datetime | None, bytes]]] = [(None, b"")]
+#: One slot per timestamp field of the writers compiled so far (see _moment_bytes).
+_LAST_MOMENT: Final[list[tuple[datetime | None, bytes]]] = []
 
 #: What generated writers refer to besides their own constants.
 _WRITER_GLOBALS: Final[dict[str, Any]] = {
@@ -487,11 +489,16 @@ class _WriterSource:
             encoded = self.local("encoded")
             line(depth, f"if type({name}) is not str:")
             line(depth + 1, "raise LeftToFastavro")
+            size = self.local("size")
             line(depth, f"{encoded} = {name}.encode()")
-            line(depth, f"if len({encoded}) < 64:")  # zig-zag of a small length: one byte
-            line(depth + 1, f"out.append(len({encoded}) << 1)")
+            line(depth, f"{size} = len({encoded})")
+            line(depth, f"if {size} < 64:")  # zig-zag of a small length: one byte
+            line(depth + 1, f"out.append({size} << 1)")
+            line(depth, f"elif {size} < 8192:")  # two bytes (Chinese text is 3 bytes a character)
+            line(depth + 1, f"out.append((({size} << 1) & 0x7F) | 0x80)")
+            line(depth + 1, f"out.append({size} >> 6)")
             line(depth, "else:")
-            line(depth + 1, f"write_varint(out, len({encoded}))")
+            line(depth + 1, f"write_varint(out, {size})")
             line(depth, f"out += {encoded}")
         elif type_name == "bytes":
             line(depth, f"if type({name}) is not bytes:")
@@ -528,8 +535,13 @@ class _WriterSource:
             last = self.local("last")
             line(depth, f"if type({name}) is not datetime or {name}.tzinfo is None:")
             line(depth + 1, "raise LeftToFastavro")
-            line(depth, f"{last} = LAST_MOMENT[0]")
-            line(depth, f"out += {last}[1] if {name} is {last}[0] else moment_bytes({name})")
+            slot = len(_LAST_MOMENT)
+            _LAST_MOMENT.append((None, b""))
+            line(depth, f"{last} = LAST_MOMENT[{slot}]")
+            line(
+                depth,
+                f"out += {last}[1] if {name} is {last}[0] else moment_bytes({name}, {slot})",
+            )
         else:
             raise WriterNotCompiled(f"logical type {logical} on {type_name}")
 

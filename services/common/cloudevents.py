@@ -19,9 +19,9 @@ Example::
 
 from __future__ import annotations
 
+import os
 import re
 import secrets
-import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -140,7 +140,22 @@ def format_time(moment: datetime) -> str:
 
 def new_traceparent(*, sampled: bool = True) -> str:
     """A fresh W3C ``traceparent`` (version 00) starting a new trace."""
-    return f"00-{_nonzero_hex(16)}-{_nonzero_hex(8)}-{'01' if sampled else '00'}"
+    while True:
+        # Trace id and parent id from one draw of the system's random source (an event
+        # needs them on every publish); all zeros is invalid for either.
+        raw = os.urandom(24).hex()
+        if raw[:32].strip("0") and raw[32:].strip("0"):
+            return f"00-{raw[:32]}-{raw[32:]}-{'01' if sampled else '00'}"
+
+
+def new_event_id() -> str:
+    """A random UUID (version 4, RFC 4122 variant) as text: a ``ce_id`` nobody else chose.
+
+    ``str(uuid.uuid4())`` with the string made directly, for the publish path.
+    """
+    raw = os.urandom(16).hex()
+    variant = "89ab"[int(raw[16], 16) & 3]
+    return f"{raw[:8]}-{raw[8:12]}-4{raw[13:16]}-{variant}{raw[17:20]}-{raw[20:]}"
 
 
 def continue_trace(parent: str | None) -> str:
@@ -201,7 +216,7 @@ def build_headers(
     if problems:
         raise ValueError("cannot build CloudEvents headers: " + "; ".join(problems))
     envelope = EventEnvelope(
-        id=event_id if event_id is not None else str(uuid.uuid4()),
+        id=event_id if event_id is not None else new_event_id(),
         source=source,
         type=event_type,
         time=time if time is not None else datetime.now(UTC),

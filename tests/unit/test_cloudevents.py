@@ -23,6 +23,7 @@ from services.common.cloudevents import (
     continue_trace,
     data_schema_urn,
     is_valid_traceparent,
+    new_event_id,
     new_traceparent,
     parse_data_schema_urn,
     parse_headers,
@@ -288,3 +289,25 @@ def test_data_schema_urn_round_trip() -> None:
     assert parse_data_schema_urn(urn) == (version.full_name, 1, version.fingerprint_hex)
     with pytest.raises(ValueError, match="not a creditlink schema URN"):
         parse_data_schema_urn("https://example.com/schema.avsc")
+
+
+def test_event_ids_are_canonical_random_uuid4s() -> None:
+    ids = [new_event_id() for _ in range(5000)]
+    assert len(set(ids)) == len(ids)
+    for text in ids:
+        parsed = uuid.UUID(text)
+        assert str(parsed) == text
+        assert parsed.version == 4
+        assert parsed.variant == uuid.RFC_4122
+    # Every variant nibble turns up, so none of the random bits is lost to the variant.
+    assert {text[19] for text in ids} == set("89ab")
+
+
+def test_new_traces_are_valid_and_never_all_zeros(monkeypatch: pytest.MonkeyPatch) -> None:
+    parents = [new_traceparent() for _ in range(2000)]
+    assert len(set(parents)) == len(parents)
+    assert all(is_valid_traceparent(p) and p.endswith("-01") for p in parents)
+    assert new_traceparent(sampled=False).endswith("-00")
+    draws = iter([bytes(24), bytes(16) + b"\x01" * 8, b"\x01" * 16 + bytes(8), b"\x02" * 24])
+    monkeypatch.setattr("services.common.cloudevents.os.urandom", lambda n: next(draws))
+    assert new_traceparent() == f"00-{'02' * 16}-{'02' * 8}-01"
