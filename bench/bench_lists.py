@@ -29,7 +29,8 @@ import os
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -398,6 +399,33 @@ async def _propagation(region: ListsRegion, seconds: float) -> list[Comparison]:
     ]
 
 
+@dataclass(frozen=True)
+class Contender:
+    name: str
+    call: Callable[[int], Awaitable[object]]
+    callers: int = CALLERS
+    warm_up: bool = True
+
+
+async def _interleaved(
+    contenders: Sequence[Contender], seconds: float, pids: Mapping[str, list[int]]
+) -> dict[str, Load]:
+    """Each contender warmed up, then measured in interleaved short rounds: this machine is
+    shared, so drift in its load hits every contender alike, instead of one long run each.
+    ``pids`` names the serving processes whose CPU a contender's rows report."""
+    for contender in contenders:
+        if contender.warm_up:
+            await _closed_loop(contender.call, callers=contender.callers, seconds=0.5)
+    measured = {c.name: Load(pids.get(c.name)) for c in contenders}
+    rounds = 2 if seconds < 2 else 5
+    for _ in range(rounds):
+        for contender in contenders:
+            await measured[contender.name].measure(
+                _closed_loop(contender.call, callers=contender.callers, seconds=seconds / rounds)
+            )
+    return measured
+
+
 def _connections(target: str, tls: TlsFiles) -> list[grpc.aio.Channel]:
     """One connection per caller."""
     return [secure_channel(target, tls, options=OWN_CONNECTION) for _ in range(CALLERS)]
@@ -434,15 +462,9 @@ async def _one_serving_process(region: ListsRegion, seconds: float, echo_port: i
     async def echo(n: int) -> object:
         return await echoes[n % len(echoes)](payload, timeout=10)
 
-    for warm_up in (check, echo):
-        await _closed_loop(warm_up, callers=CALLERS, seconds=0.5)
-    measured = {"check": Load(), "echo": Load()}
-    rounds = 2 if seconds < 2 else 5
-    for _ in range(rounds):
-        for name, call in (("check", check), ("echo", echo)):
-            await measured[name].measure(
-                _closed_loop(call, callers=CALLERS, seconds=seconds / rounds)
-            )
+    measured = await _interleaved(
+        [Contender("check", check), Contender("echo", echo)], seconds, pids={}
+    )
     for channel in (*channels, *echo_channels):
         await channel.close()
     calls, _lat, elapsed = measured["check"].totals()
@@ -502,22 +524,16 @@ async def _checks(
         )
         return await stubs[n % len(stubs)].CheckSubjects(batch, timeout=30)
 
-    for warm_up in (check, echo, kit_echo):
-        await _closed_loop(warm_up, callers=CALLERS, seconds=0.5)
-    # This machine is shared: interleave short rounds so drift in its load hits every
-    # contender alike, instead of one long run each.
-    measured = {name: Load(pids.get(name)) for name in ("check", "echo", "kit", "batch")}
-    rounds = 2 if seconds < 2 else 5
-    for _ in range(rounds):
-        for name, call, callers in (
-            ("check", check, CALLERS),
-            ("echo", echo, CALLERS),
-            ("kit", kit_echo, CALLERS),
-            ("batch", check_batch, 4),
-        ):
-            await measured[name].measure(
-                _closed_loop(call, callers=callers, seconds=seconds / rounds)
-            )
+    measured = await _interleaved(
+        [
+            Contender("check", check),
+            Contender("echo", echo),
+            Contender("kit", kit_echo),
+            Contender("batch", check_batch, callers=4, warm_up=False),
+        ],
+        seconds,
+        pids,
+    )
     calls, lat, elapsed = measured["check"].totals()
     echo_calls, echo_lat, echo_elapsed = measured["echo"].totals()
     kit_calls, _kit_lat, kit_elapsed = measured["kit"].totals()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import uuid
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from creditlink.peer.v1 import (
     list_sync_pb2,
     list_sync_pb2_grpc,
 )
+from services.common.audit import AUDIT_TOPIC
 from services.common.certs import CertifiedKey, issue_city_certificate, new_ca
 from services.common.consent import ConsentIssuer, ConsentKeyring
 from services.common.grpc_server import (
@@ -39,7 +41,8 @@ from services.common.list_digest import (
 )
 from services.common.policy import parse_policy
 from services.common.region import Region, load_region
-from services.common.settings import REPO_ROOT
+from services.common.settings import REPO_ROOT, Settings, load_settings
+from services.common.topics import load_catalogue, provision
 
 REGION = load_region(REPO_ROOT / "deploy" / "config" / "region.yaml")
 CODES = {key: city.admin_code for key, city in REGION.cities.items()}
@@ -319,3 +322,17 @@ def list_sync_binding(servicer: InMemoryListSync) -> ServiceBinding:
         list_sync_pb2_grpc.add_ListSyncServiceServicer_to_server,
         "creditlink.peer.v1.ListSyncService",
     )
+
+
+async def audit_node_settings(kafka_bootstrap: str) -> Settings:
+    """Settings of a Suzhou node with a fresh topic prefix whose audit topic exists."""
+    settings = load_settings(
+        {
+            "CREDITLINK_CITY": "suzhou",
+            "KAFKA_BOOTSTRAP": kafka_bootstrap,
+            "CREDITLINK_TOPIC_PREFIX": f"t{uuid.uuid4().hex[:10]}.",
+        }
+    )
+    audit_only = [spec for spec in load_catalogue() if spec.name == AUDIT_TOPIC]
+    await provision(kafka_bootstrap, audit_only, prefix=settings.topic_prefix)
+    return settings

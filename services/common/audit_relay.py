@@ -14,7 +14,9 @@ of the chain's head at start) and acknowledges each batch once the broker has it
 pickle. Node → helper: a list of entries, each a tuple of :class:`AuditEntry` fields in
 order. Helper → node: ``("ready", seq, hash)`` once it knows the chain's head, then
 ``("delivered", frame, seq, hash)`` or ``("failed", frame, reason)`` per batch, in order.
-Both ends are this code base: the pickles never cross a trust boundary.
+Both ends are this code base: the pickles never cross a trust boundary. The framing and
+the helper's start (:func:`frame`, :func:`read_frame`, :func:`start_helper`,
+:func:`helper_pipes`) also serve the lists node's serving processes.
 
 **What can be lost** is what the in-process writer could lose: records not yet with the
 broker when the node dies — here the entries queued in the node (at most ``linger_ms`` of
@@ -35,7 +37,7 @@ import os
 import pickle
 import struct
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 from services.common.audit import (
@@ -66,6 +68,55 @@ async def read_frame(reader: asyncio.StreamReader) -> Any:
     """The next message; IncompleteReadError at the end of the stream."""
     (length,) = _LENGTH.unpack(await reader.readexactly(_LENGTH.size))
     return pickle.loads(await reader.readexactly(length))  # noqa: S301 (our own helper)
+
+
+async def start_helper(
+    module: str,
+    arguments: Sequence[str],
+    settings: Settings,
+    started: Callable[[asyncio.subprocess.Process], None] | None = None,
+) -> tuple[asyncio.subprocess.Process, Any]:
+    """Start ``python -m module *arguments`` with this node's settings, frames both ways, and
+    read its first frame (``started`` is told of the process before that). The frame is None
+    when the helper ended or said nothing for ``START_TIMEOUT_SECONDS``; it has then been
+    killed and waited for."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        module,
+        *arguments,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        env={**os.environ, **settings_environment(settings)},
+        cwd=REPO_ROOT,
+    )
+    if started is not None:
+        started(process)
+    assert process.stdout is not None
+    try:
+        return process, await asyncio.wait_for(read_frame(process.stdout), START_TIMEOUT_SECONDS)
+    except (TimeoutError, asyncio.IncompleteReadError):
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+        await process.wait()
+        return process, None
+
+
+async def helper_pipes() -> tuple[asyncio.WriteTransport, asyncio.StreamReader]:
+    """In a helper: its frames out (the original stdout) and in (stdin). Anything else
+    written to fd 1 (a log line, a stray print, a library's warning) goes to stderr instead
+    of corrupting the frames."""
+    loop = asyncio.get_running_loop()
+    answers_fd = os.dup(1)
+    os.dup2(2, 1)
+    transport, _protocol = await loop.connect_write_pipe(
+        asyncio.Protocol, os.fdopen(answers_fd, "wb", buffering=0)
+    )
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(0, "rb", buffering=0)
+    )
+    return transport, reader
 
 
 class AuditRelay(QueuedAuditLog):
@@ -119,26 +170,13 @@ class AuditRelay(QueuedAuditLog):
         arguments = ["--node-city", self._node_city, "--service", self._service]
         if self._chain is not None:
             arguments += ["--chain", self._chain]
-        self._process = process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "services.common.audit_relay",
-            *arguments,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            env={**os.environ, **settings_environment(self._settings)},
-            cwd=REPO_ROOT,
+        self._process, ready = await start_helper(
+            "services.common.audit_relay", arguments, self._settings
         )
-        assert process.stdout is not None
-        try:
-            kind, seq, digest = await asyncio.wait_for(
-                read_frame(process.stdout), START_TIMEOUT_SECONDS
-            )
-        except (TimeoutError, asyncio.IncompleteReadError) as exc:
-            with contextlib.suppress(ProcessLookupError):
-                process.kill()
-            code = await process.wait()
-            raise AuditUnavailable(f"audit relay did not start (exit code {code})") from exc
+        if ready is None:
+            code = self._process.returncode
+            raise AuditUnavailable(f"audit relay did not start (exit code {code})")
+        kind, seq, digest = ready
         if kind != "ready":
             raise AuditUnavailable(f"audit relay answered {kind!r} instead of ready")
         self._head = (seq, digest)
@@ -225,11 +263,7 @@ class AuditRelay(QueuedAuditLog):
 
 
 async def _serve(node_city: str, chain: str | None, service: str) -> None:
-    loop = asyncio.get_running_loop()
-    # Frames go to the original stdout; anything else written to fd 1 (a stray print, a
-    # library's warning) goes to stderr instead of corrupting them.
-    answers_fd = os.dup(1)
-    os.dup2(2, 1)
+    transport, reader = await helper_pipes()
     settings = load_settings()
     producer = make_producer(settings, client_id=f"audit-relay-{chain or service}")
     await producer.start()
@@ -244,13 +278,6 @@ async def _serve(node_city: str, chain: str | None, service: str) -> None:
             linger_ms=0,  # the node already gathered a batch
         )
         await writer.start()
-        transport, _protocol = await loop.connect_write_pipe(
-            asyncio.Protocol, os.fdopen(answers_fd, "wb", buffering=0)
-        )
-        reader = asyncio.StreamReader()
-        await loop.connect_read_pipe(
-            lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(0, "rb", buffering=0)
-        )
         transport.write(frame(("ready", *writer.head)))
 
         def answer(number: int, outcome: asyncio.Future[None]) -> None:

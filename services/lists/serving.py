@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
 import signal
 import sys
 from collections.abc import Iterable, Sequence
@@ -39,13 +38,19 @@ from typing import Final
 import structlog
 
 from creditlink.peer.v1 import credit_check_pb2_grpc, list_sync_pb2_grpc
-from services.common.audit_relay import AuditRelay, frame, read_frame
+from services.common.audit_relay import (
+    AuditRelay,
+    frame,
+    helper_pipes,
+    read_frame,
+    start_helper,
+)
 from services.common.avro import AvroSerde
 from services.common.grpc_server import PeerSecurity, ServiceBinding, TlsFiles, start_peer_server
 from services.common.logging import configure_logging
 from services.common.observability import GRPC_LATENCY
 from services.common.region import City, load_region
-from services.common.settings import REPO_ROOT, Settings, load_settings, settings_environment
+from services.common.settings import Settings, load_settings
 from services.lists.book import BookView
 from services.lists.check_server import CreditCheckServicer
 from services.lists.config import load_lists_config
@@ -58,7 +63,6 @@ SERVER_OPTIONS: Final = (
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
 )
-START_TIMEOUT_SECONDS: Final = 60.0
 STOP_GRACE_SECONDS: Final = 2.0
 RESTART_DELAY_SECONDS: Final = 1.0
 LATENCY_EVERY_SECONDS: Final = 1.0
@@ -122,32 +126,22 @@ class ServingProcesses:
         await asyncio.gather(*(self._start(index) for index in range(1, self._count + 1)))
 
     async def _start(self, index: int) -> None:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
+        def told_from_now_on(process: asyncio.subprocess.Process) -> None:
+            # Of every commit from its start: what it misses while it opens its store is in
+            # the store it opens.
+            self._processes[index] = process
+
+        process, ready = await start_helper(
             "services.lists.serving",
-            "--index",
-            str(index),
-            "--bind",
-            self._bind,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            env={**os.environ, **settings_environment(self._settings)},
-            cwd=REPO_ROOT,
+            ["--index", str(index), "--bind", self._bind],
+            self._settings,
+            started=told_from_now_on,
         )
-        # Told of every commit from now on: what it misses while it opens its store is in
-        # the store it opens.
-        self._processes[index] = process
-        assert process.stdout is not None
-        try:
-            ready = await asyncio.wait_for(read_frame(process.stdout), START_TIMEOUT_SECONDS)
-        except (TimeoutError, asyncio.IncompleteReadError):
-            ready = None
         if ready != ("ready",):
+            del self._processes[index]
             with contextlib.suppress(ProcessLookupError):
                 process.kill()
             code = await process.wait()
-            del self._processes[index]
             raise RuntimeError(f"serving process {index} did not start (exit code {code})")
         self._ready.add(index)
         self._watchers[index] = asyncio.get_running_loop().create_task(self._watch(index, process))
@@ -255,10 +249,8 @@ class _Latencies:
 
 async def _serve(index: int, bind: str) -> None:
     loop = asyncio.get_running_loop()
-    # Frames go to the original stdout; log lines (and anything else written to fd 1) go to
-    # stderr, the node's own log.
-    answers_fd = os.dup(1)
-    os.dup2(2, 1)
+    # Log lines go to stderr, the node's own log.
+    transport, reader = await helper_pipes()
     settings = load_settings()
     configure_logging(city=settings.city, service=f"{SERVICE}-serving", level=settings.log_level)
     region = load_region(settings.region_file)
@@ -274,13 +266,6 @@ async def _serve(index: int, bind: str) -> None:
     security = PeerSecurity.from_files(settings, region, keys_dir=config.tls_dir)
     audit = AuditRelay(
         settings, node_city=city.admin_code, chain=f"{SERVICE}-serving-{index}", service=SERVICE
-    )
-    transport, _protocol = await loop.connect_write_pipe(
-        asyncio.Protocol, os.fdopen(answers_fd, "wb", buffering=0)
-    )
-    reader = asyncio.StreamReader()
-    await loop.connect_read_pipe(
-        lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(0, "rb", buffering=0)
     )
     stopping = asyncio.Event()
     # The node ends this process by closing its input; a terminal's Ctrl-C reaches the node.

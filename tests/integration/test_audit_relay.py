@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
@@ -28,11 +27,11 @@ from services.common.audit import (
 from services.common.audit_relay import AuditRelay
 from services.common.avro import AvroSerde
 from services.common.grpc_server import secure_channel, start_peer_server
-from services.common.settings import Settings, load_settings
-from services.common.topics import load_catalogue, provision
+from services.common.settings import Settings
 from tests.peer_kit import (
     ORG,
     FakeCreditCheck,
+    audit_node_settings,
     credit_check_binding,
     make_consent_kit,
     make_pki,
@@ -46,16 +45,7 @@ SUZHOU = "320500"
 
 @pytest.fixture
 async def settings(kafka_bootstrap: str) -> Settings:
-    settings = load_settings(
-        {
-            "CREDITLINK_CITY": "suzhou",
-            "KAFKA_BOOTSTRAP": kafka_bootstrap,
-            "CREDITLINK_TOPIC_PREFIX": f"t{uuid.uuid4().hex[:10]}.",
-        }
-    )
-    audit_only = [spec for spec in load_catalogue() if spec.name == AUDIT_TOPIC]
-    await provision(kafka_bootstrap, audit_only, prefix=settings.topic_prefix)
-    return settings
+    return await audit_node_settings(kafka_bootstrap)
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -20,7 +19,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from creditlink.peer.v1 import common_pb2, credit_check_pb2, credit_check_pb2_grpc
-from services.common.audit import AUDIT_TOPIC, AuditChainWriter, read_audit_topic, verify_chain
+from services.common.audit import AuditChainWriter, read_audit_topic, verify_chain
 from services.common.avro import AvroSerde
 from services.common.grpc_server import (
     DENIAL_TRAILER,
@@ -30,8 +29,7 @@ from services.common.grpc_server import (
     start_peer_server,
 )
 from services.common.kafka import make_producer
-from services.common.settings import REPO_ROOT, Settings, load_settings
-from services.common.topics import load_catalogue, provision
+from services.common.settings import REPO_ROOT, Settings
 from tests.peer_kit import (
     ORG,
     OTHER_PERSON,
@@ -39,6 +37,7 @@ from tests.peer_kit import (
     ConsentKit,
     FakeCreditCheck,
     PeerPki,
+    audit_node_settings,
     credit_check_binding,
     make_consent_kit,
     make_pki,
@@ -79,15 +78,7 @@ class Node:
 async def node(
     kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Node]:
-    settings = load_settings(
-        {
-            "CREDITLINK_CITY": "suzhou",
-            "KAFKA_BOOTSTRAP": kafka_bootstrap,
-            "CREDITLINK_TOPIC_PREFIX": f"t{uuid.uuid4().hex[:10]}.",
-        }
-    )
-    audit_only = [spec for spec in load_catalogue() if spec.name == AUDIT_TOPIC]
-    await provision(kafka_bootstrap, audit_only, prefix=settings.topic_prefix)
+    settings = await audit_node_settings(kafka_bootstrap)
     pki = make_pki(tmp_path_factory.mktemp("pki"))
     consent = make_consent_kit()
     security = make_security(consent.keyring)
