@@ -37,7 +37,6 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from bench.harness import BenchContext, Comparison, benchmark, percentile
 from creditlink.peer.v1 import alert_exchange_pb2, alert_exchange_pb2_grpc
 from deploy.broker import free_port
-from services.alerts.testing import org_key, penalty_record
 from services.alerts.topics import topic_partitions
 from services.common.avro import AvroSerde
 from services.common.certs import issue_dev_certificates
@@ -45,6 +44,7 @@ from services.common.grpc_server import TlsFiles, secure_channel
 from services.common.kafka import EventPublisher, make_producer
 from services.common.settings import REPO_ROOT, Settings, load_settings
 from services.common.topics import load_catalogue, provision
+from tests.kit.alerts import org_key, penalty_record
 
 RATE = 1_000  # records per second
 ALERT_EVERY = 20  # one record in 20 raises an alert for Suzhou

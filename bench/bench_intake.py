@@ -37,7 +37,7 @@ from services.intake.events import RECORD_ACCEPTED, RECORDS_TOPIC
 from services.intake.importer import default_workers, import_files
 from services.intake.node import intake_node
 from services.intake.prepare import Preparation, PreparedRecord, prepare_chunk, split_file
-from services.intake.samples import licensing_row, penalty_row, render_csv
+from tests.kit.intake_samples import licensing_row, penalty_row, render_csv
 
 BASELINE_TOPIC = "bench.raw-records.v1"
 

@@ -54,8 +54,8 @@ from services.common.policy import load_policy
 from services.common.region import load_region
 from services.common.settings import REPO_ROOT, load_settings
 from services.common.topics import load_catalogue, provision
-from services.lists.harness import ListsRegion, free_port
-from services.lists.testing import list_decision, organisation_key
+from tests.kit.lists import list_decision, organisation_key
+from tests.kit.lists_region import ListsRegion, free_port
 
 CALLERS = 16
 BATCH = 500

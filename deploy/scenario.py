@@ -43,13 +43,13 @@ from services.common.avro import AvroSerde
 from services.common.consent import ConsentIssuer, load_private_key
 from services.common.grpc_server import TlsFiles, secure_channel
 from services.common.identifiers import org_code_check_char, uscc_check_char
-from services.common.identifiers_testing import make_resident_id
 from services.common.pseudonym import load_region_key, pseudonym
 from services.common.region import Region
 from services.common.settings import REPO_ROOT, load_settings
 from services.common.workdays import add_working_days
 from services.intake.node import china_today
 from services.intake.queries import query_quality
+from tests.kit.identifiers import make_resident_id
 
 T = TypeVar("T")
 SCORES_CONFIG = REPO_ROOT / "deploy" / "config" / "score-incentives.yaml"

@@ -24,7 +24,7 @@ from services.intake.prepare import (
     split_file,
     warm_worker,
 )
-from services.intake.samples import penalty_row, render_csv
+from tests.kit.intake_samples import penalty_row, render_csv
 
 
 class PreparerPool:

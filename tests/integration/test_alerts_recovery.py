@@ -19,7 +19,6 @@ from deploy.broker import free_port
 from services.alerts.config import parse_rules
 from services.alerts.model import STATUS_SCHEMA, STATUS_TOPIC, Status, StatusChange, now_ms
 from services.alerts.node import AlertsNode, NodeOptions
-from services.alerts.testing import org_key, penalty_record
 from services.common.avro import AvroSerde
 from services.common.grpc_server import PeerSecurity
 from services.common.kafka import EventPublisher, make_consumer, make_producer
@@ -27,6 +26,7 @@ from services.common.policy import load_policy
 from services.common.region import Region, load_region
 from services.common.settings import REPO_ROOT, Settings, load_settings
 from services.common.topics import load_catalogue, provision
+from tests.kit.alerts import org_key, penalty_record
 from tests.peer_kit import make_consent_kit, make_pki
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(120)]

@@ -28,7 +28,6 @@ from deploy.broker import free_port
 from services.alerts.config import RetryPolicy, Webhook, parse_rules
 from services.alerts.model import Domain, Severity
 from services.alerts.node import AlertsNode, NodeOptions
-from services.alerts.testing import org_key, penalty_record
 from services.alerts.webhooks import IDEMPOTENCY_HEADER, verify
 from services.common.avro import AvroSerde
 from services.common.grpc_server import PeerSecurity, TlsFiles, secure_channel
@@ -37,6 +36,7 @@ from services.common.policy import load_policy
 from services.common.region import Region, load_region
 from services.common.settings import REPO_ROOT, Settings, load_settings
 from services.common.topics import load_catalogue, provision
+from tests.kit.alerts import org_key, penalty_record
 from tests.peer_kit import PeerPki, make_consent_kit, make_pki
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(180)]

@@ -31,8 +31,8 @@ from services.common.kafka import make_consumer
 from services.common.settings import REPO_ROOT, Settings
 from services.intake.events import RECORDS_TOPIC, REJECTED_TOPIC
 from services.intake.ledger_sync import partition_counts
-from services.intake.samples import penalty_row, render_csv
 from tests.integration.test_intake_import import read_topic
+from tests.kit.intake_samples import penalty_row, render_csv
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow, pytest.mark.timeout(600)]
 

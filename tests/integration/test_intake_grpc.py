@@ -26,9 +26,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from creditlink.peer.v1 import common_pb2, record_intake_pb2, record_intake_pb2_grpc
-from services.common.identifiers_testing import make_pilot_uscc, make_resident_id, make_uscc
 from services.common.settings import REPO_ROOT, Settings, load_settings
-from services.intake.samples import DEPARTMENTS
+from tests.kit.identifiers import make_pilot_uscc, make_resident_id, make_uscc
+from tests.kit.intake_samples import DEPARTMENTS
 from tests.peer_kit import PeerPki, make_pki
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(180)]

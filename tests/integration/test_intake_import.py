@@ -22,7 +22,6 @@ from prometheus_client import REGISTRY
 
 from deploy.broker import Broker
 from services.common.avro import AvroSerde
-from services.common.identifiers_testing import make_resident_id
 from services.common.kafka import make_consumer
 from services.common.pseudonym import DEV_REGION_KEY
 from services.common.settings import Settings
@@ -31,7 +30,8 @@ from services.intake.importer import ImportSummary, import_files
 from services.intake.ledger_sync import partition_counts
 from services.intake.node import intake_node
 from services.intake.queries import query_quality
-from services.intake.samples import (
+from tests.kit.identifiers import make_resident_id
+from tests.kit.intake_samples import (
     DEPARTMENTS,
     licensing_row,
     penalty_row,

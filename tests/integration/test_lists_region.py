@@ -36,13 +36,13 @@ from services.common.grpc_server import (
     secure_channel,
     start_peer_server,
 )
-from services.common.identifiers_testing import make_uscc
 from services.common.policy import load_policy
 from services.common.settings import REPO_ROOT
 from services.lists.convert import change_to_proto
-from services.lists.harness import CityNode, ListsRegion, TcpProxy, eventually, free_port
 from services.lists.model import ChangeAction, EntryStatus, ListChange, RemovalReason
-from services.lists.testing import SUZHOU, WUXI, list_decision, organisation_key
+from tests.kit.identifiers import make_uscc
+from tests.kit.lists import SUZHOU, WUXI, list_decision, organisation_key
+from tests.kit.lists_region import CityNode, ListsRegion, TcpProxy, eventually, free_port
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(240)]
 

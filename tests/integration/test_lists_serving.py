@@ -24,8 +24,8 @@ import pytest
 from creditlink.peer.v1 import credit_check_pb2, list_sync_pb2, list_sync_pb2_grpc
 from services.common.audit import AUDIT_TOPIC, AuditMessage, verify_chain
 from services.common.grpc_server import secure_channel
-from services.lists.harness import ListsRegion, eventually
-from services.lists.testing import SUZHOU, list_decision, organisation_key
+from tests.kit.lists import SUZHOU, list_decision, organisation_key
+from tests.kit.lists_region import ListsRegion, eventually
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(240)]
 

@@ -32,7 +32,6 @@ from services.common.avro import AvroSerde
 from services.common.certs import issue_dev_certificates
 from services.common.consent import ConsentIssuer, load_private_key
 from services.common.grpc_server import PeerSecurity, TlsFiles, secure_channel
-from services.common.identifiers_testing import make_resident_id
 from services.common.kafka import make_consumer
 from services.common.region import load_region
 from services.common.settings import REPO_ROOT, Settings, load_settings
@@ -42,6 +41,7 @@ from services.scores.importer import ScoreUpdate, publish_scores
 from services.scores.linking import link_score
 from services.scores.node import RECOGNITIONS_TOPIC, SCALES_TOPIC, ScoresNode
 from services.scores.scales import RefreshPolicy
+from tests.kit.identifiers import make_resident_id
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(180)]
 

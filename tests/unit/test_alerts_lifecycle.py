@@ -15,8 +15,8 @@ import yaml
 from services.alerts.book import AlertNotFound, StatusConflict
 from services.alerts.config import parse_rules
 from services.alerts.model import Alert, Status
-from services.alerts.testing import OfflineNode, offline_node, org_key, penalty_record
 from services.common.settings import REPO_ROOT
+from tests.kit.alerts import OfflineNode, offline_node, org_key, penalty_record
 
 SZ, CZ = "320500", "320400"
 SUZHOU_CO = org_key("91", "320506", "MA1W8XY4")

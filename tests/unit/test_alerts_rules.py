@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from services.alerts.model import Alert, Domain, Severity
-from services.alerts.testing import (
+from tests.kit.alerts import (
     OfflineNode,
     black_entry,
     debtor_record,

@@ -18,7 +18,6 @@ import pytest
 
 from services.alerts.config import RetryPolicy, Webhook
 from services.alerts.model import Domain, Severity, Status, StatusChange, now_ms
-from services.alerts.testing import OfflineNode, offline_node, org_key, penalty_record
 from services.alerts.webhooks import (
     IDEMPOTENCY_HEADER,
     WebhookDispatcher,
@@ -26,6 +25,7 @@ from services.alerts.webhooks import (
     verify,
 )
 from services.common.settings import REPO_ROOT
+from tests.kit.alerts import OfflineNode, offline_node, org_key, penalty_record
 
 SZ, CZ = "320500", "320400"
 SUZHOU_CO = org_key("91", "320506", "MA1W8XY4")

@@ -27,7 +27,7 @@ from services.common.identifiers import (
     resident_id_check_char,
     uscc_check_char,
 )
-from services.common.identifiers_testing import make_pilot_uscc, make_resident_id, make_uscc
+from tests.kit.identifiers import make_pilot_uscc, make_resident_id, make_uscc
 
 # --- independent reference implementations ---------------------------------------------
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from services.common.identifiers_testing import make_resident_id
 from services.intake import files
-from services.intake.samples import DEPARTMENTS, penalty_row, render_csv, render_jsonl
+from tests.kit.identifiers import make_resident_id
+from tests.kit.intake_samples import DEPARTMENTS, penalty_row, render_csv, render_jsonl
 
 ROW = penalty_row(
     random.Random(1), decision_date=date(2025, 9, 26), department=DEPARTMENTS[0], serial=7

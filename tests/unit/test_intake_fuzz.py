@@ -19,13 +19,13 @@ from hypothesis import strategies as st
 
 from creditlink.peer.v1 import record_intake_pb2
 from services.common.avro import AvroSerde
-from services.common.identifiers_testing import make_resident_id
 from services.common.pseudonym import DEV_REGION_KEY, pseudonym
 from services.intake import files, grpc_codec
 from services.intake import validation as v
 from services.intake.events import SubmissionSource, credit_record, encode_credit_record
 from services.intake.prepare import chunk_rows, split_file
-from services.intake.samples import licensing_row, penalty_row
+from tests.kit.identifiers import make_resident_id
+from tests.kit.intake_samples import licensing_row, penalty_row
 
 SERDE = AvroSerde()
 CTX = v.ValidationContext(

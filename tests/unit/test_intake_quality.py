@@ -38,7 +38,7 @@ from services.intake.ledger import (
 )
 from services.intake.publicity import add_months, penalty_publicity
 from services.intake.quality import disclosure_quality, overdue_records
-from services.intake.samples import DEPARTMENTS, licensing_row, penalty_row
+from tests.kit.intake_samples import DEPARTMENTS, licensing_row, penalty_row
 
 CALENDAR = WorkdayCalendar()
 DEPARTMENT = DEPARTMENTS[0]

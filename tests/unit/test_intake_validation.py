@@ -11,13 +11,13 @@ from typing import Any
 import pytest
 
 from services.common.avro import AvroSerde
-from services.common.identifiers_testing import make_pilot_uscc, make_resident_id, make_uscc
 from services.common.pseudonym import DEV_REGION_KEY, pseudonym
 from services.intake import validation as v
 from services.intake.events import SubmissionSource, credit_record, encode_credit_record
 from services.intake.files import flat_to_submission
 from services.intake.record_encoding import default_encoding
-from services.intake.samples import DEPARTMENTS, licensing_row, penalty_row
+from tests.kit.identifiers import make_pilot_uscc, make_resident_id, make_uscc
+from tests.kit.intake_samples import DEPARTMENTS, licensing_row, penalty_row
 
 TODAY = date(2025, 10, 20)
 CTX = v.ValidationContext(

@@ -22,7 +22,7 @@ from services.lists.model import (
     china_today,
 )
 from services.lists.store import ListStore
-from services.lists.testing import (
+from tests.kit.lists import (
     CHANGZHOU,
     SUZHOU,
     WUXI,

@@ -26,7 +26,7 @@ from services.lists.model import (
     RemovalReason,
     entry_key_for,
 )
-from services.lists.testing import CHANGZHOU, SUZHOU, WUXI, list_decision, person_key
+from tests.kit.lists import CHANGZHOU, SUZHOU, WUXI, list_decision, person_key
 
 ORG = "L:91320500MA1W8XY409"
 NOW = datetime(2024, 7, 1, 2, 0, tzinfo=UTC)

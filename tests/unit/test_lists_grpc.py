@@ -39,7 +39,7 @@ from services.lists.measures import load_measures
 from services.lists.mirror import Backoff, PeerMirror
 from services.lists.store import ListStore
 from services.lists.sync_server import ListSyncServicer
-from services.lists.testing import (
+from tests.kit.lists import (
     SUZHOU,
     WUXI,
     Clock,

@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Final
 
 from services.common.identifiers import org_code_check_char, uscc_check_char
-from services.common.identifiers_testing import make_resident_id, make_uscc
 from services.intake.files import COLUMNS
+from tests.kit.identifiers import make_resident_id, make_uscc
 
 
 def government_uscc(division: str, body: str) -> str:
