@@ -12,7 +12,9 @@ value; ``\\x00`` separates key parts (no key part contains NUL):
 ``r\\0<record_id>``                 highest version of a CreditRecord applied
 ``p\\0<issuing city>``              mirror position per peer: last sequence, cursor, sync time
 ``o\\0<topic>\\0<partition>``        next Kafka offset reflected in this store, per partition
-``m\\0<name>``                      own sequence, cursor secret
+``d\\0<entry_key>``                 ``<version>\\0<status>`` of every entry: the digest index,
+                                   read at start without decoding an entry
+``m\\0<name>``                      own sequence, cursor secret, digest index present
 =================================  ==========================================================
 
 Everything one step changes (entries, indexes, change log, sequence, idempotency marks,
@@ -52,6 +54,13 @@ _META: Final = b"m\x00"
 _SEP: Final = b"\x00"
 _OWN_SEQUENCE: Final = _META + b"own-sequence"
 _SECRET: Final = _META + b"cursor-secret"
+_DIGEST: Final = b"d\x00"
+#: Set once every entry has its ``d`` line; a store written before has them built at start.
+_DIGEST_BUILT: Final = _META + b"digest-index"
+
+
+def _digest_line(entry: ListEntry) -> bytes:
+    return str(entry.version).encode() + _SEP + entry.status.value.encode()
 
 
 def _after(prefix: bytes) -> bytes:
@@ -138,8 +147,27 @@ class ListStore:
         self.generation = 0
         self._entry_cache: dict[str, ListEntry | None] = {}
         self._subject_cache: dict[str, tuple[str, ...]] = {}
+        self._load_digest_index(writable=not read_only and secondary is None)
+
+    def _load_digest_index(self, *, writable: bool) -> None:
+        """Read the digest index from its own lines: decoding every entry at start is what
+        made a large store slow to restart. A store without them has them built once."""
+        if self._db.get(_DIGEST_BUILT) is not None:
+            for key, value in self._scan(_DIGEST):
+                entry_key = key[len(_DIGEST) :].decode()
+                version, status = value.split(_SEP, 1)
+                self._digest_index.setdefault(entry_key.split("/", 1)[0], {})[entry_key] = (
+                    int(version),
+                    status.decode(),
+                )
+            return
+        write = WriteBatch(raw_mode=True)
         for entry in self.entries(""):
             self._index_for_digest(entry)
+            write.put(_DIGEST + entry.entry_key.encode(), _digest_line(entry))
+        if writable:
+            write.put(_DIGEST_BUILT, b"1")
+            self._db.write(write, self._write_options)
 
     def close(self) -> None:
         self._db.close()
@@ -413,6 +441,7 @@ class StoreBatch:
         key = entry.entry_key.encode()
         self.puts[_ENTRY + key] = self._store._encode_entry(entry)
         self.puts[_SUBJECT + entry.subject_key.encode() + _SEP + key] = b""
+        self.puts[_DIGEST + key] = _digest_line(entry)
         if not entry.removed and (expiry := self._expiry_key(entry)) is not None:
             self.puts[expiry] = b""
         self.entries[entry.entry_key] = entry
@@ -421,6 +450,7 @@ class StoreBatch:
         key = entry.entry_key.encode()
         self.puts[_ENTRY + key] = None
         self.puts[_SUBJECT + entry.subject_key.encode() + _SEP + key] = None
+        self.puts[_DIGEST + key] = None
         if (expiry := self._expiry_key(entry)) is not None:
             self.puts[expiry] = None
         self.entries[entry.entry_key] = None

@@ -9,6 +9,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from rocksdict import Options, Rdict
 
 from services.common.avro import AvroSerde
 from services.common.list_digest import bucket_digests
@@ -68,6 +69,10 @@ class Node:
         )
         self.store = ListStore(directory, SERDE, own_city=self.city)
         self.book = self._book()
+
+    def index_lines(self) -> list[tuple[str, int, str]]:
+        lines = self.store.digest_lines(SUZHOU, None)
+        return sorted((line.entry_key, line.version, line.status) for line in lines)
 
     def digest(self, issuer: str) -> list[object]:
         return list(bucket_digests(self.store.digest_lines(issuer, None), 64))
@@ -402,3 +407,34 @@ def test_china_day_agrees_with_china_today_across_midnights_and_back() -> None:
         assert day.of(now) == china_today(now), now
     naive = datetime(2024, 12, 31, 23, 59)
     assert day.of(naive) == china_today(naive)
+
+
+async def test_the_digest_index_survives_a_restart_and_is_built_for_an_older_store(
+    suzhou: Node,
+) -> None:
+    await suzhou.book.apply_records(designations(4))
+    removal = list_decision(
+        organisation_key(1),
+        action="REMOVE",
+        removal_reason="REVOKED",
+        decision_number="苏市监撤〔2024〕1号",
+        designation="苏市监信〔2024〕1号",
+    )
+    await suzhou.book.apply_records([incoming(removal, offset=9)])
+    before = suzhou.digest(SUZHOU)
+    lines = suzhou.index_lines()
+    assert {status for _, _, status in lines} == {"ACTIVE", "REMOVED"}
+    suzhou.restart()
+    assert suzhou.index_lines() == lines
+    assert suzhou.digest(SUZHOU) == before
+    # A store written before the index had lines of its own: they are built at start.
+    suzhou.store.close()
+    raw = Rdict(str(suzhou.directory), Options(raw_mode=True))
+    stale = [k for k in raw.keys() if isinstance(k, bytes) and k[:2] == b"d\x00"]
+    for key in [*stale, b"m\x00digest-index"]:
+        del raw[key]
+    raw.close()
+    suzhou.store = ListStore(suzhou.directory, SERDE, own_city=SUZHOU)
+    assert suzhou.index_lines() == lines
+    suzhou.restart()
+    assert suzhou.index_lines() == lines
