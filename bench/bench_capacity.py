@@ -92,10 +92,10 @@ async def lists_capacity(ctx: BenchContext) -> list[Comparison]:
         await channel.close()
     finally:
         await region.close()
-    rates = [step.rate for step in ours]
 
     async def hop(rate: float) -> list[float]:
         return await kafka_hop(ctx.kafka_bootstrap, rate=rate, seconds=seconds)
 
-    hops = await step_rates(hop, rates, stop_after_miss=False)
+    # The hop at every rate, so that its capacity is read from the same steps as ours could be.
+    hops = await step_rates(hop, RATES)
     return capacity_rows("lists propagation", ours, hops, goal=LISTS_GOAL)
