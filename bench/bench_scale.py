@@ -20,18 +20,17 @@ import json
 import os
 import random
 import resource
+import shutil
 import sys
 import time
 from pathlib import Path
-
-from rocksdict import Options, Rdict
 
 from bench.harness import BenchContext, Comparison, benchmark, percentile
 from services.common.avro import AvroSerde
 from services.common.settings import REPO_ROOT
 from services.lists.store import ListStore
 from tests.kit.lists import SUZHOU, organisation_key
-from tests.kit.lists_seed import seed_entries
+from tests.kit.lists_seed import drop_index_lines, seed_entries
 
 SMALL = 10_000
 ROUNDS = 3
@@ -45,15 +44,8 @@ def _entries(ctx: BenchContext) -> int:
 
 def _without_index_lines(source: Path, target: Path) -> None:
     """A copy of the store as one written before the index had lines of its own."""
-    src = Rdict(str(source), Options(raw_mode=True))
-    dst_options = Options(raw_mode=True)
-    dst_options.create_if_missing(True)
-    dst = Rdict(str(target), dst_options)
-    for key, value in src.items():
-        if isinstance(key, bytes) and not key.startswith((b"d\x00", b"m\x00digest-index")):
-            dst[key] = value
-    src.close()
-    dst.close()
+    shutil.copytree(source, target)
+    drop_index_lines(target)
 
 
 async def _open_in_process(path: Path, *, keep: bool = True) -> tuple[float, float]:

@@ -10,6 +10,9 @@ holds, so this writes entries straight through :class:`~services.lists.store.Sto
 from __future__ import annotations
 
 from datetime import UTC, date, datetime
+from pathlib import Path
+
+from rocksdict import Options, Rdict
 
 from services.lists.model import (
     EntryStatus,
@@ -18,7 +21,7 @@ from services.lists.model import (
     SubjectType,
     entry_key_for,
 )
-from services.lists.store import ListStore
+from services.lists.store import _DIGEST, _DIGEST_BUILT, ListStore
 from tests.kit.lists import organisation_key
 
 CHUNK = 5_000
@@ -57,3 +60,18 @@ def seed_entries(store: ListStore, *, count: int, issuing_city: str, start: int 
         for n in range(first, min(first + CHUNK, start + count)):
             batch.put_entry(seeded_entry(n, issuing_city))
         store.commit(batch)
+
+
+def drop_index_lines(path: Path) -> None:
+    """Make a closed store look like one written before the digest index had lines of its
+    own (its next open builds them by decoding every entry)."""
+    raw = Rdict(str(path), Options(raw_mode=True))
+    stale = []
+    iterator = raw.iter()
+    iterator.seek(_DIGEST)
+    while iterator.valid() and bytes(iterator.key()).startswith(_DIGEST):
+        stale.append(bytes(iterator.key()))
+        iterator.next()
+    for key in [*stale, _DIGEST_BUILT]:
+        del raw[key]
+    raw.close()

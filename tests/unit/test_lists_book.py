@@ -9,7 +9,6 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from rocksdict import Options, Rdict
 
 from services.common.avro import AvroSerde
 from services.common.list_digest import bucket_digests
@@ -34,6 +33,7 @@ from tests.kit.lists import (
     list_decision,
     organisation_key,
 )
+from tests.kit.lists_seed import drop_index_lines
 
 SERDE = AvroSerde()
 
@@ -429,11 +429,7 @@ async def test_the_digest_index_survives_a_restart_and_is_built_for_an_older_sto
     assert suzhou.digest(SUZHOU) == before
     # A store written before the index had lines of its own: they are built at start.
     suzhou.store.close()
-    raw = Rdict(str(suzhou.directory), Options(raw_mode=True))
-    stale = [k for k in raw.keys() if isinstance(k, bytes) and k[:2] == b"d\x00"]
-    for key in [*stale, b"m\x00digest-index"]:
-        del raw[key]
-    raw.close()
+    drop_index_lines(suzhou.directory)
     suzhou.store = ListStore(suzhou.directory, SERDE, own_city=SUZHOU)
     assert suzhou.index_lines() == lines
     suzhou.restart()
