@@ -38,5 +38,5 @@ def test_rows_put_each_step_next_to_the_hop_at_the_same_rate() -> None:
     rows = capacity_rows("x", ours, hop, goal=2000)
     assert [round(r.ours) for r in rows[:4]] == [100, 100, 200, 200]
     assert [round(r.baseline) for r in rows[:4]] == [10, 10, 20, 20]
-    assert rows[-2].ours == 500 and rows[-2].baseline == 500
+    assert (rows[-2].ours, rows[-2].baseline) == (500, 500)
     assert rows[-1].verdict == "BELOW"
