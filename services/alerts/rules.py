@@ -1,4 +1,4 @@
-"""The supervision rules (DESIGN §4 "Supervision alerts"), as plain logic over per-subject state.
+"""The supervision rules (docs/design.md §4.7), as plain logic over per-subject state.
 
 Nothing here touches Kafka, RocksDB or the network: the engine (``engine.py``) folds each
 event into a :class:`SubjectState`, asks the :class:`RuleSet` what to raise, and persists

@@ -1,6 +1,6 @@
 """Consent tokens: a natural person's permission for one city to see their data.
 
-DESIGN §3: personal data of a natural person crosses a border only with the subject's consent
+docs/design.md §5.3: data of a natural person crosses a border only with the subject's consent
 token. The subject grants consent in their home city (the city holding their records); the
 home city's consent service signs a token that names the subject (by pseudonym), the city
 allowed to ask (the audience), and an expiry. The requesting city presents it with each call.

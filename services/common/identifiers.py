@@ -26,7 +26,7 @@ Positions 1–2 are checked against the alphabet only. The registration-authorit
 tables of GB 32100 have grown since 2015 (new authorities were added by later notices), and a
 stale copy of them would drop legal codes; the check character protects those positions.
 
-**Pilot-code tolerance** (DESIGN §4: "some early pilot codes are legal but fail the check:
+**Pilot-code tolerance** (docs/design.md §4.1: "some early pilot codes are legal but fail the check:
 flag, don't drop"). With ``allow_pilot=True`` (the default) a code is *tolerated* — returned
 with ``valid=True``, ``pilot_tolerated=True`` and the single issue ``uscc.pilot_check_digit``
 — exactly when all of these hold:

@@ -1,4 +1,4 @@
-"""Kafka producer and consumer factories shared by every service (DESIGN §2 *Delivery*).
+"""Kafka producer and consumer factories shared by every service (docs/design.md §2.4).
 
 Producers are idempotent with ``acks=all`` so a retried send never duplicates an event on
 the broker; consumers never auto-commit: a service commits only after it has applied what it
@@ -26,7 +26,7 @@ from services.common.cloudevents import (
 from services.common.settings import Settings
 
 # Larger batches amortise Python's per-message cost, which bounds throughput on a small
-# machine far more than the broker does (shared/notes/measured-baselines.md).
+# machine far more than the broker does (``python -m bench foundation``).
 PRODUCER_LINGER_MS = 5
 PRODUCER_MAX_BATCH_BYTES = 256 * 1024
 

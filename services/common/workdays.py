@@ -55,7 +55,7 @@ __all__ = [
     "working_days_between",
 ]
 
-# 双公示 (DESIGN §4): administrative licensing and penalty decisions are disclosed within
+# 双公示 (docs/design.md §4.2): administrative licensing and penalty decisions are disclosed within
 # 7 working days of the decision date.
 DISCLOSURE_WORKING_DAYS = 7
 

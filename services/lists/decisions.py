@@ -3,7 +3,7 @@
 Pure functions over plain values: no broker, no store, no clock of their own. The single
 writer (``book.py``) asks them, then numbers and publishes what they decide.
 
-Rules (DESIGN §4 *Lists*; the CreditRecord schema's ``ListDecisionDetails``):
+Rules (docs/design.md §4.4; the CreditRecord schema's ``ListDecisionDetails``):
 
 * Only the issuing city changes or removes its entries. A record of this node that names an
   entry another city issued is refused (``not-issuing-city``); so is a peer's change to an

@@ -1,4 +1,4 @@
-"""Mutual recognition of city personal credit scores (DESIGN §1 ``scores``, §4 *Scores*).
+"""Mutual recognition of city personal credit scores (docs/design.md §1.2, §4.6).
 
 See docs/score-linking.md. Pure logic lives in ``linking``, ``scales``, ``recognition`` and
 ``importer``; ``stream`` (faust), ``servicer`` (gRPC) and ``node`` are the wiring.

@@ -1,4 +1,4 @@
-"""Equipercentile linking of credit scores between city scales (DESIGN §4 *Scores*).
+"""Equipercentile linking of credit scores between city scales (docs/design.md §4.6).
 
 A city publishes the distribution of its residents' scores as a quantile function: points
 ``(p, score)`` with ``p`` from 0 to 1, strictly increasing in ``p`` and non-decreasing in
