@@ -40,8 +40,8 @@ from deploy.broker import free_port
 from services.alerts.topics import topic_partitions
 from services.common.avro import AvroSerde
 from services.common.certs import issue_dev_certificates
-from services.common.grpc_server import TlsFiles, secure_channel
 from services.common.kafka import EventPublisher, make_producer
+from services.common.peer import TlsFiles, secure_channel
 from services.common.settings import REPO_ROOT, Settings, load_settings
 from services.common.topics import load_catalogue, provision
 from tests.kit.alerts import org_key, penalty_record

@@ -13,7 +13,7 @@ given two cores is set up; ``services/lists/serving.py``).
   a connection of its own, versus a trivial grpc.aio unary echo (one process, the same mTLS
   certificates, same payload size, called the same way). A second row compares with an
   empty CheckSubject behind the same security kit (authorization and the audit chain,
-  ``services/common/grpc_server.py``), served from two processes too, which splits the kit's
+  ``services/common/peer/server.py``), served from two processes too, which splits the kit's
   cost from the lists service's own.
 - **CheckSubjects**: subjects/s in batches of 500, versus the unary CheckSubject QPS.
 
@@ -42,14 +42,14 @@ from creditlink.peer.v1 import credit_check_pb2, credit_check_pb2_grpc
 from services.common.audit import AUDIT_TOPIC
 from services.common.audit_relay import AuditRelay
 from services.common.consent import ConsentKeyring
-from services.common.grpc_server import (
+from services.common.kafka import make_consumer, make_producer
+from services.common.peer import (
     PeerSecurity,
     ServiceBinding,
     TlsFiles,
     secure_channel,
     start_peer_server,
 )
-from services.common.kafka import make_consumer, make_producer
 from services.common.policy import load_policy
 from services.common.region import load_region
 from services.common.settings import REPO_ROOT, load_settings

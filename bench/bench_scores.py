@@ -24,7 +24,7 @@ from creditlink.peer.v1 import score_recognition_pb2 as pb
 from creditlink.peer.v1 import score_recognition_pb2_grpc as pb_grpc
 from services.common.certs import issue_dev_certificates
 from services.common.consent import ConsentIssuer, load_private_key
-from services.common.grpc_server import PeerSecurity, TlsFiles, secure_channel
+from services.common.peer import PeerSecurity, TlsFiles, secure_channel
 from services.common.region import load_region
 from services.common.settings import REPO_ROOT, load_settings
 from services.common.topics import load_catalogue, provision

@@ -213,7 +213,7 @@ def records_import(
 
 
 def _channel(caller: str, city: str, service: str) -> Any:
-    from services.common.grpc_server import TlsFiles, secure_channel
+    from services.common.peer import TlsFiles, secure_channel
 
     target = _region().city(city).endpoint(service)
     return secure_channel(target, TlsFiles.for_city(caller, supervisor.CERT_DIR))

@@ -41,8 +41,8 @@ from creditlink.peer.v1 import (
 from deploy.region import CERT_DIR
 from services.common.avro import AvroSerde
 from services.common.consent import ConsentIssuer, load_private_key
-from services.common.grpc_server import TlsFiles, secure_channel
 from services.common.identifiers import org_code_check_char, uscc_check_char
+from services.common.peer import TlsFiles, secure_channel
 from services.common.pseudonym import load_region_key, pseudonym
 from services.common.region import Region
 from services.common.settings import REPO_ROOT, load_settings

@@ -26,18 +26,18 @@ from creditlink.peer.v1 import (
 from services.common.audit import AUDIT_TOPIC
 from services.common.certs import CertifiedKey, issue_city_certificate, new_ca
 from services.common.consent import ConsentIssuer, ConsentKeyring
-from services.common.grpc_server import (
-    Denied,
-    PeerSecurity,
-    ServiceBinding,
-    TlsFiles,
-    current_call,
-)
 from services.common.list_digest import (
     DigestLine,
     bucket_count_or_default,
     bucket_digests,
     bucket_of,
+)
+from services.common.peer import (
+    Denied,
+    PeerSecurity,
+    ServiceBinding,
+    TlsFiles,
+    current_call,
 )
 from services.common.policy import parse_policy
 from services.common.region import Region, load_region

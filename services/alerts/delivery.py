@@ -23,7 +23,7 @@ from creditlink.peer.v1 import alert_exchange_pb2, alert_exchange_pb2_grpc
 from services.alerts.config import RetryPolicy
 from services.alerts.model import Alert, now_ms, to_ms
 from services.alerts.store import AlertStore
-from services.common.grpc_server import TlsFiles, secure_channel
+from services.common.peer import TlsFiles, secure_channel
 from services.common.region import Region
 
 if TYPE_CHECKING:

@@ -40,14 +40,14 @@ from services.alerts.webhooks import WebhookDispatcher
 from services.common.audit import AuditChainWriter
 from services.common.avro import AvroSerde
 from services.common.cloudevents import source_for
-from services.common.grpc_server import (
+from services.common.kafka import make_producer
+from services.common.peer import (
     PeerSecurity,
     PeerServer,
     ServiceBinding,
     TlsFiles,
     start_peer_server,
 )
-from services.common.kafka import make_producer
 from services.common.region import Region
 from services.common.settings import Settings
 

@@ -30,7 +30,7 @@ from services.alerts.delivery import PeerClients
 from services.alerts.engine import RuleEngine
 from services.alerts.model import REGULATOR_STATUSES, Alert, Domain, Severity, Status, StatusChange
 from services.alerts.store import AlertStore
-from services.common.grpc_server import DENIAL_TRAILER, Denied, PeerSecurity, current_call
+from services.common.peer import DENIAL_TRAILER, Denied, PeerSecurity, current_call
 from services.common.pseudonym import is_valid_subject_key
 
 MAX_DELIVER: Final = 500

@@ -18,7 +18,7 @@ stay valid for at least :data:`RENEW_BEFORE` are kept; anything else is (re)issu
 reissues every city certificate.
 
 In production each city's certificate comes from the region's PKI; the server code only
-needs the three PEM paths (see ``grpc_server.TlsFiles``).
+needs the three PEM paths (see ``services.common.peer.TlsFiles``).
 """
 
 from __future__ import annotations

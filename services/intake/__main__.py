@@ -26,8 +26,8 @@ from rich.table import Table
 
 from services.common.avro import AvroSerde
 from services.common.certs import DEFAULT_OUT
-from services.common.grpc_server import PeerSecurity, TlsFiles
 from services.common.logging import configure_logging
+from services.common.peer import PeerSecurity, TlsFiles
 from services.common.pseudonym import PseudonymKeyError
 from services.common.region import load_region
 from services.common.settings import Settings, SettingsError, load_settings

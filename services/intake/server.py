@@ -3,7 +3,7 @@
 The servicer adapts calls to the pipeline and nothing else: requests become submissions,
 outcomes become ``RecordResult`` messages. mTLS, the authorization policy (only the city's
 own departments), health, reflection and graceful shutdown come from
-:mod:`services.common.grpc_server`.
+:mod:`services.common.peer`.
 
 One writer, one producer, one transaction at a time: calls are served concurrently, but their
 batches go through the pipeline one after another (a stream is cut into micro-batches so
@@ -27,14 +27,14 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from creditlink.peer.v1 import record_intake_pb2, record_intake_pb2_grpc
-from services.common.grpc_server import (
+from services.common.logging import get_logger
+from services.common.observability import OpsServer
+from services.common.peer import (
     PeerSecurity,
     ServiceBinding,
     TlsFiles,
     start_peer_server,
 )
-from services.common.logging import get_logger
-from services.common.observability import OpsServer
 from services.common.workdays import CalendarNotCovered
 from services.intake import grpc_codec
 from services.intake.events import SubmissionSource

@@ -1,7 +1,7 @@
 """``CreditCheckService``: region-wide memberships of a subject and the measures of a scenario.
 
 Answers come from this node's store (own and mirrored entries), so a check never waits on a
-peer. The peer-call guard (``services/common/grpc_server.py``) has already checked the
+peer. The peer-call guard (``services/common/peer/server.py``) has already checked the
 caller, the policy, and — for ``CheckSubject`` about a natural person — the consent token;
 ``CheckSubjects`` checks each subject here and reports a refusal in that subject's result
 only.
@@ -16,7 +16,7 @@ from typing import Final
 import grpc
 
 from creditlink.peer.v1 import common_pb2, credit_check_pb2, credit_check_pb2_grpc
-from services.common.grpc_server import Denied, PeerSecurity, current_call
+from services.common.peer import Denied, PeerSecurity, current_call
 from services.common.pseudonym import is_valid_subject_key
 from services.common.region import City
 from services.lists.book import BookView

@@ -28,9 +28,9 @@ import grpc
 import structlog
 
 from creditlink.peer.v1 import list_sync_pb2, list_sync_pb2_grpc
-from services.common.grpc_server import PURPOSE_METADATA
 from services.common.list_digest import bucket_digests, bucket_of
 from services.common.observability import REPLICATION_LAG
+from services.common.peer import PURPOSE_METADATA
 from services.common.region import City
 from services.lists.book import ListBook, RepairReport
 from services.lists.convert import ContractError, change_from_proto, entry_from_proto

@@ -25,14 +25,14 @@ import structlog
 from services.common.audit import AuditChainWriter
 from services.common.audit_relay import AuditRelay
 from services.common.avro import AvroSerde
-from services.common.grpc_server import (
+from services.common.kafka import make_producer
+from services.common.peer import (
     PeerSecurity,
     PeerServer,
     TlsFiles,
     secure_channel,
     start_peer_server,
 )
-from services.common.kafka import make_producer
 from services.common.region import City, Region
 from services.common.settings import Settings
 from services.lists.book import ListBook

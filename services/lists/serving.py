@@ -46,9 +46,9 @@ from services.common.audit_relay import (
     start_helper,
 )
 from services.common.avro import AvroSerde
-from services.common.grpc_server import PeerSecurity, ServiceBinding, TlsFiles, start_peer_server
 from services.common.logging import configure_logging
 from services.common.observability import GRPC_LATENCY
+from services.common.peer import PeerSecurity, ServiceBinding, TlsFiles, start_peer_server
 from services.common.region import City, load_region
 from services.common.settings import Settings, load_settings
 from services.lists.book import BookView

@@ -6,7 +6,7 @@ from typing import NoReturn
 
 import grpc
 
-from services.common.grpc_server import DENIAL_TRAILER
+from services.common.peer import DENIAL_TRAILER
 
 
 async def abort(

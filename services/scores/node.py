@@ -39,15 +39,15 @@ from creditlink.peer.v1 import score_recognition_pb2 as pb
 from creditlink.peer.v1 import score_recognition_pb2_grpc as pb_grpc
 from services.common.audit import AuditChainWriter
 from services.common.avro import AvroSerde, SerdeError
-from services.common.grpc_server import (
+from services.common.kafka import EventPublisher, make_consumer, make_producer
+from services.common.logging import get_logger
+from services.common.peer import (
     PeerSecurity,
     PeerServer,
     TlsFiles,
     secure_channel,
     start_peer_server,
 )
-from services.common.kafka import EventPublisher, make_consumer, make_producer
-from services.common.logging import get_logger
 from services.common.region import Region, load_region
 from services.common.settings import Settings, load_settings
 from services.scores.config import ScoresConfig, ScoresOptions, load_scores_config

@@ -1,6 +1,6 @@
 """``ScoreRecognitionService``: the serving (home) city's scale and score recognition.
 
-The common bootstrap (``services.common.grpc_server``) has already, before a method runs:
+The common bootstrap (``services.common.peer``) has already, before a method runs:
 identified the calling city from its verified client certificate, applied the peer policy,
 and for ``RecognizeScore`` verified the consent token against the calling city and the
 subject (missing, malformed, expired, wrong city, wrong subject → PERMISSION_DENIED with a
@@ -23,8 +23,8 @@ import grpc
 from creditlink.peer.v1 import score_recognition_pb2 as pb
 from creditlink.peer.v1 import score_recognition_pb2_grpc as pb_grpc
 from services.common.consent import ConsentFailure
-from services.common.grpc_server import Denied, ServiceBinding, current_call
 from services.common.logging import get_logger
+from services.common.peer import Denied, ServiceBinding, current_call
 from services.common.pseudonym import is_valid_subject_key
 from services.scores.recognition import Recognition, recognize
 from services.scores.scales import ScaleCatalogue

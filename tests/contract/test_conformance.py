@@ -15,7 +15,7 @@ import pytest
 from contracts import conformance
 from contracts.conformance import CaseResult, Endpoint, run
 from creditlink.peer.v1 import common_pb2, list_sync_pb2
-from services.common.grpc_server import PeerSecurity, PeerServer, start_peer_server
+from services.common.peer import PeerSecurity, PeerServer, start_peer_server
 from services.common.policy import DEFAULT_POLICY_FILE, load_policy
 from services.common.settings import REPO_ROOT
 from tests.peer_kit import (

@@ -14,7 +14,7 @@ import pytest
 
 from contracts.codegen import CONTRACTS, buf_executable
 from creditlink.peer.v1 import common_pb2
-from services.common.grpc_server import PeerServer, start_peer_server
+from services.common.peer import PeerServer, start_peer_server
 from services.common.settings import REPO_ROOT
 from tests.peer_kit import (
     ORG,

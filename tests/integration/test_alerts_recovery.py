@@ -20,8 +20,8 @@ from services.alerts.config import parse_rules
 from services.alerts.model import STATUS_SCHEMA, STATUS_TOPIC, Status, StatusChange, now_ms
 from services.alerts.node import AlertsNode, NodeOptions
 from services.common.avro import AvroSerde
-from services.common.grpc_server import PeerSecurity
 from services.common.kafka import EventPublisher, make_consumer, make_producer
+from services.common.peer import PeerSecurity
 from services.common.policy import load_policy
 from services.common.region import Region, load_region
 from services.common.settings import REPO_ROOT, Settings, load_settings

@@ -30,8 +30,8 @@ from services.alerts.model import Domain, Severity
 from services.alerts.node import AlertsNode, NodeOptions
 from services.alerts.webhooks import IDEMPOTENCY_HEADER, verify
 from services.common.avro import AvroSerde
-from services.common.grpc_server import PeerSecurity, TlsFiles, secure_channel
 from services.common.kafka import EventPublisher, make_consumer, make_producer
+from services.common.peer import PeerSecurity, TlsFiles, secure_channel
 from services.common.policy import load_policy
 from services.common.region import Region, load_region
 from services.common.settings import REPO_ROOT, Settings, load_settings

@@ -26,7 +26,7 @@ from services.common.audit import (
 )
 from services.common.audit_relay import AuditRelay
 from services.common.avro import AvroSerde
-from services.common.grpc_server import secure_channel, start_peer_server
+from services.common.peer import secure_channel, start_peer_server
 from services.common.settings import Settings
 from tests.peer_kit import (
     ORG,

@@ -30,7 +30,7 @@ from creditlink.peer.v1 import (
 )
 from services.common.audit import AUDIT_TOPIC, AuditMessage, verify_chain
 from services.common.consent import ConsentKeyring
-from services.common.grpc_server import (
+from services.common.peer import (
     PeerSecurity,
     ServiceBinding,
     secure_channel,

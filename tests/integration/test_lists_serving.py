@@ -23,7 +23,7 @@ import pytest
 
 from creditlink.peer.v1 import credit_check_pb2, list_sync_pb2, list_sync_pb2_grpc
 from services.common.audit import AUDIT_TOPIC, AuditMessage, verify_chain
-from services.common.grpc_server import secure_channel
+from services.common.peer import secure_channel
 from tests.kit.lists import SUZHOU, list_decision, organisation_key
 from tests.kit.lists_region import ListsRegion, eventually
 

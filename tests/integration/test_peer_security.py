@@ -21,14 +21,14 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from creditlink.peer.v1 import common_pb2, credit_check_pb2, credit_check_pb2_grpc
 from services.common.audit import AuditChainWriter, read_audit_topic, verify_chain
 from services.common.avro import AvroSerde
-from services.common.grpc_server import (
+from services.common.kafka import make_producer
+from services.common.peer import (
     DENIAL_TRAILER,
     PeerServer,
     TlsFiles,
     secure_channel,
     start_peer_server,
 )
-from services.common.kafka import make_producer
 from services.common.settings import REPO_ROOT, Settings
 from tests.peer_kit import (
     ORG,

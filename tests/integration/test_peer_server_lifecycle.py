@@ -13,7 +13,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from creditlink.peer.v1 import common_pb2, credit_check_pb2, credit_check_pb2_grpc
-from services.common.grpc_server import secure_channel, start_peer_server
+from services.common.peer import secure_channel, start_peer_server
 from tests.peer_kit import (
     ORG,
     FakeCreditCheck,

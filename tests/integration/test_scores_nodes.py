@@ -31,8 +31,8 @@ from services.common.audit import read_audit_topic, verify_chain
 from services.common.avro import AvroSerde
 from services.common.certs import issue_dev_certificates
 from services.common.consent import ConsentIssuer, load_private_key
-from services.common.grpc_server import PeerSecurity, TlsFiles, secure_channel
 from services.common.kafka import make_consumer
+from services.common.peer import PeerSecurity, TlsFiles, secure_channel
 from services.common.region import load_region
 from services.common.settings import REPO_ROOT, Settings, load_settings
 from services.common.topics import load_catalogue, provision

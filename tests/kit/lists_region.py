@@ -38,8 +38,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from creditlink.peer.v1 import credit_check_pb2_grpc, list_sync_pb2, list_sync_pb2_grpc
 from services.common.avro import AvroSerde
 from services.common.certs import issue_dev_certificates
-from services.common.grpc_server import TlsFiles, secure_channel
 from services.common.kafka import EventPublisher, make_consumer, make_producer
+from services.common.peer import TlsFiles, secure_channel
 from services.common.region import load_region
 from services.common.settings import REPO_ROOT, Settings, load_settings
 from services.common.topics import load_catalogue, provision

@@ -22,7 +22,8 @@ from creditlink.peer.v1 import (
     list_sync_pb2_grpc,
 )
 from services.common.avro import AvroSerde
-from services.common.grpc_server import (
+from services.common.list_digest import bucket_digests
+from services.common.peer import (
     DENIAL_TRAILER,
     PeerSecurity,
     PeerServer,
@@ -30,7 +31,6 @@ from services.common.grpc_server import (
     secure_channel,
     start_peer_server,
 )
-from services.common.list_digest import bucket_digests
 from services.common.policy import load_policy
 from services.lists.book import ListBook
 from services.lists.check_server import CreditCheckServicer

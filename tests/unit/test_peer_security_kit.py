@@ -16,7 +16,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from creditlink.peer.v1 import credit_check_pb2, list_sync_pb2
-from services.common import grpc_server
 from services.common.audit import (
     GENESIS_HASH,
     SCHEMA,
@@ -30,6 +29,7 @@ from services.common.audit import (
 from services.common.avro import AvroSerde
 from services.common.certs import city_uri, issue_dev_certificates
 from services.common.consent import ConsentError, ConsentFailure, ConsentIssuer, ConsentKeyring
+from services.common.peer import server as grpc_server
 from services.common.policy import (
     DEFAULT_POLICY_FILE,
     PolicyError,

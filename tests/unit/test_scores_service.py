@@ -16,7 +16,7 @@ import pytest
 
 from creditlink.peer.v1 import score_recognition_pb2 as pb
 from creditlink.peer.v1 import score_recognition_pb2_grpc as pb_grpc
-from services.common.grpc_server import (
+from services.common.peer import (
     DENIAL_TRAILER,
     PeerSecurity,
     secure_channel,
