@@ -1,7 +1,7 @@
 """Supervision alerts and their status changes as typed values, with their three encodings.
 
 An :class:`Alert` mirrors the Avro ``SupervisionAlert`` event and the proto ``Alert`` field for
-field (DESIGN §3: "every message mirrors the Avro event of the same name"); a
+field (docs/design.md §3.2: "every message mirrors the Avro event of the same name"); a
 :class:`StatusChange` mirrors ``AlertStatusChange``. Each converts to and from the Avro dict
 (Kafka), the protobuf message (peer calls) and a JSON-safe dict (the local store).
 
@@ -71,7 +71,7 @@ _DOMAIN_TOPICS: Final = {
     Domain.ENVIRONMENT: "environment",
     Domain.LABOUR: "labour",
 }
-#: The cross-region linked-supervision domains (DESIGN §4).
+#: The cross-region linked-supervision domains (docs/design.md §4.7).
 LINKED_DOMAINS: Final = frozenset(_DOMAIN_TOPICS)
 ALERT_TOPICS: Final = tuple(sorted({d.topic for d in Domain}))
 

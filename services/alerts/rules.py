@@ -484,9 +484,9 @@ class Rule:
     ) -> list[AlertDraft]:
         """One draft, or none when no target is left.
 
-        Natural persons: DESIGN §3 lets personal data cross a border only with the subject's
-        consent, which a supervision alert does not have, so an alert about a person goes to
-        the regulators of the city that raised it only.
+        Natural persons: docs/design.md §4.8 lets personal data cross a border only with the
+        subject's consent, which a supervision alert does not have, so an alert about a person
+        goes to the regulators of the city that raised it only.
         """
         chosen = city_codes([t for t in targets if ctx.is_region_city(t)])
         if state.is_natural_person:

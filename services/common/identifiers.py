@@ -47,7 +47,7 @@ therefore flagged, not rejected. Consumers that must not accept flagged codes (a
 blacklist key, for instance) call with ``allow_pilot=False`` or look at ``pilot_tolerated``.
 
 Messages never echo more than a single character of the input, so a resident ID number —
-even one keyed into a USCC field by mistake — does not leak through them (DESIGN §3); and
+even one keyed into a USCC field by mistake — does not leak through them (docs/design.md §4.8); and
 :class:`IdentifierCheck` keeps ``normalized`` out of its ``repr``, so that logging a result
 by accident does not leak one either.
 """

@@ -1,6 +1,6 @@
 """structlog JSON logging: one event per line on stdout, resident ID numbers masked.
 
-Raw resident identity numbers (GB 11643) must never appear in a log line (DESIGN §3), so a
+Raw resident identity numbers (GB 11643) must never appear in a log line (docs/design.md §4.8), so a
 processor masks every 18-character ID-number-shaped token in every string value, including
 nested values and rendered exceptions, before rendering.
 """

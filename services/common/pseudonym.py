@@ -1,6 +1,6 @@
 """Pseudonyms of natural persons: the only form in which a person leaves the home city.
 
-DESIGN §3: personal data of natural persons crosses a border only as a pseudonym, the
+docs/design.md §4.8: personal data of natural persons crosses a border only as a pseudonym, the
 HMAC-SHA256 of the normalised resident ID number under the *region* key. Every city holds the
 same region key, so a person has the same subject key (``N:<pseudonym>``) in every city, and
 nobody without the key can go back from the pseudonym to the number or test a guessed number.

@@ -1,4 +1,4 @@
-"""Record intake: departments' credit records into the city node (DESIGN §1, issue 3).
+"""Record intake: departments' credit records into the city node (docs/design.md §1.2).
 
 Modules, logic first and wiring last: ``vocabulary``, ``validation``, ``publicity``,
 ``files``, ``grpc_codec``, ``ledger``, ``quality``, ``events`` are pure; ``publisher``,

@@ -1,6 +1,6 @@
 """The events intake publishes, as Avro-ready dicts, and their keys, ids and headers.
 
-Ids are deterministic so a redelivery is recognisable everywhere downstream (DESIGN §2:
+Ids are deterministic so a redelivery is recognisable everywhere downstream (docs/design.md §2.4:
 handlers are idempotent on ``ce_id``):
 
 * a credit record event's ``ce_id`` is ``<record_id>.v<version>``;

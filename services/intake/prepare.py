@@ -1,7 +1,7 @@
 """The CPU-bound half of a bulk import, run in worker processes.
 
 A 2-core node spends most of an import in Python: decoding, CSV, validation, the content
-hash and Avro encoding (``/work/shared/notes/measured-baselines.md``). Those steps need no
+hash and Avro encoding (``python -m bench intake``). Those steps need no
 shared state, so the importer cuts a file into chunks of whole records and lets worker
 processes *prepare* them: each valid row comes back already encoded as the first version of
 its record, each invalid row with its reasons and its rendered (masked) payload. Deciding

@@ -1,6 +1,6 @@
 """Publicity (公示) windows of accepted records.
 
-Penalty records (DESIGN §4; 《失信行为纠正后的信用信息修复管理办法（试行）》, NDRC Order
+Penalty records (docs/design.md §4.3; 《失信行为纠正后的信用信息修复管理办法（试行）》, NDRC Order
 2023 No. 58): a record of *general* dishonesty is public for at least 3 months and at most
 1 year, one of *serious* dishonesty for at least 1 year and at most 3 years, both counted from
 the decision date. Credit repair can take a record down from the end of the minimum period;

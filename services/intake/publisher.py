@@ -10,7 +10,7 @@ it. So after ``kill -9`` the next run finds on Kafka exactly the batches that co
 Events are appended to per-partition batches by hand (``create_batch``/``send_batch``),
 partitioned with the Java client's murmur2 partitioner, rather than one ``send()`` each:
 per-message overhead in Python, not the broker, bounds intake throughput
-(``/work/shared/notes/measured-baselines.md``).
+(``python -m bench intake``).
 """
 
 from __future__ import annotations

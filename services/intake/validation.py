@@ -7,7 +7,7 @@ every input — whatever its types — with a :class:`ValidRecord` or an :class:
 listing *every* problem found, each with the field's dotted path, a stable code and a
 readable message.
 
-Rules (DESIGN §4 and issue 3):
+Rules (docs/design.md §4.1–§4.3, docs/intake-file-format.md):
 
 * identifiers: the unified social credit code (GB 32100-2015 with its embedded GB 11714
   organisation code) and the resident ID number (GB 11643-1999) via

@@ -104,7 +104,7 @@ def _designated_entry(
         "issuing_department_name": str(record["department_name"]),
         "subject_key": str(subject["subject_key"]),
         "subject_type": subject_type,
-        # Natural persons' names never leave the home city (DESIGN §3), so never enter an entry.
+        # Names of natural persons never leave the home city (docs/design.md §4.8).
         "subject_name": (
             str(subject["name"]) if subject_type is SubjectType.ORGANISATION else None
         ),

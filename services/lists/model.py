@@ -21,7 +21,7 @@ ENTRY_SCHEMA: Final = "creditlink.v1.ListEntry"
 CHANGE_SCHEMA: Final = "creditlink.v1.ListChange"
 RECORD_SCHEMA: Final = "creditlink.v1.CreditRecord"
 
-#: Dates of list entries are China Standard Time calendar days (DESIGN §4, contracts).
+#: Dates of list entries are China Standard Time calendar days (docs/design.md §4.4, contracts).
 CHINA: Final = ZoneInfo("Asia/Shanghai")
 
 #: Entry attribute naming the version of the source record that made the entry's version,

@@ -5,7 +5,7 @@ SIGKILL once part of the file is on Kafka — typically with a transaction open 
 again to completion. Afterwards every valid record is on ``credit.records.v1`` exactly once
 by record id, and every rejection once on the rejected topic.
 
-Size: ``INTAKE_CRASH_RECORDS`` lines (default 100,000, the issue's case; ``make test`` runs it
+Size: ``INTAKE_CRASH_RECORDS`` lines (default 100,000, the large case; ``make test`` runs it
 in about a minute on a 2-core machine). Set it lower for a quick local run.
 """
 

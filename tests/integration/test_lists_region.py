@@ -1,5 +1,5 @@
 """Three city nodes of the lists service (Suzhou, Wuxi, Changzhou) as real processes on one
-broker, with per-city topic prefixes, over real gRPC with mutual TLS (issue 5, "Must be true").
+broker, with per-city topic prefixes, over real gRPC with mutual TLS (docs/list-sync.md).
 
 Changzhou reaches Suzhou through a TCP proxy the tests can cut, so "the replication stream is
 cut mid-way" is a real broken connection, not a simulated one. Every scenario ends by

@@ -1,4 +1,4 @@
-"""The security of peer calls over real sockets, real TLS and the real broker (DESIGN §3).
+"""The security of peer calls over real sockets, real TLS and the real broker (docs/design.md §5).
 
 Suzhou serves a CreditCheckService behind the common bootstrap (mTLS, policy, consent,
 audit). Callers present certificates from the tests' own CA: Wuxi, Changzhou, Jiashan, a

@@ -78,7 +78,7 @@ class _SeverityEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Severity.Val
     """Serious dishonesty (严重失信): public for at least 1 year and at most 3 years."""
 
 class Severity(_Severity, metaclass=_SeverityEnumTypeWrapper):
-    """Severity is the dishonesty grade that fixes the publicity period of a penalty (DESIGN §4)."""
+    """Severity is the dishonesty grade that fixes the publicity period of a penalty (docs/design.md §4.3)."""
 
 SEVERITY_UNSPECIFIED: Severity.ValueType  # 0
 """Not set; penalty records without it are rejected."""
