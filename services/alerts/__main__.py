@@ -16,7 +16,8 @@ import json
 import sys
 from collections.abc import Sequence
 
-from services.alerts.config import AlertsConfigError, load_rules, load_subscriptions
+from services.alerts.config import load_rules, load_subscriptions
+from services.alerts.model import AlertsConfigError
 from services.alerts.node import SERVICE, AlertsNode, NodeOptions
 from services.alerts.store import AlertStore
 from services.alerts.webhooks import dead_letters, format_dead_letter

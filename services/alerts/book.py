@@ -25,7 +25,7 @@ import structlog
 from aiokafka import AIOKafkaProducer
 from aiokafka.structs import RecordMetadata
 
-from services.alerts.config import SlaPolicy, Webhook
+from services.alerts.config import Webhook
 from services.alerts.model import (
     ALERT_ESCALATED_TYPE,
     ALERT_ID_NAMESPACE,
@@ -37,6 +37,7 @@ from services.alerts.model import (
     STATUS_SCHEMA,
     STATUS_TOPIC,
     Alert,
+    SlaPolicy,
     Status,
     StatusChange,
     now_ms,

@@ -25,7 +25,16 @@ from typing import Any, Final
 
 import yaml
 
-from services.alerts.model import Domain, Severity
+from services.alerts.model import (
+    AlertsConfigError,
+    Domain,
+    RetryPolicy,
+    RuleConfig,
+    RulesConfig,
+    Severity,
+    SlaPolicy,
+)
+from services.alerts.rules import RULE_TYPES
 from services.common.settings import REPO_ROOT
 
 DEFAULT_RULES_FILE: Final = REPO_ROOT / "deploy" / "config" / "alert-rules.yaml"
@@ -34,10 +43,6 @@ DEFAULT_TLS_DIR: Final = REPO_ROOT / "deploy" / "local" / "certs"
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNITS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
-
-
-class AlertsConfigError(ValueError):
-    """A configuration file is wrong; the message names the file and the entry."""
 
 
 def parse_duration(value: Any, where: str) -> timedelta:
@@ -57,57 +62,6 @@ def parse_duration(value: Any, where: str) -> timedelta:
 
 
 # --- rules ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class RuleConfig:
-    """One rule as configured. ``domain`` None means "from the evidence" (rule-specific)."""
-
-    id: str
-    severity: Severity
-    summary: str
-    explanation: str
-    domain: Domain | None = None
-    enabled: bool = True
-    parameters: Mapping[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class SlaPolicy:
-    """Deadlines per severity. An alert not acknowledged by ``raised_at + ack`` escalates,
-    then again ``ack`` after each escalation, up to ``max_level``."""
-
-    ack: Mapping[Severity, timedelta]
-    resolve: Mapping[Severity, timedelta | None]
-    max_level: int = 3
-    check_interval: timedelta = timedelta(seconds=30)
-
-
-@dataclass(frozen=True, slots=True)
-class RetryPolicy:
-    """Exponential backoff: ``initial``, doubled per attempt, capped at ``maximum``."""
-
-    initial: timedelta = timedelta(seconds=1)
-    maximum: timedelta = timedelta(minutes=5)
-
-    def delay(self, attempt: int, jitter: float = 0.0) -> float:
-        """Seconds to wait before retry number ``attempt`` (1-based); ``jitter`` in [0, 1)
-        spreads retries of many items by up to a quarter of the delay."""
-        base = min(
-            self.maximum.total_seconds(), self.initial.total_seconds() * 2.0 ** (attempt - 1)
-        )
-        return base * (1 + jitter / 4)
-
-
-@dataclass(frozen=True, slots=True)
-class RulesConfig:
-    rules: tuple[RuleConfig, ...]
-    sla: SlaPolicy
-    delivery: RetryPolicy = field(default_factory=RetryPolicy)
-    source: str = "<memory>"
-
-    def rule(self, rule_id: str) -> RuleConfig | None:
-        return next((r for r in self.rules if r.id == rule_id), None)
 
 
 def _mapping(value: Any, where: str) -> Mapping[str, Any]:
@@ -138,8 +92,6 @@ def template_fields(template: str) -> set[str]:
 
 def parse_rules(raw: Any, *, source: str) -> RulesConfig:
     """Parse and validate a rules document (see ``deploy/config/alert-rules.yaml``)."""
-    from services.alerts.rules import RULE_TYPES  # the catalogue of implemented rules
-
     doc = _mapping(raw, source)
     if doc.get("version") != 1:
         raise AlertsConfigError(f"{source}: expected 'version: 1'")

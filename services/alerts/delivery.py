@@ -20,8 +20,7 @@ import grpc
 import structlog
 
 from creditlink.peer.v1 import alert_exchange_pb2, alert_exchange_pb2_grpc
-from services.alerts.config import RetryPolicy
-from services.alerts.model import Alert, now_ms, to_ms
+from services.alerts.model import Alert, RetryPolicy, now_ms, to_ms
 from services.alerts.store import AlertStore
 from services.common.peer import TlsFiles, secure_channel
 from services.common.region import Region

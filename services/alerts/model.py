@@ -14,7 +14,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any, Final
 
@@ -445,3 +445,61 @@ def rfc3339(moment: datetime) -> str:
 def city_codes(values: Sequence[str]) -> tuple[str, ...]:
     """Distinct codes in first-seen order."""
     return tuple(dict.fromkeys(values))
+
+
+# --- configuration types (parsed by config.py, used by the rules) ---------------------------
+
+
+class AlertsConfigError(ValueError):
+    """A configuration file is wrong; the message names the file and the entry."""
+
+
+@dataclass(frozen=True, slots=True)
+class RuleConfig:
+    """One rule as configured. ``domain`` None means "from the evidence" (rule-specific)."""
+
+    id: str
+    severity: Severity
+    summary: str
+    explanation: str
+    domain: Domain | None = None
+    enabled: bool = True
+    parameters: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class SlaPolicy:
+    """Deadlines per severity. An alert not acknowledged by ``raised_at + ack`` escalates,
+    then again ``ack`` after each escalation, up to ``max_level``."""
+
+    ack: Mapping[Severity, timedelta]
+    resolve: Mapping[Severity, timedelta | None]
+    max_level: int = 3
+    check_interval: timedelta = timedelta(seconds=30)
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Exponential backoff: ``initial``, doubled per attempt, capped at ``maximum``."""
+
+    initial: timedelta = timedelta(seconds=1)
+    maximum: timedelta = timedelta(minutes=5)
+
+    def delay(self, attempt: int, jitter: float = 0.0) -> float:
+        """Seconds to wait before retry number ``attempt`` (1-based); ``jitter`` in [0, 1)
+        spreads retries of many items by up to a quarter of the delay."""
+        base = min(
+            self.maximum.total_seconds(), self.initial.total_seconds() * 2.0 ** (attempt - 1)
+        )
+        return base * (1 + jitter / 4)
+
+
+@dataclass(frozen=True, slots=True)
+class RulesConfig:
+    rules: tuple[RuleConfig, ...]
+    sla: SlaPolicy
+    delivery: RetryPolicy = field(default_factory=RetryPolicy)
+    source: str = "<memory>"
+
+    def rule(self, rule_id: str) -> RuleConfig | None:
+        return next((r for r in self.rules if r.id == rule_id), None)

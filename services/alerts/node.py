@@ -24,15 +24,10 @@ from aiokafka import AIOKafkaProducer
 
 from creditlink.peer.v1 import alert_exchange_pb2_grpc
 from services.alerts.book import AlertBook
-from services.alerts.config import (
-    DEFAULT_TLS_DIR,
-    RulesConfig,
-    Webhook,
-    load_rules,
-    load_subscriptions,
-)
+from services.alerts.config import DEFAULT_TLS_DIR, Webhook, load_rules, load_subscriptions
 from services.alerts.delivery import PeerClients, PeerDelivery
 from services.alerts.engine import RuleEngine
+from services.alerts.model import RulesConfig
 from services.alerts.rules import RuleSet
 from services.alerts.servicer import AlertExchangeServicer
 from services.alerts.store import AlertStore

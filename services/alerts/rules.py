@@ -47,8 +47,16 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from typing import Any, ClassVar, Final
 
-from services.alerts.config import AlertsConfigError, RuleConfig, RulesConfig
-from services.alerts.model import LINKED_DOMAINS, Domain, Severity, city_codes, rule_alert_id
+from services.alerts.model import (
+    LINKED_DOMAINS,
+    AlertsConfigError,
+    Domain,
+    RuleConfig,
+    RulesConfig,
+    Severity,
+    city_codes,
+    rule_alert_id,
+)
 from services.common.identifiers import check_uscc
 from services.common.region import Region
 

@@ -25,8 +25,8 @@ import yaml
 
 from creditlink.peer.v1 import alert_exchange_pb2, alert_exchange_pb2_grpc, common_pb2
 from deploy.broker import free_port
-from services.alerts.config import RetryPolicy, Webhook, parse_rules
-from services.alerts.model import Domain, Severity
+from services.alerts.config import Webhook, parse_rules
+from services.alerts.model import Domain, RetryPolicy, Severity
 from services.alerts.node import AlertsNode, NodeOptions
 from services.alerts.webhooks import IDEMPOTENCY_HEADER, verify
 from services.common.avro import AvroSerde

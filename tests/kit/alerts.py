@@ -23,9 +23,9 @@ from typing import Any
 from aiokafka.structs import ConsumerRecord, RecordMetadata
 
 from services.alerts.book import AlertBook
-from services.alerts.config import RulesConfig, Webhook, load_rules
+from services.alerts.config import Webhook, load_rules
 from services.alerts.engine import RuleEngine
-from services.alerts.model import Alert
+from services.alerts.model import Alert, RulesConfig
 from services.alerts.rules import CHINA_STANDARD_TIME, RuleSet
 from services.alerts.store import AlertStore
 from services.common.avro import AvroSerde, load_example
@@ -57,6 +57,14 @@ def _template() -> dict[str, Any]:
 def record_id_for(city_code: str, decision_number: str) -> str:
     digest = hashlib.sha256(decision_number.encode()).hexdigest()[:32]
     return f"{city_code}-{digest}"
+
+
+def demo_city_name(admin_code: str) -> str:
+    """The demo region's name of the city with ``admin_code`` (苏州 for 320500)."""
+    city = load_region(REPO_ROOT / "deploy" / "config" / "region.yaml").by_admin_code(admin_code)
+    if city is None:
+        raise KeyError(admin_code)
+    return city.name
 
 
 def base_record(
@@ -127,7 +135,8 @@ def penalty_record(
     )
     decided: date = record["decision_date"]
     record["category"] = "ADMIN_PENALTY"
-    record["department_name"] = "市场监督管理局"
+    # Departments sign with their full name, the city included (苏州市市场监督管理局).
+    record["department_name"] = f"{demo_city_name(city_code)}市市场监督管理局"
     record["publicity"].update(
         severity="SERIOUS" if serious else "GENERAL",
         earliest_repair_date=decided + timedelta(days=365 if serious else 90),

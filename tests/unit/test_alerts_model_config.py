@@ -9,17 +9,12 @@ from typing import Any
 import pytest
 import yaml
 
-from services.alerts.config import (
-    AlertsConfigError,
-    RetryPolicy,
-    load_rules,
-    parse_duration,
-    parse_rules,
-    parse_subscriptions,
-)
+from services.alerts.config import load_rules, parse_duration, parse_rules, parse_subscriptions
 from services.alerts.model import (
     Alert,
+    AlertsConfigError,
     Domain,
+    RetryPolicy,
     Severity,
     Status,
     StatusChange,

@@ -145,6 +145,9 @@ async def test_serious_food_penalty_links_to_the_registration_city(changzhou: Of
     assert alert.topic == "supervision.alerts.food-drug.v1"
     assert alert.attributes["penalty_record_id"] == record["record_id"]
     assert alert.attributes["penalty_severity"] == "SERIOUS"
+    # The department's full name carries its city once: 被常州市市场监督管理局处以, not 常州常州市….
+    assert "被常州市市场监督管理局处以严重失信行政处罚" in alert.explanation
+    assert "常州常州" not in alert.explanation
 
 
 async def test_serious_penalty_links_to_every_city_the_subject_is_known_in(

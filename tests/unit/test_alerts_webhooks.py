@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from services.alerts.config import RetryPolicy, Webhook
-from services.alerts.model import Domain, Severity, Status, StatusChange, now_ms
+from services.alerts.config import Webhook
+from services.alerts.model import Domain, RetryPolicy, Severity, Status, StatusChange, now_ms
 from services.alerts.webhooks import (
     IDEMPOTENCY_HEADER,
     WebhookDispatcher,
