@@ -40,6 +40,7 @@ from creditlink.peer.v1 import (
 )
 from deploy.region import CERT_DIR
 from services.common.avro import AvroSerde
+from services.common.clock import china_today
 from services.common.consent import ConsentIssuer, load_private_key
 from services.common.identifiers import org_code_check_char, uscc_check_char
 from services.common.peer import TlsFiles, secure_channel
@@ -47,7 +48,6 @@ from services.common.pseudonym import load_region_key, pseudonym
 from services.common.region import Region
 from services.common.settings import REPO_ROOT, load_settings
 from services.common.workdays import add_working_days
-from services.intake.node import china_today
 from services.intake.queries import query_quality
 from tests.kit.identifiers import make_resident_id
 

@@ -34,11 +34,11 @@ from services.alerts.rules import (
     RuleContext,
     RuleSet,
     SubjectState,
-    china_today,
 )
 from services.alerts.store import AlertStore, Batch
 from services.alerts.topics import topic_partitions
 from services.common.avro import AvroSerde, SerdeError
+from services.common.clock import china_today
 from services.common.kafka import make_consumer
 from services.common.region import Region
 from services.common.settings import Settings

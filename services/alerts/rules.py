@@ -44,7 +44,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, datetime, timedelta
 from typing import Any, ClassVar, Final
 
 from services.alerts.model import (
@@ -60,7 +60,6 @@ from services.alerts.model import (
 from services.common.identifiers import check_uscc
 from services.common.region import Region
 
-CHINA_STANDARD_TIME: Final = timezone(timedelta(hours=8), "CST")
 NATURAL_PERSON_PREFIX: Final = "N:"
 ORGANISATION_PREFIX: Final = "L:"
 RECENT_RECORDS_KEPT: Final = 5
@@ -72,10 +71,6 @@ PENALTY_CITY: Final = "penalty_city"
 PENALTY_DOMAIN: Final = "penalty_domain"
 PENALTY_DECISION_DATE: Final = "penalty_decision_date"
 PENALTY_SEVERITY: Final = "penalty_severity"
-
-
-def china_today(now: datetime | None = None) -> date:
-    return (now or datetime.now(CHINA_STANDARD_TIME)).astimezone(CHINA_STANDARD_TIME).date()
 
 
 # --- inputs --------------------------------------------------------------------------------

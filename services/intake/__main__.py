@@ -26,6 +26,7 @@ from rich.table import Table
 
 from services.common.avro import AvroSerde
 from services.common.certs import DEFAULT_OUT
+from services.common.clock import china_today
 from services.common.logging import configure_logging
 from services.common.peer import PeerSecurity, TlsFiles
 from services.common.pseudonym import PseudonymKeyError
@@ -34,7 +35,7 @@ from services.common.settings import Settings, SettingsError, load_settings
 from services.common.workdays import default_calendar
 from services.intake.files import FileFormatError
 from services.intake.importer import DEFAULT_CHUNK, default_workers, import_files, progress_bar
-from services.intake.node import china_today, intake_node
+from services.intake.node import intake_node
 from services.intake.publisher import PublishFailed
 from services.intake.queries import list_overdue, query_quality
 

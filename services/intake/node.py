@@ -13,10 +13,9 @@ import contextlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
-from typing import Final
-from zoneinfo import ZoneInfo
 
 from services.common.avro import AvroSerde
+from services.common.clock import china_today
 from services.common.pseudonym import load_region_key
 from services.common.region import load_region
 from services.common.runtime import settle_heap
@@ -29,13 +28,6 @@ from services.intake.prepare import Preparation
 from services.intake.preparers import PreparerPool
 from services.intake.publisher import TransactionalPublisher
 from services.intake.validation import pseudonymiser
-
-CHINA_STANDARD_TIME: Final = ZoneInfo("Asia/Shanghai")
-
-
-def china_today() -> date:
-    """Today in China Standard Time: decision and report dates are CST calendar days."""
-    return datetime.now(CHINA_STANDARD_TIME).date()
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,6 +27,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from creditlink.peer.v1 import record_intake_pb2, record_intake_pb2_grpc
+from services.common.clock import china_today
 from services.common.logging import get_logger
 from services.common.observability import OpsServer
 from services.common.peer import (
@@ -39,7 +40,7 @@ from services.common.workdays import CalendarNotCovered
 from services.intake import grpc_codec
 from services.intake.events import SubmissionSource
 from services.intake.files import mask_payload_bytes
-from services.intake.node import IntakeNode, china_today
+from services.intake.node import IntakeNode
 from services.intake.pipeline import (
     Accepted,
     Outcome,

@@ -28,6 +28,7 @@ from typing import Any, Protocol
 
 import structlog
 
+from services.common.clock import china_today
 from services.lists.cursor import CursorCodec
 from services.lists.decisions import (
     Applied,
@@ -38,12 +39,7 @@ from services.lists.decisions import (
     decide_record,
     expire,
 )
-from services.lists.model import (
-    SOURCE_RECORD_VERSION,
-    ListChange,
-    ListEntry,
-    china_today,
-)
+from services.lists.model import SOURCE_RECORD_VERSION, ListChange, ListEntry
 from services.lists.store import ListStore, PeerPosition, StoreBatch, utc_now
 
 log = structlog.get_logger()

@@ -16,13 +16,14 @@ from typing import Final
 import grpc
 
 from creditlink.peer.v1 import common_pb2, credit_check_pb2, credit_check_pb2_grpc
+from services.common.clock import china_today
 from services.common.peer import Denied, PeerSecurity, current_call
 from services.common.pseudonym import is_valid_subject_key
 from services.common.region import City
 from services.lists.book import BookView
 from services.lists.convert import measures_to_proto, membership, timestamp
 from services.lists.measures import MeasuresCatalogue
-from services.lists.model import ChinaDay, ListEntry, china_today
+from services.lists.model import ChinaDay, ListEntry
 from services.lists.status import abort
 
 MAX_BATCH: Final = 1000

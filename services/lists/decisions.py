@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any, Protocol
 
+from services.common.clock import china_today
 from services.lists.model import (
     EARLIEST_REPAIR_DATE,
     SOURCE_RECORD_VERSION,
@@ -33,7 +34,6 @@ from services.lists.model import (
     ListType,
     RemovalReason,
     SubjectType,
-    china_today,
     entry_key_for,
     issuer_of_key,
 )

@@ -15,14 +15,13 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, time, timedelta
 from enum import StrEnum
 from typing import Any, Final
-from zoneinfo import ZoneInfo
+
+from services.common.clock import CHINA_STANDARD_TIME, china_today
 
 ENTRY_SCHEMA: Final = "creditlink.v1.ListEntry"
 CHANGE_SCHEMA: Final = "creditlink.v1.ListChange"
 RECORD_SCHEMA: Final = "creditlink.v1.CreditRecord"
 
-#: Dates of list entries are China Standard Time calendar days (docs/design.md §4.4, contracts).
-CHINA: Final = ZoneInfo("Asia/Shanghai")
 
 #: Entry attribute naming the version of the source record that made the entry's version,
 #: so a node rebuilt from the changelog knows which record versions it already applied.
@@ -64,11 +63,6 @@ class SubjectType(StrEnum):
     NATURAL_PERSON = "NATURAL_PERSON"
 
 
-def china_today(now: datetime | None = None) -> date:
-    """The calendar day in China Standard Time at ``now`` (default: the current instant)."""
-    return (now or datetime.now(UTC)).astimezone(CHINA).date()
-
-
 class ChinaDay:
     """:func:`china_today` for a reader that asks on every call: the day last worked out is
     kept with the instants it starts and ends at, and worked out again only outside them
@@ -86,9 +80,9 @@ class ChinaDay:
         if self._starts <= now < self._ends:
             return self._day
         day = china_today(now)
-        starts = datetime.combine(day, time(), CHINA)
+        starts = datetime.combine(day, time(), CHINA_STANDARD_TIME)
         self._day, self._starts = day, starts
-        self._ends = datetime.combine(day + timedelta(days=1), time(), CHINA)
+        self._ends = datetime.combine(day + timedelta(days=1), time(), CHINA_STANDARD_TIME)
         return day
 
 

@@ -26,9 +26,10 @@ from services.alerts.book import AlertBook
 from services.alerts.config import Webhook, load_rules
 from services.alerts.engine import RuleEngine
 from services.alerts.model import Alert, RulesConfig
-from services.alerts.rules import CHINA_STANDARD_TIME, RuleSet
+from services.alerts.rules import RuleSet
 from services.alerts.store import AlertStore
 from services.common.avro import AvroSerde, load_example
+from services.common.clock import CHINA_STANDARD_TIME
 from services.common.identifiers import org_code_check_char, uscc_check_char
 from services.common.region import Region, load_region
 from services.common.settings import REPO_ROOT, Settings, load_settings

@@ -11,16 +11,10 @@ from pathlib import Path
 import pytest
 
 from services.common.avro import AvroSerde
+from services.common.clock import china_today
 from services.common.list_digest import bucket_digests
 from services.lists.book import IncomingRecord, ListBook
-from services.lists.model import (
-    ChangeAction,
-    ChinaDay,
-    EntryStatus,
-    ListChange,
-    RemovalReason,
-    china_today,
-)
+from services.lists.model import ChangeAction, ChinaDay, EntryStatus, ListChange, RemovalReason
 from services.lists.store import ListStore
 from tests.kit.lists import (
     CHANGZHOU,

@@ -344,3 +344,12 @@ def test_a_year_cannot_be_supplied_twice() -> None:
 
 def test_module_exports() -> None:
     assert set(workdays.__all__) <= set(dir(workdays))
+
+
+def test_the_china_day_turns_at_midnight_in_shanghai_whatever_the_machine_zone() -> None:
+    from datetime import UTC, date, datetime
+
+    from services.common.clock import china_today
+
+    assert china_today(datetime(2026, 12, 1, 15, 59, 59, tzinfo=UTC)) == date(2026, 12, 1)
+    assert china_today(datetime(2026, 12, 1, 16, 0, 0, tzinfo=UTC)) == date(2026, 12, 2)
