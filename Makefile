@@ -117,8 +117,20 @@ $(TOOLS)/.compose-spec-$(COMPOSE_GO_VERSION):
 .PHONY: deploy-tools
 deploy-tools: $(TOOLS)/.kustomize-$(KUSTOMIZE_VERSION) $(TOOLS)/.kubeconform-$(KUBECONFORM_VERSION) $(TOOLS)/.compose-spec-$(COMPOSE_GO_VERSION) .cache/wheels/kubernetes_validate-$(K8S_SCHEMAS_VERSION)-py3-none-any.whl ## kustomize, kubeconform, compose validator, K8s schemas (cached)
 
+# ghz, the gRPC load tool, built from the Go module proxy: the contract tests call the peer
+# services with it through server reflection alone, as a peer city's operator would.
+GHZ_VERSION := v0.121.0
+
+$(TOOLS)/.ghz-$(GHZ_VERSION):
+	@command -v go >/dev/null || { echo "missing: Go (builds ghz from the Go module proxy)" >&2; exit 1; }
+	GOBIN=$(CURDIR)/$(TOOLS) go install github.com/bojand/ghz/cmd/ghz@$(GHZ_VERSION)
+	@touch $@
+
+.PHONY: peer-tools
+peer-tools: $(TOOLS)/.ghz-$(GHZ_VERSION) ## ghz for calling the peer services through reflection (cached)
+
 .PHONY: test
-test: venv kafka-jars deploy-tools lint schemas-check contracts-check ## lint, then every test against a real broker the harness starts
+test: venv kafka-jars deploy-tools peer-tools lint schemas-check contracts-check ## lint, then every test against a real broker the harness starts
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 .PHONY: bench

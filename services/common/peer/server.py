@@ -55,7 +55,6 @@ from typing import Any, Final
 import grpc
 from google.protobuf.message import Message
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from services.common.audit import AuditEntry, AuditUnavailable, QueuedAuditLog
 from services.common.certs import CITY_URI_PREFIX, DEFAULT_OUT
@@ -64,6 +63,7 @@ from services.common.consent import ConsentError, ConsentGrant, ConsentKeyring
 from services.common.logging import mask_resident_ids
 from services.common.observability import GRPC_LATENCY
 from services.common.policy import NATURAL_PERSON, Decision, Policy, data_class_of, load_policy
+from services.common.reflection import serve_reflection
 from services.common.region import Region
 from services.common.runtime import hand_over_gil_sooner, settle_heap
 from services.common.settings import Settings
@@ -733,14 +733,7 @@ async def start_peer_server(
                 (grpc.method_handlers_generic_handler(service, guarded),)
             )
             server.add_registered_method_handlers(service, guarded)
-    reflection.enable_server_reflection(
-        [
-            *names,
-            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-            reflection.SERVICE_NAME,
-        ],
-        server,
-    )
+    serve_reflection(server, [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name])
     port = server.add_secure_port(bind, tls.server_credentials())
     if port == 0:
         raise OSError(f"cannot bind {bind}")
