@@ -20,6 +20,7 @@ from rich.console import Console
 
 from deploy import region as supervisor
 from deploy.broker import REPO_ROOT, Broker, broker_answers
+from deploy.ops import consumer_lag
 from deploy.scenario import Scenario
 from services.common.region import Region, load_region
 from services.common.topics import load_catalogue, provision
@@ -67,6 +68,18 @@ async def play(region: Region, bootstrap: str, console: Console) -> Scenario:
     return scenario
 
 
+async def idle_lag(bootstrap: str, region: Region, timeout_s: float = 30.0) -> dict[str, int]:
+    """Lag of the region's consumer groups (``region status``), once all are at 0 or after
+    ``timeout_s``: an idle region has read everything it was sent."""
+    prefixes = tuple(city.topic_prefix for city in region.cities.values())
+    deadline = time.monotonic() + timeout_s
+    while True:
+        lag = {g: n for g, n in await consumer_lag(bootstrap) if g.startswith(prefixes)}
+        if not any(lag.values()) or time.monotonic() > deadline:
+            return lag
+        await asyncio.sleep(1.0)
+
+
 def run_region_scenario(
     bootstrap: str, console: Console, *, data_root: Path, keep: bool = False
 ) -> Scenario:
@@ -98,7 +111,15 @@ def run_region_scenario(
             f"services   {len(procs)} processes healthy in {time.monotonic() - started:.0f} s "
             f"(logs in {supervisor.RUN_DIR / 'logs'})"
         )
-        return asyncio.run(play(region, bootstrap, console))
+        scenario = asyncio.run(play(region, bootstrap, console))
+        scenario.outcomes.idle_lag = asyncio.run(idle_lag(bootstrap, region))
+        behind = {group: lag for group, lag in scenario.outcomes.idle_lag.items() if lag}
+        console.print(
+            f"lag        {len(scenario.outcomes.idle_lag)} consumer groups idle, "
+            + (f"[red]behind: {behind}[/red]" if behind else "all at lag 0"),
+            highlight=False,
+        )
+        return scenario
     finally:
         if not keep:
             for proc in procs:

@@ -13,7 +13,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Final
 
 import typer
 from rich.console import Console
@@ -159,13 +159,27 @@ def region_status(
         raise typer.Exit(1)
 
 
+#: A gap between a group's committed offset and the end of a partition wider than this is
+#: reported as it is, without reading it to see how much of it is transaction markers.
+LAG_READ_LIMIT: Final = 10_000
+LAG_READ_SECONDS: Final = 5.0
+
+
 async def consumer_lag(bootstrap: str) -> list[tuple[str, int]]:
-    """Total lag of each consumer group: end offsets minus committed offsets."""
+    """Total lag of each consumer group: the committed records no member has read yet.
+
+    The end offset of a partition counts transaction commit markers, which no consumer ever
+    receives, so a group that has read everything still sits one offset per transaction behind
+    it. Where the gap is small enough (``LAG_READ_LIMIT``) it is read, as a read_committed
+    consumer sees it, and only the records in it count.
+    """
     from aiokafka import AIOKafkaConsumer
     from aiokafka.admin import AIOKafkaAdminClient
 
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    reader = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    reader = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, isolation_level="read_committed", enable_auto_commit=False
+    )
     await admin.start()
     await reader.start()
     try:
@@ -174,15 +188,42 @@ async def consumer_lag(bootstrap: str) -> list[tuple[str, int]]:
             committed = await admin.list_consumer_group_offsets(group_id)
             if not committed:
                 continue
+            # read_committed: the end is the last stable offset (open transactions excluded).
             ends = await reader.end_offsets(list(committed))
-            behind = sum(
-                max(0, ends[tp] - meta.offset) for tp, meta in committed.items() if meta.offset >= 0
-            )
-            result.append((group_id, behind))
+            gaps = {
+                tp: (meta.offset, ends[tp])
+                for tp, meta in committed.items()
+                if meta.offset >= 0 and ends[tp] > meta.offset
+            }
+            result.append((group_id, await _records_in(reader, gaps)))
         return result
     finally:
         await reader.stop()
         await admin.close()
+
+
+async def _records_in(reader: Any, gaps: dict[Any, tuple[int, int]]) -> int:
+    """Records (not markers) between each partition's ``(start, end)`` offsets."""
+    total = sum(end - start for start, end in gaps.values() if end - start > LAG_READ_LIMIT)
+    read = {tp: span for tp, span in gaps.items() if span[1] - span[0] <= LAG_READ_LIMIT}
+    if not read:
+        return total
+    reader.assign(list(read))
+    for tp, (start, _end) in read.items():
+        reader.seek(tp, start)
+    counted = dict.fromkeys(read, 0)
+    open_parts = set(read)
+    deadline = asyncio.get_running_loop().time() + LAG_READ_SECONDS
+    while open_parts and asyncio.get_running_loop().time() < deadline:
+        batches = await reader.getmany(*open_parts, timeout_ms=200)
+        for tp, records in batches.items():
+            counted[tp] += sum(1 for r in records if r.offset < read[tp][1])
+        for tp in list(open_parts):
+            if await reader.position(tp) >= read[tp][1]:
+                open_parts.discard(tp)
+    # A partition not read to its end in time counts its whole gap: never less than true.
+    total += sum(read[tp][1] - read[tp][0] if tp in open_parts else counted[tp] for tp in read)
+    return total
 
 
 # --- topics -------------------------------------------------------------------------------

@@ -87,6 +87,8 @@ class Outcomes:
     recognition: dict[str, Any] = field(default_factory=dict)
     alert: dict[str, Any] = field(default_factory=dict)
     ack_seen_at_origin: bool = False
+    #: Consumer lag of every group of the region once it is idle after the scenario.
+    idle_lag: dict[str, int] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:

@@ -49,3 +49,8 @@ def test_demo_scenario_outcomes(kafka_broker: Broker, tmp_path: Path) -> None:
     assert "320500" in outcomes.alert["targets"]
     assert outcomes.ack_seen_at_origin
     assert outcomes.ok
+
+    # Idle after the scenario, every consumer group of the region is at lag 0 (`region status`
+    # counts records, not the transaction markers after them).
+    assert outcomes.idle_lag, "no consumer group of the region found"
+    assert {group: lag for group, lag in outcomes.idle_lag.items() if lag} == {}
