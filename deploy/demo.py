@@ -90,7 +90,7 @@ def run_region_scenario(
     for line in issue_dev_certificates(supervisor.CERT_DIR, sorted(region.cities)):
         console.print(f"certs      {line}", highlight=False)
     catalogue = load_catalogue()
-    for key in supervisor.DEMO_CITIES:
+    for key in supervisor.local_cities(region):
         city = region.city(key)
         report = asyncio.run(provision(bootstrap, catalogue, prefix=city.topic_prefix))
         console.print(

@@ -78,13 +78,14 @@ def local_broker() -> Broker:
 @region_app.command("up")
 def region_up(
     cities: Annotated[
-        list[str] | None, typer.Argument(help="default: the three demo cities")
+        list[str] | None,
+        typer.Argument(help="default: every city of the region file with ops endpoints"),
     ] = None,
     timeout: Annotated[float, typer.Option(help="seconds to wait for health")] = 120.0,
 ) -> None:
     """Start the broker (if none answers), certificates, topics and every service of each city."""
-    chosen = tuple(cities or supervisor.DEMO_CITIES)
     region = _region()
+    chosen = tuple(cities or supervisor.local_cities(region))
     broker = local_broker()
     if broker_answers(broker.bootstrap):
         console.print(f"broker     {broker.bootstrap} (already running)")
@@ -148,7 +149,7 @@ def region_status(
     lag: Annotated[bool, typer.Option(help="also show consumer lag per group")] = True,
 ) -> None:
     """Health of every service and consumer lag per group. Exit 1 if anything is down."""
-    chosen = tuple(cities or supervisor.DEMO_CITIES)
+    chosen = tuple(cities or supervisor.local_cities(_region()))
     all_up = _print_status(supervisor.processes(_region(), chosen))
     if lag and broker_answers(_bootstrap(), timeout_s=2.0):
         table = Table("group", "lag (messages)")

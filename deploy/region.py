@@ -24,7 +24,6 @@ from deploy.broker import REPO_ROOT
 from services.common.region import City, Region
 
 SERVICES = ("intake", "lists", "scores", "alerts")
-DEMO_CITIES = ("suzhou", "wuxi", "changzhou")
 RUN_DIR = REPO_ROOT / ".cache" / "region"
 CERT_DIR = REPO_ROOT / "deploy" / "local" / "certs"
 # Processes this process started, kept so that stopping them also reaps them.
@@ -105,8 +104,15 @@ def node_environment(
     }
 
 
-def processes(region: Region, cities: tuple[str, ...] = DEMO_CITIES) -> list[Process]:
-    return [Process(region.city(c), s) for c in cities for s in SERVICES]
+def local_cities(region: Region) -> tuple[str, ...]:
+    """The cities of the region file that run here: those with an ops endpoint per service
+    (the others are members known by name only, not yet connected)."""
+    return tuple(key for key, city in region.cities.items() if city.ops)
+
+
+def processes(region: Region, cities: tuple[str, ...] | None = None) -> list[Process]:
+    chosen = local_cities(region) if cities is None else cities
+    return [Process(region.city(c), s) for c in chosen for s in SERVICES]
 
 
 def start(
