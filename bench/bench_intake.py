@@ -70,7 +70,7 @@ def pre_encoded(path: Path, partitions: int) -> list[tuple[bytes, bytes, list[tu
     )
     headers = build_headers(
         event_type=RECORD_ACCEPTED,
-        source="/cities/suzhou/intake",
+        source="/cities/320500/intake",
         subject="L:91320500MA1W8XY409",
         data_schema="urn:creditlink:schema:creditlink.v1.CreditRecord:v1:0000000000000000",
     )

@@ -41,7 +41,7 @@ CLOUDEVENTS_HEADERS: dict[str, Any] = {
         },
         "ce_source": {
             "type": "string",
-            "pattern": "^/cities/[^/]+/[^/]+$",
+            "pattern": "^/cities/[0-9]{6}/[^/]+$",
             "description": "/cities/<city code>/<service>, e.g. /cities/320500/intake.",
         },
         "ce_type": {

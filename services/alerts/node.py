@@ -139,7 +139,7 @@ class AlertsNode:
         self.webhooks = WebhookDispatcher(
             store=store,
             webhooks=self.options.webhooks,
-            source=source_for(self.settings.city, SERVICE),
+            source=source_for(self.city_code, SERVICE),
         )
         audit = None
         if self.options.audit:

@@ -106,11 +106,17 @@ class EventEnvelope:
         return [(name, value.encode("utf-8")) for name, value in pairs if value is not None]
 
 
-def source_for(city: str, service: str) -> str:
-    """The ``ce_source`` of a service of a city node: ``/cities/<city>/<service>``."""
-    if not city or not service or "/" in city or "/" in service:
-        raise ValueError(f"city and service must be non-empty path segments: {city!r}, {service!r}")
-    return f"/cities/{city}/{service}"
+def source_for(city_code: str, service: str) -> str:
+    """The ``ce_source`` of a service of a city node: ``/cities/<admin code>/<service>``.
+
+    One convention on every topic: the city's 6-digit GB/T 2260 code (``/cities/320500/lists``),
+    which stays when a city's name or region-file key changes (docs/design.md §2.3).
+    """
+    if len(city_code) != 6 or not city_code.isdigit():
+        raise ValueError(f"ce_source names a city by its 6-digit admin code, not {city_code!r}")
+    if not service or "/" in service:
+        raise ValueError(f"service must be a non-empty path segment: {service!r}")
+    return f"/cities/{city_code}/{service}"
 
 
 def data_schema_urn(full_name: str, version: int, fingerprint_hex: str) -> str:

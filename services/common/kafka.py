@@ -22,7 +22,9 @@ from services.common.cloudevents import (
     build_headers,
     new_event_id,
     parse_headers,
+    source_for,
 )
+from services.common.region import city_code
 from services.common.settings import Settings
 
 # Larger batches amortise Python's per-message cost, which bounds throughput on a small
@@ -95,10 +97,15 @@ class EventPublisher:
         self._producer = producer
         self._serde = serde
         self._settings = settings
-        self._source = f"/cities/{settings.city}/{service}"
+        self._source = source_for(city_code(settings), service)
         # Headers per (schema, event type) are built and checked once: an event only sets
         # its id, subject, time and trace (a third of what encoding one cost before).
         self._templates: dict[tuple[str, str], HeaderTemplate] = {}
+
+    @property
+    def source(self) -> str:
+        """The ``ce_source`` of every event this publisher sends."""
+        return self._source
 
     def encode(
         self,

@@ -6,12 +6,15 @@ adds a city or moves an endpoint without a code change.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from services.common.settings import Settings
 
 
 class RegionConfigError(ValueError):
@@ -73,6 +76,16 @@ def _require(entry: Mapping[str, Any], name: str, where: str) -> str:
     if not isinstance(value, str) or not value:
         raise RegionConfigError(f"{where}: {name!r} is required and must be a string")
     return value
+
+
+@functools.cache
+def _city_code(region_file: Path, city: str) -> str:
+    return load_region(region_file).city(city).admin_code
+
+
+def city_code(settings: Settings) -> str:
+    """The admin code of the node's city, from its region file."""
+    return _city_code(settings.region_file, settings.city)
 
 
 def load_region(path: Path) -> Region:

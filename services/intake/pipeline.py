@@ -161,7 +161,7 @@ class _Planner:
 
     def _headers(self, event_type: str, schema_uri: str) -> ev.HeaderTemplate:
         return ev.HeaderTemplate(
-            city=self.pipeline.city,
+            city=self.pipeline.city_code,
             event_type=event_type,
             data_schema=schema_uri,
             time=self.now,
@@ -459,7 +459,7 @@ class IntakePipeline:
     ) -> list[OutgoingEvent]:
         """``DisclosureQuality`` events of the given department-days, from the ledger."""
         headers = ev.HeaderTemplate(
-            city=self.city,
+            city=self.city_code,
             event_type=ev.QUALITY_COMPUTED,
             data_schema=self._quality_schema_uri,
             time=now,

@@ -29,6 +29,7 @@ from services.common.avro import AvroSerde
 from services.common.cloudevents import build_headers, source_for
 from services.common.kafka import EventPublisher, make_producer
 from services.common.pseudonym import InvalidResidentId, is_valid_subject_key, pseudonym
+from services.common.region import city_code
 from services.common.settings import Settings
 from services.scores.scales import ScaleDefinition
 
@@ -158,7 +159,7 @@ async def publish_scores(settings: Settings, updates: list[ScoreUpdate]) -> int:
     try:
         publisher = EventPublisher(producer, AvroSerde(), settings, service="scores")
         topic = settings.topic(SCORES_TOPIC)
-        source = source_for(settings.city, "scores")
+        source = source_for(city_code(settings), "scores")
         for first in range(0, len(updates), _BATCH):
             pending = []
             for update in updates[first : first + _BATCH]:

@@ -104,7 +104,7 @@ async def test_credit_record_round_trip_with_headers(provisioned: Settings) -> N
     assert event.key == key
     assert event.record == record
     assert event.envelope.type == "cn.creditlink.credit.record.accepted.v1"
-    assert event.envelope.source == "/cities/suzhou/intake"
+    assert event.envelope.source == "/cities/320500/intake"
     assert event.envelope.subject == key
     assert event.envelope.content_type == "application/avro"
     assert CREDIT_RECORD in (event.envelope.data_schema or "")

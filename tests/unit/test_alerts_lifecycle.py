@@ -56,7 +56,7 @@ async def test_raising_publishes_the_alert_and_its_raised_status(changzhou: Offl
     ]
     headers = dict(changzhou.producer.sent[0][3])
     assert headers["ce_id"] == f"{alert.alert_id}/0".encode()
-    assert headers["ce_source"] == b"/cities/changzhou/alerts"
+    assert headers["ce_source"] == b"/cities/320400/alerts"
     assert changzhou.store.get(f"out/{SZ}/{alert.alert_id}") == {
         "level": 0,
         "attempts": 0,

@@ -135,7 +135,7 @@ async def test_fails_three_times_then_receives_the_alert_exactly_once(
     hooks = [hook("suzhou-food", f"{base}/flaky")]
     node = offline_node("suzhou", tmp_path / "sz", webhooks=hooks)
     event_id = await deliver_one_alert(node)
-    dispatcher = WebhookDispatcher(store=node.store, webhooks=hooks, source="/cities/suzhou/alerts")
+    dispatcher = WebhookDispatcher(store=node.store, webhooks=hooks, source="/cities/320500/alerts")
     await run_until_settled(dispatcher, node)
 
     attempts = state.attempts("/flaky")
@@ -164,7 +164,7 @@ async def test_a_webhook_that_never_recovers_ends_in_the_dead_letter_with_its_re
     hooks = [hook("suzhou-broken", f"{base}/broken"), hook("suzhou-gone", f"{base}/gone")]
     node = offline_node("suzhou", tmp_path / "sz", webhooks=hooks)
     event_id = await deliver_one_alert(node)
-    dispatcher = WebhookDispatcher(store=node.store, webhooks=hooks, source="/cities/suzhou/alerts")
+    dispatcher = WebhookDispatcher(store=node.store, webhooks=hooks, source="/cities/320500/alerts")
     await run_until_settled(dispatcher, node)
 
     assert len(state.attempts("/broken")) == 4  # max_attempts, then no more
@@ -227,7 +227,7 @@ async def test_status_changes_reach_webhooks_that_ask_for_them(
             at=now_ms(),
         )
     )
-    dispatcher = WebhookDispatcher(store=node.store, webhooks=hooks, source="/cities/suzhou/alerts")
+    dispatcher = WebhookDispatcher(store=node.store, webhooks=hooks, source="/cities/320500/alerts")
     await run_until_settled(dispatcher, node)
     types = [json.loads(b)["type"] for _, b, _ in state.attempts("/with")]
     assert types == [

@@ -220,8 +220,25 @@ def test_bad_input_to_build_headers_fails_fast() -> None:
         _headers(traceparent="00-00000000000000000000000000000000-00f067aa0ba902b7-01")
     with pytest.raises(ValueError, match="event_type is empty"):
         _headers(event_type="")
-    with pytest.raises(ValueError, match="path segments"):
+    with pytest.raises(ValueError, match="path segment"):
         source_for("320500", "a/b")
+
+
+@pytest.mark.parametrize("city", ["suzhou", "32050", "3205000", ""])
+def test_a_source_names_its_city_by_admin_code_only(city: str) -> None:
+    with pytest.raises(ValueError, match="6-digit admin code"):
+        source_for(city, "intake")
+
+
+def test_every_service_of_a_node_publishes_under_its_city_code() -> None:
+    from services.common.kafka import EventPublisher
+    from services.common.settings import load_settings
+
+    for city, code in {"suzhou": "320500", "wuxi": "320200", "changzhou": "320400"}.items():
+        settings = load_settings({"CREDITLINK_CITY": city})
+        for service in ("intake", "lists", "scores", "alerts"):
+            publisher = EventPublisher(None, None, settings, service=service)  # type: ignore[arg-type]
+            assert publisher.source == f"/cities/{code}/{service}"
 
 
 def test_invalid_incoming_traceparent_does_not_reject_the_event() -> None:
