@@ -36,9 +36,7 @@ from services.common.grpc_server import (
 from services.common.logging import get_logger
 from services.common.observability import OpsServer
 from services.common.workdays import CalendarNotCovered
-from services.intake import grpc_codec
-from services.intake.events import SubmissionSource
-from services.intake.files import mask_payload_bytes
+from services.intake.encode.events import SubmissionSource
 from services.intake.node import IntakeNode, china_today
 from services.intake.pipeline import (
     Accepted,
@@ -46,6 +44,8 @@ from services.intake.pipeline import (
     Submission,
     disclosure_day_of,
 )
+from services.intake.read import grpc_codec
+from services.intake.read.files import mask_payload_bytes
 
 SERVICE_NAME: Final = "creditlink.peer.v1.RecordIntakeService"
 MAX_BATCH: Final = 1000
