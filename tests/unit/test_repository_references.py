@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SCANNED_DIRS = ("services", "deploy", "bench", "contracts", "tests", "docs", "schemas")
 SCANNED_FILES = ("README.md", "Makefile", "pyproject.toml")
 SUFFIXES = {".py", ".md", ".yaml", ".yml", ".toml", ".sh", ".proto", ".avsc", ".txt"}
-SKIPPED_PARTS = {"gen", "__pycache__", "baseline"}
+SKIPPED_PARTS = {"gen", "__pycache__"}
 
 #: Citations of a design document, tracker or notes folder outside the repository.
 OUTSIDE = re.compile(
@@ -87,9 +87,10 @@ def test_every_repository_path_names_an_existing_file() -> None:
 @pytest.mark.parametrize(
     ("text", "cites_outside"),
     [
-        ("(DESIGN §3)", True),
-        ("see issue 5", True),
-        ("/work/shared/notes/x.md", True),
+        # Spelled in pieces so that this file itself cites nothing outside the repository.
+        ("(" + "DESI" + "GN §3)", True),
+        ("see " + "issue" + " 5", True),
+        ("/work/" + "shared/" + "notes/x.md", True),
         ("(docs/design.md §4.8)", False),
         ('"DESIGNATE"', False),
     ],
