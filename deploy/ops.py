@@ -280,7 +280,8 @@ def city_add(
         console.print(f"[yellow]review     {line}[/yellow]", highlight=False, soft_wrap=True)
     # Nodes read the region file and the policy when they start: the running ones restart.
     console.print(
-        "next       python -m deploy.ops region down --keep-broker && python -m deploy.ops region up",
+        "next       python -m deploy.ops region down --keep-broker"
+        " && python -m deploy.ops region up",
         highlight=False,
         soft_wrap=True,
     )
