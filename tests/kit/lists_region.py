@@ -130,6 +130,32 @@ async def eventually(probe: Callable[[], Awaitable[Any]], *, within: float = 30.
             await asyncio.sleep(0.1)
 
 
+async def publish_records(
+    producer: Any,
+    settings: Settings,
+    records: Iterable[Mapping[str, Any]],
+    *,
+    serde: AvroSerde | None = None,
+) -> int:
+    """Publish CreditRecords onto the node's ``credit.records.v1`` as its intake does; returns
+    how many, once the broker has them all."""
+    publisher = EventPublisher(producer, serde or AvroSerde(), settings, service="intake")
+    topic = settings.topic(RECORDS_TOPIC)
+    futures = []
+    for record in records:
+        key = str(record["subject"]["subject_key"])
+        value, headers = publisher.encode(
+            RECORD_SCHEMA,
+            record,
+            key=key,
+            event_type=RECORD_EVENT,
+            event_id=f"{record['record_id']}.v{record['version']}",
+        )
+        futures.append(await producer.send(topic, value=value, key=key.encode(), headers=headers))
+    await asyncio.gather(*futures)
+    return len(futures)
+
+
 @dataclass
 class CityNode:
     """One city's lists node, a process of the region supervisor (``deploy.region``)."""
@@ -345,23 +371,7 @@ class ListsRegion:
             producer = make_producer(settings, client_id="harness")
             await producer.start()
             self._producers[city] = producer
-        publisher = EventPublisher(producer, self.serde, settings, service="intake")
-        topic = settings.topic(RECORDS_TOPIC)
-        futures = []
-        for record in records:
-            key = str(record["subject"]["subject_key"])
-            value, headers = publisher.encode(
-                RECORD_SCHEMA,
-                record,
-                key=key,
-                event_type=RECORD_EVENT,
-                event_id=f"{record['record_id']}.v{record['version']}",
-            )
-            futures.append(
-                await producer.send(topic, value=value, key=key.encode(), headers=headers)
-            )
-        await asyncio.gather(*futures)
-        return len(futures)
+        return await publish_records(producer, settings, records, serde=self.serde)
 
     async def read_topic(self, city: str, topic: str) -> list[tuple[str | None, bytes | None]]:
         settings = self.nodes[city].settings
