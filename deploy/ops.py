@@ -38,8 +38,8 @@ CityOption = Annotated[str, typer.Option("--city", "-c", help="city key from the
 
 
 def _deployment() -> supervisor.Deployment:
-    """``deploy/config`` and ``deploy/local/certs``, or the folders that
-    ``CREDITLINK_CONFIG_DIR`` and ``CREDITLINK_TLS_DIR`` name."""
+    """``deploy/config``, ``deploy/local/certs`` and ``.cache/region``, or the folders that
+    ``CREDITLINK_CONFIG_DIR``, ``CREDITLINK_TLS_DIR`` and ``CREDITLINK_RUN_DIR`` name."""
     return supervisor.Deployment.from_environment()
 
 
@@ -101,7 +101,7 @@ def region_up(
         deployment.region(),
         cities or None,
         bootstrap=broker.bootstrap,
-        data_root=supervisor.data_root(broker.bootstrap),
+        data_root=supervisor.data_root(broker.bootstrap, deployment.run_dir),
         deployment=deployment,
         timeout_s=timeout,
         report=lambda line: console.print(line, highlight=False),
@@ -117,7 +117,8 @@ def region_down(
     keep_broker: Annotated[bool, typer.Option(help="leave Kafka running")] = False,
 ) -> None:
     """Stop every service process of the local region (and the broker we started)."""
-    for proc in supervisor.processes(_region()):
+    deployment = _deployment()
+    for proc in supervisor.processes(deployment.region(), run_dir=deployment.run_dir):
         if proc.stop():
             console.print(f"stopped    {proc.name}")
     if not keep_broker:
@@ -148,9 +149,10 @@ def region_status(
     lag: Annotated[bool, typer.Option(help="also show consumer lag per group")] = True,
 ) -> None:
     """Health of every service and consumer lag per group. Exit 1 if anything is down."""
-    region = _region()
+    deployment = _deployment()
+    region = deployment.region()
     chosen = tuple(cities or supervisor.local_cities(region))
-    all_up = _print_status(supervisor.processes(region, chosen))
+    all_up = _print_status(supervisor.processes(region, chosen, run_dir=deployment.run_dir))
     if lag and broker_answers(_bootstrap(), timeout_s=2.0):
         table = Table("group", "lag (messages)")
         prefixes = tuple(region.city(key).topic_prefix for key in chosen)

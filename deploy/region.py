@@ -174,8 +174,8 @@ class Deployment:
     """Where a local region's configuration, certificates and process files are.
 
     The operator's region uses ``deploy/config``, ``deploy/local/certs`` and ``.cache/region``;
-    a test gives each its own folders. ``CREDITLINK_CONFIG_DIR`` and ``CREDITLINK_TLS_DIR``
-    choose the first two for the operator CLI.
+    a test gives each its own folders. ``CREDITLINK_CONFIG_DIR``, ``CREDITLINK_TLS_DIR`` and
+    ``CREDITLINK_RUN_DIR`` choose them for the operator CLI.
     """
 
     config_dir: Path = CONFIG_DIR
@@ -188,6 +188,7 @@ class Deployment:
         return cls(
             config_dir=Path(env.get("CREDITLINK_CONFIG_DIR", CONFIG_DIR)),
             cert_dir=Path(env.get("CREDITLINK_TLS_DIR", CERT_DIR)),
+            run_dir=Path(env.get("CREDITLINK_RUN_DIR", RUN_DIR)),
         )
 
     @property

@@ -16,6 +16,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -95,23 +96,50 @@ async def _memberships(
     return list(answer.memberships)
 
 
-def _city_add(deployment: supervisor.Deployment, *options: str) -> str:
-    """``python -m deploy.ops city add`` as the operator types it; returns its output."""
+def _ops(deployment: supervisor.Deployment, bootstrap: str, *command: str) -> tuple[int, str]:
+    """``python -m deploy.ops COMMAND`` as the operator types it, on this run's region."""
     done = subprocess.run(
-        [sys.executable, "-m", "deploy.ops", "city", "add", *options],
+        [sys.executable, "-m", "deploy.ops", *command],
         cwd=REPO_ROOT,
         env={
             **os.environ,
+            "KAFKA_BOOTSTRAP": bootstrap,
             "CREDITLINK_CONFIG_DIR": str(deployment.config_dir),
             "CREDITLINK_TLS_DIR": str(deployment.cert_dir),
+            "CREDITLINK_RUN_DIR": str(deployment.run_dir),
+            "COLUMNS": "200",
         },
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
-    assert done.returncode == 0, done.stdout + done.stderr
-    return done.stdout
+    return done.returncode, done.stdout + done.stderr
+
+
+def _lag_rows(status: str, prefix: str) -> dict[str, int]:
+    """group -> lag from the lag table of ``region status``, for the groups of ``prefix``."""
+    rows = {}
+    for line in status.splitlines():
+        cells = [cell.strip() for cell in line.split("│")]
+        if len(cells) == 4 and cells[1].startswith(prefix):
+            rows[cells[1]] = int(cells[2].replace(",", ""))
+    return rows
+
+
+def _idle_lag(
+    deployment: supervisor.Deployment, bootstrap: str, run: str
+) -> tuple[dict[str, int], str]:
+    """The lag ``region status`` reports for the groups of the four cities, once all are at 0
+    (or the last report, after 30 s). The three peers run their lists service only, so the
+    status's exit code says nothing here; the table of groups does."""
+    deadline = time.monotonic() + 30
+    while True:
+        _code, status = _ops(deployment, bootstrap, "region", "status", *PEERS, "qingpu")
+        lag = _lag_rows(status, run)
+        if (lag and not any(lag.values())) or time.monotonic() > deadline:
+            return lag, status
+        time.sleep(1)
 
 
 async def _designate_in_suzhou_and_check_at_qingpu(
@@ -127,10 +155,14 @@ async def _designate_in_suzhou_and_check_at_qingpu(
             deployment=deployment,
         )
     )
-    producer = make_producer(settings, client_id="test-city-add")
+    # In a transaction, as Suzhou's intake publishes: a commit marker follows the record.
+    producer = make_producer(
+        settings, client_id="test-city-add", transactional_id=f"{settings.topic_prefix}test"
+    )
     await producer.start()
     try:
-        await publish_records(producer, settings, [list_decision(subject)])
+        async with producer.transaction():
+            await publish_records(producer, settings, [list_decision(subject)])
     finally:
         await producer.stop()
 
@@ -154,11 +186,13 @@ def test_qingpu_added_by_city_add_answers_a_suzhou_designation(
         config_dir=tmp_path / "config", cert_dir=tmp_path / "certs", run_dir=tmp_path / "run"
     )
     _config_of_this_run(deployment.config_dir, run, taken)
-    _city_add(
+    code, output = _ops(
         deployment,
-        *("--key", "qingpu", "--code", "310118", "--topic-prefix", f"{run}qingpu."),
+        kafka_bootstrap,
+        *("city", "add", "--key", "qingpu", "--code", "310118", "--topic-prefix", f"{run}qingpu."),
         *("--grpc-base", str(_free_block(taken)), "--ops-base", str(_free_block(taken))),
     )
+    assert code == 0, output
     assert (deployment.cert_dir / "qingpu.crt").exists()
 
     region = deployment.region()
@@ -183,6 +217,14 @@ def test_qingpu_added_by_city_add_answers_a_suzhou_designation(
         assert membership.issuing_city == SUZHOU
         assert membership.list_type == common_pb2.LIST_TYPE_BLACK
         assert membership.status == common_pb2.LIST_ENTRY_STATUS_ACTIVE
+
+        # `region status` reports Qingpu's node up, and once the region is idle, every group
+        # at lag 0, though the topics it reads end with transaction commit markers.
+        code, status = _ops(deployment, kafka_bootstrap, "region", "status", "qingpu", "--no-lag")
+        assert code == 0, status
+        lag, status = _idle_lag(deployment, kafka_bootstrap, run)
+        assert f"{run}suzhou.lists" in lag, status
+        assert {group: behind for group, behind in lag.items() if behind} == {}, status
     finally:
         for proc in procs:
             proc.stop()
