@@ -33,7 +33,7 @@ from services.common.kafka import make_producer
 from services.common.pseudonym import DEV_REGION_KEY
 from services.common.settings import Settings, load_settings
 from services.common.topics import load_catalogue, provision
-from services.intake.events import RECORD_ACCEPTED, RECORDS_TOPIC
+from services.intake.encode.events import RECORD_ACCEPTED, RECORDS_TOPIC
 from services.intake.importer import default_workers, import_files
 from services.intake.node import intake_node
 from services.intake.prepare import Preparation, PreparedRecord, prepare_chunk, split_file

@@ -48,7 +48,7 @@ from services.common.pseudonym import load_region_key, pseudonym
 from services.common.region import Region
 from services.common.settings import REPO_ROOT, load_settings
 from services.common.workdays import add_working_days
-from services.intake.queries import query_quality
+from services.intake.figures.queries import query_quality
 from tests.kit.identifiers import make_resident_id
 
 T = TypeVar("T")

@@ -35,9 +35,11 @@ from services.common.list_digest import (
 from services.common.peer import (
     Denied,
     PeerSecurity,
+    PeerServer,
     ServiceBinding,
     TlsFiles,
     current_call,
+    start_peer_server,
 )
 from services.common.policy import parse_policy
 from services.common.region import Region, load_region
@@ -280,6 +282,24 @@ class InMemoryListSync(list_sync_pb2_grpc.ListSyncServiceServicer):
         page = chosen[:size]
         token = page[-1].entry_key if len(chosen) > size else ""
         return list_sync_pb2.ListEntriesResponse(entries=page, next_page_token=token)
+
+
+async def serve_fake_check(pki: PeerPki, city: str = "suzhou") -> AsyncIterator[PeerServer]:
+    """A ``CreditCheckService`` (the fake, ``ORG`` black-listed) behind the real guard and mTLS,
+    unaudited, on a free port: the server a client-side contract test talks to."""
+    security = make_security(make_consent_kit().keyring)
+    servicer = FakeCreditCheck(security, {ORG: [common_pb2.LIST_TYPE_BLACK]})
+    node = await start_peer_server(
+        bind="127.0.0.1:0",
+        tls=pki.tls(city),
+        services=[credit_check_binding(servicer)],
+        security=security,
+        audit=None,
+    )
+    try:
+        yield node
+    finally:
+        await node.stop(0)
 
 
 def sample_changes(city_code: str = "320500", count: int = 8) -> list[list_sync_pb2.ListChange]:

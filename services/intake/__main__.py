@@ -33,11 +33,11 @@ from services.common.pseudonym import PseudonymKeyError
 from services.common.region import load_region
 from services.common.settings import Settings, SettingsError, load_settings
 from services.common.workdays import default_calendar
-from services.intake.files import FileFormatError
+from services.intake.figures.queries import list_overdue, query_quality
 from services.intake.importer import DEFAULT_CHUNK, default_workers, import_files, progress_bar
 from services.intake.node import intake_node
-from services.intake.publisher import PublishFailed
-from services.intake.queries import list_overdue, query_quality
+from services.intake.publish.publisher import PublishFailed
+from services.intake.read.files import FileFormatError
 
 app = typer.Typer(
     add_completion=False,

@@ -34,8 +34,7 @@ from rich.progress import (
 
 from services.common.cloudevents import new_traceparent
 from services.common.logging import get_logger
-from services.intake import files
-from services.intake.events import RECORDS_TOPIC, SubmissionSource
+from services.intake.encode.events import RECORDS_TOPIC, SubmissionSource
 from services.intake.node import IntakeNode
 from services.intake.pipeline import Accepted, Outcome, PreparedBatch, disclosure_day_of
 from services.intake.prepare import (
@@ -48,7 +47,8 @@ from services.intake.prepare import (
     split_file,
 )
 from services.intake.preparers import PreparerPool
-from services.intake.validation import ValidationContext
+from services.intake.read import files
+from services.intake.validate.validation import ValidationContext
 
 DEFAULT_CHUNK: Final = CHUNK_LINES
 # The cyclic collector's first threshold while an import runs. Each record adds a ledger

@@ -21,13 +21,13 @@ from services.common.region import load_region
 from services.common.runtime import settle_heap
 from services.common.settings import Settings
 from services.common.workdays import WorkdayCalendar, default_calendar
-from services.intake.ledger import Ledger
-from services.intake.ledger_sync import LedgerFollower
+from services.intake.classify.ledger import Ledger
+from services.intake.classify.ledger_sync import LedgerFollower
 from services.intake.pipeline import IntakePipeline
 from services.intake.prepare import Preparation
 from services.intake.preparers import PreparerPool
-from services.intake.publisher import TransactionalPublisher
-from services.intake.validation import pseudonymiser
+from services.intake.publish.publisher import TransactionalPublisher
+from services.intake.validate.validation import pseudonymiser
 
 
 @dataclass(frozen=True, slots=True)

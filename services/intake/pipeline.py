@@ -3,7 +3,7 @@
 One call of :meth:`IntakePipeline.submit` handles one batch (a chunk of a file, one gRPC
 request, a stream's micro-batch):
 
-1. every submission is validated (pure, :mod:`services.intake.validation`);
+1. every submission is validated (pure, :mod:`services.intake.validate.validation`);
 2. each valid record is classified against the ledger plus the batch's own earlier records:
    new (version 1), correction (version + 1) or duplicate (nothing to publish); each
    rejection gets its deterministic id, and one already on the rejected topic is not
@@ -36,8 +36,7 @@ from services.common.observability import (
     RECORDS_REJECTED,
 )
 from services.common.workdays import CalendarNotCovered, WorkdayCalendar
-from services.intake import events as ev
-from services.intake.ledger import (
+from services.intake.classify.ledger import (
     Classification,
     Disposition,
     Ledger,
@@ -45,7 +44,9 @@ from services.intake.ledger import (
     RejectionState,
     record_state_of,
 )
-from services.intake.ledger_sync import LedgerFollower
+from services.intake.classify.ledger_sync import LedgerFollower
+from services.intake.encode import events as ev
+from services.intake.figures.quality import disclosure_quality
 from services.intake.prepare import (
     Prepared,
     PreparedChunk,
@@ -53,16 +54,15 @@ from services.intake.prepare import (
     PreparedRejection,
     check_submission,
 )
-from services.intake.publisher import OutgoingEvent, PublishFailed, TransactionalPublisher
-from services.intake.quality import disclosure_quality
-from services.intake.validation import (
+from services.intake.publish.publisher import OutgoingEvent, PublishFailed, TransactionalPublisher
+from services.intake.validate.validation import (
     InvalidRecord,
     ValidationContext,
     ValidRecord,
     Verdict,
     Violation,
 )
-from services.intake.vocabulary import DISCLOSURE_CATEGORIES
+from services.intake.validate.vocabulary import DISCLOSURE_CATEGORIES
 
 RETRY_DEADLINE_S: Final = 300.0
 _BACKOFF_S: Final = (0.5, 1.0, 2.0, 4.0)

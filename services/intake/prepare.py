@@ -30,11 +30,11 @@ from typing import BinaryIO, Final
 
 from services.common.avro import AvroSerde
 from services.common.runtime import settle_heap
-from services.intake import events as ev
-from services.intake import files
-from services.intake.ledger import RecordState
-from services.intake.partitioning import partition_for
-from services.intake.validation import (
+from services.intake.classify.ledger import RecordState
+from services.intake.encode import events as ev
+from services.intake.publish.partitioning import partition_for
+from services.intake.read import files
+from services.intake.validate.validation import (
     INCONSISTENT,
     UNPARSEABLE,
     InvalidRecord,
@@ -46,7 +46,7 @@ from services.intake.validation import (
     pseudonymiser,
     validate_submission,
 )
-from services.intake.vocabulary import DISCLOSURE_CATEGORIES
+from services.intake.validate.vocabulary import DISCLOSURE_CATEGORIES
 
 CHUNK_LINES: Final = 2000
 #: Bytes of a CSV body read at a time when splitting a file into chunks.

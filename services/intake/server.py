@@ -37,9 +37,7 @@ from services.common.peer import (
     start_peer_server,
 )
 from services.common.workdays import CalendarNotCovered
-from services.intake import grpc_codec
-from services.intake.events import SubmissionSource
-from services.intake.files import mask_payload_bytes
+from services.intake.encode.events import SubmissionSource
 from services.intake.node import IntakeNode
 from services.intake.pipeline import (
     Accepted,
@@ -47,6 +45,8 @@ from services.intake.pipeline import (
     Submission,
     disclosure_day_of,
 )
+from services.intake.read import grpc_codec
+from services.intake.read.files import mask_payload_bytes
 
 SERVICE_NAME: Final = "creditlink.peer.v1.RecordIntakeService"
 MAX_BATCH: Final = 1000

@@ -15,17 +15,14 @@ import pytest
 from google.protobuf import descriptor_pb2
 from grpc_reflection.v1alpha import reflection_pb2
 
-from creditlink.peer.v1 import common_pb2, credit_check_pb2
-from services.common.peer import PeerServer, secure_channel, start_peer_server
+from creditlink.peer.v1 import credit_check_pb2
+from services.common.peer import PeerServer, secure_channel
 from services.common.settings import REPO_ROOT
 from tests.peer_kit import (
     ORG,
-    FakeCreditCheck,
     PeerPki,
-    credit_check_binding,
-    make_consent_kit,
     make_pki,
-    make_security,
+    serve_fake_check,
 )
 
 GHZ = REPO_ROOT / ".cache" / "bin" / "ghz"
@@ -39,19 +36,8 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> PeerPki:
 
 @pytest.fixture(scope="module")
 async def server(pki: PeerPki) -> AsyncIterator[PeerServer]:
-    security = make_security(make_consent_kit().keyring)
-    servicer = FakeCreditCheck(security, {ORG: [common_pb2.LIST_TYPE_BLACK]})
-    node = await start_peer_server(
-        bind="127.0.0.1:0",
-        tls=pki.tls("suzhou"),
-        services=[credit_check_binding(servicer)],
-        security=security,
-        audit=None,
-    )
-    try:
+    async for node in serve_fake_check(pki):
         yield node
-    finally:
-        await node.stop(0)
 
 
 async def _ask(

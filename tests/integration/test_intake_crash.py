@@ -29,8 +29,8 @@ from aiokafka import TopicPartition
 from services.common.avro import AvroSerde
 from services.common.kafka import make_consumer
 from services.common.settings import REPO_ROOT, Settings
-from services.intake.events import RECORDS_TOPIC, REJECTED_TOPIC
-from services.intake.ledger_sync import partition_counts
+from services.intake.classify.ledger_sync import partition_counts
+from services.intake.encode.events import RECORDS_TOPIC, REJECTED_TOPIC
 from tests.integration.test_intake_import import read_topic
 from tests.kit.intake_samples import penalty_row, render_csv
 

@@ -25,11 +25,11 @@ from services.common.avro import AvroSerde
 from services.common.kafka import make_consumer
 from services.common.pseudonym import DEV_REGION_KEY
 from services.common.settings import Settings
-from services.intake.events import QUALITY_TOPIC, RECORDS_TOPIC, REJECTED_TOPIC
+from services.intake.classify.ledger_sync import partition_counts
+from services.intake.encode.events import QUALITY_TOPIC, RECORDS_TOPIC, REJECTED_TOPIC
+from services.intake.figures.queries import query_quality
 from services.intake.importer import ImportSummary, import_files
-from services.intake.ledger_sync import partition_counts
 from services.intake.node import intake_node
-from services.intake.queries import query_quality
 from tests.kit.identifiers import make_resident_id
 from tests.kit.intake_samples import (
     DEPARTMENTS,

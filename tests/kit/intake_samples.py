@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Final
 
 from services.common.identifiers import org_code_check_char, uscc_check_char
-from services.intake.files import COLUMNS
+from services.intake.read.files import COLUMNS
 from tests.kit.identifiers import make_resident_id, make_uscc
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from services.intake import files
+from services.intake.read import files
 from tests.kit.identifiers import make_resident_id
 from tests.kit.intake_samples import DEPARTMENTS, penalty_row, render_csv, render_jsonl
 

@@ -3,7 +3,7 @@
 The validator must never raise and never fall back to its ``UNPROCESSABLE`` safety net (that
 would be a bug it hides); an accepted record must always encode with the Avro schema and
 never carry a raw resident ID number; the file readers must turn any bytes into rows or a
-file-level :class:`~services.intake.files.FileFormatError`.
+file-level :class:`~services.intake.read.files.FileFormatError`.
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ from hypothesis import strategies as st
 from creditlink.peer.v1 import record_intake_pb2
 from services.common.avro import AvroSerde
 from services.common.pseudonym import DEV_REGION_KEY, pseudonym
-from services.intake import files, grpc_codec
-from services.intake import validation as v
-from services.intake.events import SubmissionSource, credit_record, encode_credit_record
+from services.intake.encode.events import SubmissionSource, credit_record, encode_credit_record
 from services.intake.prepare import chunk_rows, split_file
+from services.intake.read import files, grpc_codec
+from services.intake.validate import validation as v
 from tests.kit.identifiers import make_resident_id
 from tests.kit.intake_samples import licensing_row, penalty_row
 

@@ -9,8 +9,8 @@ from aiokafka.partitioner import DefaultPartitioner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.intake.partitioning import partition_for
 from services.intake.prepare import split_file
+from services.intake.publish.partitioning import partition_for
 
 
 @settings(max_examples=2000)

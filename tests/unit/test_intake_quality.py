@@ -26,18 +26,18 @@ import pytest
 
 from services.common.avro import AvroSerde
 from services.common.workdays import WorkdayCalendar
-from services.intake import validation as v
-from services.intake.events import SubmissionSource, credit_record
-from services.intake.files import flat_to_submission
-from services.intake.ledger import (
+from services.intake.classify.ledger import (
     Disposition,
     Ledger,
     RejectionState,
     record_state_from_event,
     record_state_of,
 )
-from services.intake.publicity import add_months, penalty_publicity
-from services.intake.quality import disclosure_quality, overdue_records
+from services.intake.encode.events import SubmissionSource, credit_record
+from services.intake.encode.publicity import add_months, penalty_publicity
+from services.intake.figures.quality import disclosure_quality, overdue_records
+from services.intake.read.files import flat_to_submission
+from services.intake.validate import validation as v
 from tests.kit.intake_samples import DEPARTMENTS, licensing_row, penalty_row
 
 CALENDAR = WorkdayCalendar()

@@ -12,10 +12,10 @@ import pytest
 
 from services.common.avro import AvroSerde
 from services.common.pseudonym import DEV_REGION_KEY, pseudonym
-from services.intake import validation as v
-from services.intake.events import SubmissionSource, credit_record, encode_credit_record
-from services.intake.files import flat_to_submission
-from services.intake.record_encoding import default_encoding
+from services.intake.encode.events import SubmissionSource, credit_record, encode_credit_record
+from services.intake.encode.record_encoding import default_encoding
+from services.intake.read.files import flat_to_submission
+from services.intake.validate import validation as v
 from tests.kit.identifiers import make_pilot_uscc, make_resident_id, make_uscc
 from tests.kit.intake_samples import DEPARTMENTS, licensing_row, penalty_row
 

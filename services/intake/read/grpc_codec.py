@@ -14,7 +14,7 @@ from google.protobuf.message import DecodeError, Message
 
 from creditlink.peer.v1 import common_pb2, record_intake_pb2
 from services.common.logging import mask_resident_ids
-from services.intake.validation import Violation
+from services.intake.validate.validation import Violation
 
 PAYLOAD_ENCODING: Final = "application/x-protobuf; messageType=creditlink.peer.v1.CreditRecord"
 _ID_FIELDS: Final = ("resident_id_number", "legal_representative_id_number")

@@ -20,8 +20,8 @@ from typing import Any, Final, Literal
 from services.common import cloudevents
 from services.common.avro import AvroSerde
 from services.common.cloudevents import new_traceparent, source_for
-from services.intake.record_encoding import default_encoding
-from services.intake.validation import InvalidRecord, ValidRecord, Violation
+from services.intake.encode.record_encoding import default_encoding
+from services.intake.validate.validation import InvalidRecord, ValidRecord, Violation
 
 RECORDS_TOPIC: Final = "credit.records.v1"
 REJECTED_TOPIC: Final = "credit.records.rejected.v1"
@@ -123,7 +123,7 @@ def encode_credit_record(
     source: SubmissionSource,
 ) -> bytes:
     """``serde.encode`` of :func:`credit_record`, written around the content encoding the
-    validation made (:mod:`services.intake.record_encoding`) when it has one."""
+    validation made (:mod:`services.intake.encode.record_encoding`) when it has one."""
     encoding = default_encoding()
     parts = record.content_parts
     if parts is not None and serde.writer_schema(CREDIT_RECORD_SCHEMA) is encoding.schema:

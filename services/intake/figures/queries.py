@@ -13,9 +13,9 @@ from services.common.avro import AvroSerde
 from services.common.kafka import make_consumer
 from services.common.settings import Settings
 from services.common.workdays import WorkdayCalendar
-from services.intake.events import QUALITY_TOPIC
-from services.intake.ledger_sync import load_ledger, partition_counts
-from services.intake.quality import OverdueRecord, overdue_records
+from services.intake.classify.ledger_sync import load_ledger, partition_counts
+from services.intake.encode.events import QUALITY_TOPIC
+from services.intake.figures.quality import OverdueRecord, overdue_records
 
 
 async def query_quality(

@@ -3,7 +3,7 @@
 Kafka is the source of truth. The ledger is a *materialised view* of three topics —
 ``credit.records.v1`` (record id → latest version and content hash), the rejected topic
 (rejection ids) and ``quality.disclosure.v1`` (declared daily counts) — built by reading them
-(:mod:`services.intake.ledger_sync`) and updated locally only after a transaction that
+(:mod:`services.intake.classify.ledger_sync`) and updated locally only after a transaction that
 published new events has committed. Nothing is checkpointed on local disk, so there is no
 window in which a local checkpoint and the topics disagree: after a crash the view is simply
 read again, and a record that made it to Kafka is known, one that did not is not.
@@ -20,8 +20,8 @@ from datetime import date
 from enum import Enum
 from typing import Any, Protocol
 
-from services.intake.validation import Violation, content_hash
-from services.intake.vocabulary import DISCLOSURE_CATEGORIES
+from services.intake.validate.validation import Violation, content_hash
+from services.intake.validate.vocabulary import DISCLOSURE_CATEGORIES
 
 DepartmentDay = tuple[str, date]
 

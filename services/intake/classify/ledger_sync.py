@@ -1,4 +1,4 @@
-"""Builds and refreshes the :class:`~services.intake.ledger.Ledger` from Kafka.
+"""Builds and refreshes the :class:`~services.intake.classify.ledger.Ledger` from Kafka.
 
 The follower reads ``credit.records.v1``, ``credit.records.rejected.v1`` and
 ``quality.disclosure.v1`` with ``isolation_level=read_committed`` from where it stopped up to
@@ -21,10 +21,10 @@ from services.common.avro import AvroSerde, SerdeError
 from services.common.kafka import make_consumer
 from services.common.logging import get_logger
 from services.common.settings import Settings
-from services.intake import files, grpc_codec
-from services.intake.events import QUALITY_TOPIC, RECORDS_TOPIC, REJECTED_TOPIC
-from services.intake.ledger import Ledger, RejectionState, record_state_from_event
-from services.intake.validation import identify
+from services.intake.classify.ledger import Ledger, RejectionState, record_state_from_event
+from services.intake.encode.events import QUALITY_TOPIC, RECORDS_TOPIC, REJECTED_TOPIC
+from services.intake.read import files, grpc_codec
+from services.intake.validate.validation import identify
 
 CATCH_UP_STALL_S: Final = 60.0
 

@@ -26,7 +26,7 @@ from aiokafka import AIOKafkaProducer
 from services.common.kafka import make_producer
 from services.common.logging import get_logger
 from services.common.settings import Settings
-from services.intake.partitioning import partition_for
+from services.intake.publish.partitioning import partition_for
 
 # A transaction holds one batch (seconds at most). If its producer dies, readers wait this
 # long at most before the broker aborts it and read_committed readers move past it.

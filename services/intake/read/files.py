@@ -1,9 +1,10 @@
 """Bulk files of 双公示 records: CSV and JSON Lines, UTF-8 or GB18030, read line by line.
 
 The column set is documented in ``docs/intake-file-format.md``; this module turns each data
-line into a *submission* (the canonical nested form :mod:`services.intake.validation` reads)
-or, when a line cannot be read at all, into an ``UNPARSEABLE`` problem. Nothing is skipped
-silently: every non-blank line after the CSV header is one :class:`FileRow`.
+line into a *submission* (the canonical nested form
+:mod:`services.intake.validate.validation` reads) or, when a line cannot be read at all,
+into an ``UNPARSEABLE`` problem. Nothing is skipped silently:
+every non-blank line after the CSV header is one :class:`FileRow`.
 
 Encoding is decided per physical line: UTF-8 (strict) first, then GB18030 (strict) — so a
 file concatenated from a UTF-8 export and a GB18030 export reads correctly — and a line that

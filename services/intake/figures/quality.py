@@ -15,7 +15,7 @@ three):
 * *overdue* — records not validly reported by the due date: accepted late, or (once the due
   date has passed) rejected and not corrected.
 
-Pure functions over the :class:`~services.intake.ledger.Ledger`; publishing is elsewhere.
+Pure functions over the :class:`~services.intake.classify.ledger.Ledger`; publishing is elsewhere.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from itertools import filterfalse
 from typing import Any
 
 from services.common.workdays import CalendarNotCovered, WorkdayCalendar
-from services.intake.ledger import Ledger
+from services.intake.classify.ledger import Ledger
 
 
 @functools.cache  # reading package metadata takes a millisecond; it is one per figure

@@ -18,7 +18,7 @@ Rules (docs/design.md §4.1–§4.3, docs/intake-file-format.md):
 * dates: the decision date is not in the future, the report date is neither in the future
   nor before the decision date, validity and list terms do not end before they start;
 * amounts: integral fen, not negative, a fine when and only when ``FINE`` is imposed;
-* enumerations from :mod:`services.intake.vocabulary`;
+* enumerations from :mod:`services.intake.validate.vocabulary`;
 * natural persons: the resident ID number is replaced by the region pseudonym here, and any
   ID-number-shaped token in free text is masked (warning ``PERSONAL_DATA_MASKED``), so no
   raw number leaves the service. Messages never repeat an ID number.
@@ -45,13 +45,13 @@ from services.common.identifiers import (
 )
 from services.common.logging import mask_resident_ids
 from services.common.pseudonym import pseudonym
-from services.intake import vocabulary as vocab
-from services.intake.publicity import bounded_publicity, penalty_publicity
-from services.intake.record_encoding import (
+from services.intake.encode.publicity import bounded_publicity, penalty_publicity
+from services.intake.encode.record_encoding import (
     ContentParts,
     content_digest,
     default_encoding,
 )
+from services.intake.validate import vocabulary as vocab
 
 # --- results ------------------------------------------------------------------------------
 
@@ -142,7 +142,7 @@ class ValidRecord:
     """An accepted submission, normalised to the Avro ``CreditRecord`` shape.
 
     ``content`` holds every field the submission decides (see
-    :data:`~services.intake.record_encoding.CONTENT_FIELDS`); the node adds version, report
+    :data:`~services.intake.encode.record_encoding.CONTENT_FIELDS`); the node adds version, report
     date, acceptance time, publicity start and source when it publishes. ``content_hash``
     tells a duplicate from a correction.
     """
@@ -295,7 +295,7 @@ def identify(submission: object, city_code: str) -> RecordIdentity:
 
 
 def content_hash(content: Mapping[str, Any]) -> str:
-    """SHA-256 of the content's Avro encoding (:mod:`services.intake.record_encoding`), of a
+    """SHA-256 of the content's Avro encoding (:mod:`services.intake.encode.record_encoding`), of a
     ``ValidRecord``'s content or a whole event as read back."""
     return content_digest(default_encoding().content_encoding(content))
 

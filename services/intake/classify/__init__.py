@@ -1,0 +1,1 @@
+"""Classifying a valid record as new, duplicate or correction against the ledger."""

@@ -1,0 +1,1 @@
+"""Figures and queries over what intake has recorded: disclosure quality, overdue days."""

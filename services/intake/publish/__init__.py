@@ -1,0 +1,1 @@
+"""Publishing events to Kafka in transactions, partitioned by subject."""

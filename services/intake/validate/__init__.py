@@ -1,0 +1,1 @@
+"""Validating a submission against the disclosure rules."""
