@@ -235,10 +235,13 @@ def city_entry(region_raw: Mapping[str, Any], request: CityRequest) -> dict[str,
     clash = sorted(taken & {_port(a) for a in (*endpoints.values(), *ops.values())})
     if clash:
         raise CityAddError(f"ports {clash} are another city's; choose --grpc-base/--ops-base")
+    prefix = request.topic_prefix or known.get("topic_prefix") or f"{request.key}."
+    if not prefix.endswith("."):
+        raise CityAddError(f"topic prefix {prefix!r} must end with '.' (e.g. {request.key}.)")
     entry = {
         "name": name,
         "admin_code": code,
-        "topic_prefix": request.topic_prefix or known.get("topic_prefix") or f"{request.key}.",
+        "topic_prefix": prefix,
         "score_scale": request.score_scale or known.get("score_scale") or f"{name}信用分",
         "endpoints": endpoints,
         "ops": ops,

@@ -120,6 +120,7 @@ def test_a_new_city_needs_a_name_and_gets_the_next_block(config: Path, tmp_path:
         (CityRequest(key="kunshan", admin_code="320500", name="昆山"), "already the region's"),
         (CityRequest(key="Qingpu", admin_code="310118"), "lower-case"),
         (CityRequest(key="qingpu", admin_code="31011"), "6-digit"),
+        (CityRequest(key="qingpu", admin_code="310118", topic_prefix="qingpu"), "end with"),
         (CityRequest(key="qingpu", admin_code="310118", grpc_base=24150), "another city's"),
     ],
 )
