@@ -12,10 +12,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings as hypothesis_settings
 
 from deploy.broker import Broker, broker_answers, start_broker
 from services.common.settings import Settings, load_settings
 from services.common.topics import load_catalogue, provision
+
+# Property tests assert what holds, not how fast one example runs: a per-example deadline only
+# fails them on a loaded machine (a first call paying for imports and caches took 0.47 s).
+hypothesis_settings.register_profile("creditlink", deadline=None)
+hypothesis_settings.load_profile("creditlink")
 
 
 @pytest.fixture(scope="session")
