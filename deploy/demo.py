@@ -32,7 +32,9 @@ DEMO_ENVIRONMENT = {
 }
 
 
-async def import_scores_with(bootstrap: str, region: Region, city: str, path: Path) -> int:
+async def import_scores_with(
+    bootstrap: str, deployment: supervisor.Deployment, region: Region, city: str, path: Path
+) -> int:
     """``python -m services.scores import-scores`` as the operator runs it."""
     node = region.city(city)
     process = await asyncio.create_subprocess_exec(
@@ -44,6 +46,8 @@ async def import_scores_with(bootstrap: str, region: Region, city: str, path: Pa
         cwd=REPO_ROOT,
         env={
             **os.environ,
+            **deployment.config_environment(),
+            "CREDITLINK_TLS_DIR": str(deployment.cert_dir),
             "CREDITLINK_CITY": city,
             "KAFKA_BOOTSTRAP": bootstrap,
             "CREDITLINK_TOPIC_PREFIX": node.topic_prefix,
@@ -54,12 +58,16 @@ async def import_scores_with(bootstrap: str, region: Region, city: str, path: Pa
     return await process.wait()
 
 
-async def play(region: Region, bootstrap: str, console: Console) -> Scenario:
-    scenario = Scenario(region, bootstrap, console)
+async def play(
+    region: Region, bootstrap: str, console: Console, deployment: supervisor.Deployment
+) -> Scenario:
+    scenario = Scenario(region, bootstrap, console, deployment=deployment)
     try:
         await scenario.disclosure()
         await scenario.blacklist()
-        await scenario.scores(lambda city, path: import_scores_with(bootstrap, region, city, path))
+        await scenario.scores(
+            lambda city, path: import_scores_with(bootstrap, deployment, region, city, path)
+        )
         await scenario.alert()
     finally:
         await scenario.close()
@@ -109,7 +117,7 @@ def run_region_scenario(
             f"services   {len(procs)} processes healthy in {time.monotonic() - started:.0f} s "
             f"(logs in {deployment.run_dir / 'logs'})"
         )
-        scenario = asyncio.run(play(region, bootstrap, console))
+        scenario = asyncio.run(play(region, bootstrap, console, deployment))
         scenario.outcomes.idle_lag = asyncio.run(idle_lag(bootstrap, region))
         behind = {group: lag for group, lag in scenario.outcomes.idle_lag.items() if lag}
         console.print(

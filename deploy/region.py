@@ -63,9 +63,12 @@ class Supervised:
         node.stop()  # SIGTERM, SIGKILL after the grace period
     """
 
-    def __init__(self, name: str, module: str, *, run_dir: Path) -> None:
+    def __init__(
+        self, name: str, module: str, *, run_dir: Path, arguments: Sequence[str] = ()
+    ) -> None:
         self.name = name
         self.module = module
+        self.arguments = tuple(arguments)
         self.pid_file = run_dir / "pids" / f"{name}.pid"
         self.log_file = run_dir / "logs" / f"{name}.log"
         #: Where this process's log began at its last :meth:`start` (its earlier runs' output
@@ -105,7 +108,7 @@ class Supervised:
         with self.log_file.open("ab") as log:
             self.log_start = log.tell()
             child = subprocess.Popen(  # noqa: S603 -- our own module, fixed arguments
-                [sys.executable, "-m", self.module],
+                [sys.executable, "-m", self.module, *self.arguments],
                 cwd=REPO_ROOT,
                 env=dict(env),
                 stdout=log,
@@ -222,11 +225,23 @@ async def _cluster_id(bootstrap: str) -> str:
     return str(cluster.get("cluster_id") or "unknown-cluster")
 
 
+#: The command a service runs with, where it is not the module's default. Intake without a
+#: command calls its ``serve`` as a plain function, whose options then keep their defaults
+#: whatever their environment variables say (CREDITLINK_TLS_DIR); named on the command line,
+#: ``serve`` reads them.
+SERVICE_ARGUMENTS: Final[Mapping[str, tuple[str, ...]]] = {"intake": ("serve",)}
+
+
 class Process(Supervised):
     """One service process of one city node."""
 
     def __init__(self, city: City, service: str, *, run_dir: Path = RUN_DIR) -> None:
-        super().__init__(f"{city.key}-{service}", f"services.{service}", run_dir=run_dir)
+        super().__init__(
+            f"{city.key}-{service}",
+            f"services.{service}",
+            run_dir=run_dir,
+            arguments=SERVICE_ARGUMENTS.get(service, ()),
+        )
         self.city = city
         self.service = service
 

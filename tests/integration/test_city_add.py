@@ -3,34 +3,28 @@ configuration and certificates, it comes up as a live node beside Suzhou, Wuxi a
 (one broker, mutual TLS), and its CheckSubject answers a designation decided in Suzhou.
 
 The three cities' entries are moved to ports and topic prefixes of this run (the demo's fixed
-ones may be in use); Qingpu gets its ports and prefix through the command's own options.
+ones may be in use: tests/kit/deployment.py); Qingpu gets its ports and prefix through the
+command's own options.
 Qingpu runs every service, a live node; the others run the lists service, all the check needs.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 import random
-import shutil
-import socket
-import subprocess
-import sys
 import time
-import uuid
 from pathlib import Path
 
 import grpc
 import pytest
-import yaml
 
 from creditlink.peer.v1 import common_pb2, credit_check_pb2, credit_check_pb2_grpc
 from deploy import region as supervisor
-from deploy.broker import REPO_ROOT
 from services.common.kafka import make_producer
 from services.common.peer import TlsFiles, secure_channel
 from services.common.region import Region
 from services.common.settings import load_settings
+from tests.kit.deployment import RunRegion
 from tests.kit.identifiers import make_uscc
 from tests.kit.lists import SUZHOU, list_decision
 from tests.kit.lists_region import eventually, publish_records
@@ -38,42 +32,6 @@ from tests.kit.lists_region import eventually, publish_records
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(300)]
 
 PEERS = ("suzhou", "wuxi", "changzhou")
-
-
-def _free_block(taken: set[int]) -> int:
-    """A base whose ports base+1…base+4 are free, below Linux's ephemeral range (32768-60999)
-    as the region file's ports are, so that no outgoing connection already holds one."""
-    for _ in range(200):
-        base = random.randrange(20_000, 32_000, 10)
-        ports = range(base + 1, base + 5)
-        if taken.isdisjoint(ports) and all(_bindable(port) for port in ports):
-            taken.update(ports)
-            return base
-    raise RuntimeError("no free block of 4 ports")
-
-
-def _bindable(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def _config_of_this_run(config_dir: Path, run: str, taken: set[int]) -> None:
-    """deploy/config, with the three cities on ports and topic prefixes of this run."""
-    shutil.copytree(REPO_ROOT / "deploy" / "config", config_dir)
-    path = config_dir / "region.yaml"
-    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    for key in PEERS:
-        entry = raw["cities"][key]
-        for kind in ("endpoints", "ops"):
-            base = _free_block(taken)
-            order = ("lists", "scores", "alerts", "intake")
-            entry[kind] = {s: f"127.0.0.1:{base + 1 + n}" for n, s in enumerate(order)}
-        entry["topic_prefix"] = f"{run}{key}."
-    path.write_text(yaml.safe_dump(raw, allow_unicode=True, sort_keys=False), encoding="utf-8")
 
 
 async def _memberships(
@@ -96,27 +54,6 @@ async def _memberships(
     return list(answer.memberships)
 
 
-def _ops(deployment: supervisor.Deployment, bootstrap: str, *command: str) -> tuple[int, str]:
-    """``python -m deploy.ops COMMAND`` as the operator types it, on this run's region."""
-    done = subprocess.run(
-        [sys.executable, "-m", "deploy.ops", *command],
-        cwd=REPO_ROOT,
-        env={
-            **os.environ,
-            "KAFKA_BOOTSTRAP": bootstrap,
-            "CREDITLINK_CONFIG_DIR": str(deployment.config_dir),
-            "CREDITLINK_TLS_DIR": str(deployment.cert_dir),
-            "CREDITLINK_RUN_DIR": str(deployment.run_dir),
-            "COLUMNS": "200",
-        },
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    return done.returncode, done.stdout + done.stderr
-
-
 def _lag_rows(status: str, prefix: str) -> dict[str, int]:
     """group -> lag from the lag table of ``region status``, for the groups of ``prefix``."""
     rows = {}
@@ -127,16 +64,14 @@ def _lag_rows(status: str, prefix: str) -> dict[str, int]:
     return rows
 
 
-def _idle_lag(
-    deployment: supervisor.Deployment, bootstrap: str, run: str
-) -> tuple[dict[str, int], str]:
+def _idle_lag(run: RunRegion, bootstrap: str) -> tuple[dict[str, int], str]:
     """The lag ``region status`` reports for the groups of the four cities, once all are at 0
     (or the last report, after 30 s). The three peers run their lists service only, so the
     status's exit code says nothing here; the table of groups does."""
     deadline = time.monotonic() + 30
     while True:
-        _code, status = _ops(deployment, bootstrap, "region", "status", *PEERS, "qingpu")
-        lag = _lag_rows(status, run)
+        status = run.ops(bootstrap, "region", "status", *PEERS, "qingpu").stdout
+        lag = _lag_rows(status, run.run)
         if (lag and not any(lag.values())) or time.monotonic() > deadline:
             return lag, status
         time.sleep(1)
@@ -180,19 +115,15 @@ async def _designate_in_suzhou_and_check_at_qingpu(
 def test_qingpu_added_by_city_add_answers_a_suzhou_designation(
     kafka_bootstrap: str, tmp_path: Path
 ) -> None:
-    run = f"t{uuid.uuid4().hex[:8]}-"
-    taken: set[int] = set()
-    deployment = supervisor.Deployment(
-        config_dir=tmp_path / "config", cert_dir=tmp_path / "certs", run_dir=tmp_path / "run"
-    )
-    _config_of_this_run(deployment.config_dir, run, taken)
-    code, output = _ops(
-        deployment,
+    run = RunRegion(tmp_path, PEERS)
+    deployment = run.deployment
+    added = run.ops(
         kafka_bootstrap,
-        *("city", "add", "--key", "qingpu", "--code", "310118", "--topic-prefix", f"{run}qingpu."),
-        *("--grpc-base", str(_free_block(taken)), "--ops-base", str(_free_block(taken))),
+        *("city", "add", "--key", "qingpu", "--code", "310118"),
+        *("--topic-prefix", run.prefix("qingpu")),
+        *("--grpc-base", str(run.free_block()), "--ops-base", str(run.free_block())),
     )
-    assert code == 0, output
+    assert added.returncode == 0, added.stdout + added.stderr
     assert (deployment.cert_dir / "qingpu.crt").exists()
 
     region = deployment.region()
@@ -220,10 +151,10 @@ def test_qingpu_added_by_city_add_answers_a_suzhou_designation(
 
         # `region status` reports Qingpu's node up, and once the region is idle, every group
         # at lag 0, though the topics it reads end with transaction commit markers.
-        code, status = _ops(deployment, kafka_bootstrap, "region", "status", "qingpu", "--no-lag")
-        assert code == 0, status
-        lag, status = _idle_lag(deployment, kafka_bootstrap, run)
-        assert f"{run}suzhou.lists" in lag, status
+        up = run.ops(kafka_bootstrap, "region", "status", "qingpu", "--no-lag")
+        assert up.returncode == 0, up.stdout + up.stderr
+        lag, status = _idle_lag(run, kafka_bootstrap)
+        assert f"{run.prefix('suzhou')}lists" in lag, status
         assert {group: behind for group, behind in lag.items() if behind} == {}, status
     finally:
         for proc in procs:
