@@ -17,6 +17,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from creditlink.peer.v1 import common_pb2, credit_check_pb2, credit_check_pb2_grpc
 from deploy import region as supervisor
@@ -52,6 +53,22 @@ async def _memberships(
                 raise
             return []
     return list(answer.memberships)
+
+
+async def _serving_with_run_certificates(
+    region: Region, deployment: supervisor.Deployment
+) -> dict[str, bool]:
+    """Whether each of Qingpu's gRPC endpoints answers its health check to a peer holding a
+    certificate of this run's CA: each serves with the certificate `city add` issued."""
+    tls = TlsFiles.for_city("wuxi", deployment.cert_dir)
+    serving = {}
+    for service, target in region.city("qingpu").endpoints.items():
+        async with secure_channel(target, tls) as channel:
+            answer = await health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=""), timeout=10
+            )
+        serving[service] = answer.status == health_pb2.HealthCheckResponse.SERVING
+    return serving
 
 
 def _lag_rows(status: str, prefix: str) -> dict[str, int]:
@@ -141,6 +158,8 @@ def test_qingpu_added_by_city_add_answers_a_suzhou_designation(
             )
         late = supervisor.wait_healthy(procs, timeout_s=120)
         assert [p.name for p in late] == []
+        serving = asyncio.run(_serving_with_run_certificates(region, deployment))
+        assert serving == dict.fromkeys(supervisor.SERVICES, True)
 
         membership = asyncio.run(
             _designate_in_suzhou_and_check_at_qingpu(region, deployment, kafka_bootstrap, data_root)
