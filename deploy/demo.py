@@ -1,10 +1,10 @@
 """``make demo``: a three-city region on one machine, with a scenario played through it.
 
 Starts (or reuses) the local broker, issues dev certificates, provisions each city's topics,
-starts every service of Suzhou, Wuxi and Changzhou as its own process (real gRPC with mutual
-TLS between them) and plays ``deploy/scenario.py`` through the region. Exits 0 when every
-outcome is what the scenario expects; ``--keep`` leaves the region running
-(``python -m deploy.ops region down`` stops it).
+starts every service of each city of the region file that runs locally (Suzhou, Wuxi and
+Changzhou) as its own process (real gRPC with mutual TLS between them) and plays
+``deploy/scenario.py`` through the region. Exits 0 when every outcome is what the scenario
+expects; ``--keep`` leaves the region running (``python -m deploy.ops region down`` stops it).
 """
 
 from __future__ import annotations
@@ -20,12 +20,10 @@ from rich.console import Console
 
 from deploy import region as supervisor
 from deploy.broker import REPO_ROOT, Broker, broker_answers
-from deploy.ops import consumer_lag
+from deploy.ops import consumer_lag, local_broker
 from deploy.scenario import Scenario
-from services.common.region import Region, load_region
-from services.common.topics import load_catalogue, provision
+from services.common.region import Region
 
-REGION_FILE = REPO_ROOT / "deploy" / "config" / "region.yaml"
 # Short refresh periods so a freshly imported score distribution is published within
 # seconds (production keeps the services' defaults).
 DEMO_ENVIRONMENT = {
@@ -34,7 +32,9 @@ DEMO_ENVIRONMENT = {
 }
 
 
-async def import_scores_with(bootstrap: str, region: Region, city: str, path: Path) -> int:
+async def import_scores_with(
+    bootstrap: str, deployment: supervisor.Deployment, region: Region, city: str, path: Path
+) -> int:
     """``python -m services.scores import-scores`` as the operator runs it."""
     node = region.city(city)
     process = await asyncio.create_subprocess_exec(
@@ -46,6 +46,8 @@ async def import_scores_with(bootstrap: str, region: Region, city: str, path: Pa
         cwd=REPO_ROOT,
         env={
             **os.environ,
+            **deployment.config_environment(),
+            "CREDITLINK_TLS_DIR": str(deployment.cert_dir),
             "CREDITLINK_CITY": city,
             "KAFKA_BOOTSTRAP": bootstrap,
             "CREDITLINK_TOPIC_PREFIX": node.topic_prefix,
@@ -56,12 +58,16 @@ async def import_scores_with(bootstrap: str, region: Region, city: str, path: Pa
     return await process.wait()
 
 
-async def play(region: Region, bootstrap: str, console: Console) -> Scenario:
-    scenario = Scenario(region, bootstrap, console)
+async def play(
+    region: Region, bootstrap: str, console: Console, deployment: supervisor.Deployment
+) -> Scenario:
+    scenario = Scenario(region, bootstrap, console, deployment=deployment)
     try:
         await scenario.disclosure()
         await scenario.blacklist()
-        await scenario.scores(lambda city, path: import_scores_with(bootstrap, region, city, path))
+        await scenario.scores(
+            lambda city, path: import_scores_with(bootstrap, deployment, region, city, path)
+        )
         await scenario.alert()
     finally:
         await scenario.close()
@@ -74,44 +80,44 @@ async def idle_lag(bootstrap: str, region: Region, timeout_s: float = 30.0) -> d
     prefixes = tuple(city.topic_prefix for city in region.cities.values())
     deadline = time.monotonic() + timeout_s
     while True:
-        lag = {g: n for g, n in await consumer_lag(bootstrap) if g.startswith(prefixes)}
+        lag = dict(await consumer_lag(bootstrap, group_prefixes=prefixes))
         if not any(lag.values()) or time.monotonic() > deadline:
             return lag
         await asyncio.sleep(1.0)
 
 
 def run_region_scenario(
-    bootstrap: str, console: Console, *, data_root: Path, keep: bool = False
+    bootstrap: str,
+    console: Console,
+    *,
+    data_root: Path,
+    keep: bool = False,
+    deployment: supervisor.Deployment | None = None,
 ) -> Scenario:
-    """Certificates, topics, every service of the three cities, the scenario; then stop."""
-    region = load_region(REGION_FILE)
-    from services.common.certs import issue_dev_certificates
-
-    for line in issue_dev_certificates(supervisor.CERT_DIR, sorted(region.cities)):
-        console.print(f"certs      {line}", highlight=False)
-    catalogue = load_catalogue()
-    for key in supervisor.local_cities(region):
-        city = region.city(key)
-        report = asyncio.run(provision(bootstrap, catalogue, prefix=city.topic_prefix))
-        console.print(
-            f"topics     {city.name} {city.topic_prefix}*: {len(report.created)} created, "
-            f"{len(report.unchanged)} present, {len(report.drift)} drifted"
-        )
-    procs = supervisor.processes(region)
+    """Certificates, topics, every service of the region file's cities, the scenario; then
+    stop."""
+    deployment = deployment or supervisor.Deployment()
+    region = deployment.region()
     started = time.monotonic()
-    for proc in procs:
-        supervisor.start(proc, bootstrap=bootstrap, data_root=data_root, extra=DEMO_ENVIRONMENT)
+    procs, late = supervisor.up(
+        region,
+        bootstrap=bootstrap,
+        data_root=data_root,
+        deployment=deployment,
+        extra=DEMO_ENVIRONMENT,
+        timeout_s=240,
+        report=lambda line: console.print(line, highlight=False),
+    )
     try:
-        late = supervisor.wait_healthy(procs, timeout_s=240)
         if late:
             for proc in late:
                 console.print(f"[red]{proc.name} not healthy; log: {proc.log_file}[/red]")
             raise SystemExit(1)
         console.print(
             f"services   {len(procs)} processes healthy in {time.monotonic() - started:.0f} s "
-            f"(logs in {supervisor.RUN_DIR / 'logs'})"
+            f"(logs in {deployment.run_dir / 'logs'})"
         )
-        scenario = asyncio.run(play(region, bootstrap, console))
+        scenario = asyncio.run(play(region, bootstrap, console, deployment))
         scenario.outcomes.idle_lag = asyncio.run(idle_lag(bootstrap, region))
         behind = {group: lag for group, lag in scenario.outcomes.idle_lag.items() if lag}
         console.print(
@@ -123,7 +129,7 @@ def run_region_scenario(
     finally:
         if not keep:
             for proc in procs:
-                supervisor.stop(proc)
+                proc.stop()
 
 
 def main() -> int:
@@ -134,18 +140,13 @@ def main() -> int:
     console = Console(width=max(Console().width, 140))
     began = time.monotonic()
 
-    bootstrap = os.environ.get("KAFKA_BOOTSTRAP", "127.0.0.1:19092")
-    broker: Broker | None = None
+    region_broker = local_broker()
+    bootstrap = region_broker.bootstrap
+    broker: Broker | None = None  # the one this run started, stopped at the end
     if broker_answers(bootstrap):
         console.print(f"broker     {bootstrap} (already running)")
     else:
-        port = int(bootstrap.rpartition(":")[2])
-        broker = Broker(
-            bootstrap=bootstrap,
-            state_dir=REPO_ROOT / ".cache" / "kafka" / "region",
-            port=port,
-            controller_port=port + 1,
-        )
+        broker = region_broker
         broker.up()
         console.print(f"broker     {bootstrap} (started: Kafka KRaft, jars from Maven Central)")
     try:

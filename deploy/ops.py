@@ -21,24 +21,30 @@ from rich.table import Table
 
 from deploy import region as supervisor
 from deploy.broker import REPO_ROOT, Broker, broker_answers
-from services.common.region import Region, load_region
+from services.common.region import Region
 from services.common.settings import load_settings
-from services.common.topics import load_catalogue, provision
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 region_app = typer.Typer(no_args_is_help=True, help="start, stop and watch the local region")
 topics_app = typer.Typer(no_args_is_help=True, help="topics from the catalogue")
+city_app = typer.Typer(no_args_is_help=True, help="cities of the region")
 app.add_typer(region_app, name="region")
 app.add_typer(topics_app, name="topics")
+app.add_typer(city_app, name="city")
 
 console = Console()
-REGION_FILE = REPO_ROOT / "deploy" / "config" / "region.yaml"
 DEFAULT_BOOTSTRAP = "127.0.0.1:19092"
 CityOption = Annotated[str, typer.Option("--city", "-c", help="city key from the region file")]
 
 
+def _deployment() -> supervisor.Deployment:
+    """``deploy/config``, ``deploy/local/certs`` and ``.cache/region``, or the folders that
+    ``CREDITLINK_CONFIG_DIR``, ``CREDITLINK_TLS_DIR`` and ``CREDITLINK_RUN_DIR`` name."""
+    return supervisor.Deployment.from_environment()
+
+
 def _region() -> Region:
-    return load_region(Path(os.environ.get("CREDITLINK_REGION_FILE", REGION_FILE)))
+    return _deployment().region()
 
 
 def _bootstrap() -> str:
@@ -84,29 +90,22 @@ def region_up(
     timeout: Annotated[float, typer.Option(help="seconds to wait for health")] = 120.0,
 ) -> None:
     """Start the broker (if none answers), certificates, topics and every service of each city."""
-    region = _region()
-    chosen = tuple(cities or supervisor.local_cities(region))
+    deployment = _deployment()
     broker = local_broker()
     if broker_answers(broker.bootstrap):
         console.print(f"broker     {broker.bootstrap} (already running)")
     else:
         broker.up()
         console.print(f"broker     {broker.bootstrap} (started)")
-    _python_module("services.common.certs", "issue")
-    catalogue = load_catalogue()
-    for key in chosen:
-        report = asyncio.run(
-            provision(broker.bootstrap, catalogue, prefix=region.city(key).topic_prefix)
-        )
-        console.print(
-            f"topics     {key}: {len(report.created)} created, {len(report.unchanged)} present, "
-            f"{len(report.drift)} drifted"
-        )
-    procs = supervisor.processes(region, chosen)
-    data_root = supervisor.data_root(broker.bootstrap)
-    for proc in procs:
-        supervisor.start(proc, bootstrap=broker.bootstrap, data_root=data_root)
-    late = supervisor.wait_healthy(procs, timeout_s=timeout)
+    procs, late = supervisor.up(
+        deployment.region(),
+        cities or None,
+        bootstrap=broker.bootstrap,
+        data_root=supervisor.data_root(broker.bootstrap, deployment.run_dir),
+        deployment=deployment,
+        timeout_s=timeout,
+        report=lambda line: console.print(line, highlight=False),
+    )
     _print_status(procs)
     if late:
         console.print(f"[red]not healthy after {timeout:.0f} s: {[p.name for p in late]}[/red]")
@@ -118,8 +117,9 @@ def region_down(
     keep_broker: Annotated[bool, typer.Option(help="leave Kafka running")] = False,
 ) -> None:
     """Stop every service process of the local region (and the broker we started)."""
-    for proc in supervisor.processes(_region(), tuple(_region().cities)):
-        if proc.city.ops.get(proc.service) and supervisor.stop(proc):
+    deployment = _deployment()
+    for proc in supervisor.processes(deployment.region(), run_dir=deployment.run_dir):
+        if proc.stop():
             console.print(f"stopped    {proc.name}")
     if not keep_broker:
         local_broker().down()
@@ -149,11 +149,14 @@ def region_status(
     lag: Annotated[bool, typer.Option(help="also show consumer lag per group")] = True,
 ) -> None:
     """Health of every service and consumer lag per group. Exit 1 if anything is down."""
-    chosen = tuple(cities or supervisor.local_cities(_region()))
-    all_up = _print_status(supervisor.processes(_region(), chosen))
+    deployment = _deployment()
+    region = deployment.region()
+    chosen = tuple(cities or supervisor.local_cities(region))
+    all_up = _print_status(supervisor.processes(region, chosen, run_dir=deployment.run_dir))
     if lag and broker_answers(_bootstrap(), timeout_s=2.0):
         table = Table("group", "lag (messages)")
-        for group, behind in asyncio.run(consumer_lag(_bootstrap())):
+        prefixes = tuple(region.city(key).topic_prefix for key in chosen)
+        for group, behind in asyncio.run(consumer_lag(_bootstrap(), group_prefixes=prefixes)):
             table.add_row(group, f"{behind:,}")
         console.print(table)
     if not all_up:
@@ -166,8 +169,12 @@ LAG_READ_LIMIT: Final = 10_000
 LAG_READ_SECONDS: Final = 5.0
 
 
-async def consumer_lag(bootstrap: str) -> list[tuple[str, int]]:
-    """Total lag of each consumer group: the committed records no member has read yet.
+async def consumer_lag(
+    bootstrap: str, *, group_prefixes: tuple[str, ...] = ()
+) -> list[tuple[str, int]]:
+    """Total lag of each consumer group (those whose id starts with one of
+    ``group_prefixes``, when given: a city's groups start with its topic prefix): the
+    committed records no member has read yet.
 
     The end offset of a partition counts transaction commit markers, which no consumer ever
     receives, so a group that has read everything still sits one offset per transaction behind
@@ -186,6 +193,8 @@ async def consumer_lag(bootstrap: str) -> list[tuple[str, int]]:
     try:
         result: list[tuple[str, int]] = []
         for group_id, *_rest in sorted(await admin.list_consumer_groups()):
+            if group_prefixes and not group_id.startswith(group_prefixes):
+                continue
             committed = await admin.list_consumer_group_offsets(group_id)
             if not committed:
                 continue
@@ -227,6 +236,59 @@ async def _records_in(reader: Any, gaps: dict[Any, tuple[int, int]]) -> int:
     return total
 
 
+# --- city -------------------------------------------------------------------------------
+@city_app.command("add")
+def city_add(
+    key: Annotated[str, typer.Option(help="the city's key, e.g. qingpu")],
+    code: Annotated[str, typer.Option(help="administrative division code (GB/T 2260)")],
+    name: Annotated[
+        str | None, typer.Option(help="display name, e.g. 上海青浦 (default: the region file's)")
+    ] = None,
+    score_scale: Annotated[
+        str | None, typer.Option(help="name of the city's personal score (default: <name>信用分)")
+    ] = None,
+    topic_prefix: Annotated[str | None, typer.Option(help="default: <key>.")] = None,
+    host: Annotated[str | None, typer.Option(help="host of its endpoints")] = None,
+    grpc_base: Annotated[
+        int | None, typer.Option(help="gRPC ports base+1… (default: the next free block)")
+    ] = None,
+    ops_base: Annotated[
+        int | None, typer.Option(help="ops ports base+1… (default: the next free block)")
+    ] = None,
+) -> None:
+    """Make a city a connected node of the region: its region entry and endpoints, a caller
+    in the peer policy, a score scale, dev certificates (docs/adding-a-city.md)."""
+    from deploy.cities import CityAddError, CityRequest, add_city
+
+    deployment = _deployment()
+    request = CityRequest(
+        key=key,
+        admin_code=code,
+        name=name,
+        score_scale=score_scale,
+        topic_prefix=topic_prefix,
+        host=host,
+        grpc_base=grpc_base,
+        ops_base=ops_base,
+    )
+    try:
+        added = add_city(deployment.config_dir, deployment.cert_dir, request)
+    except CityAddError as exc:
+        console.print(f"[red]{exc}[/red]", highlight=False)
+        raise typer.Exit(1) from None
+    for line in added.changes or [f"{key} is already a connected city: nothing to change"]:
+        console.print(f"added      {line}", highlight=False, soft_wrap=True)
+    for line in added.left_to_operator:
+        console.print(f"[yellow]review     {line}[/yellow]", highlight=False, soft_wrap=True)
+    # Nodes read the region file and the policy when they start: the running ones restart.
+    console.print(
+        "next       python -m deploy.ops region down --keep-broker"
+        " && python -m deploy.ops region up",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
 # --- topics -------------------------------------------------------------------------------
 @topics_app.command("apply")
 def topics_apply(
@@ -258,7 +320,7 @@ def _channel(caller: str, city: str, service: str) -> Any:
     from services.common.peer import TlsFiles, secure_channel
 
     target = _region().city(city).endpoint(service)
-    return secure_channel(target, TlsFiles.for_city(caller, supervisor.CERT_DIR))
+    return secure_channel(target, TlsFiles.for_city(caller, _deployment().cert_dir))
 
 
 @app.command("lists-check")

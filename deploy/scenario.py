@@ -38,7 +38,7 @@ from creditlink.peer.v1 import (
     score_recognition_pb2,
     score_recognition_pb2_grpc,
 )
-from deploy.region import CERT_DIR
+from deploy.region import Deployment
 from services.common.avro import AvroSerde
 from services.common.clock import china_today
 from services.common.consent import ConsentIssuer, load_private_key
@@ -46,13 +46,12 @@ from services.common.identifiers import org_code_check_char, uscc_check_char
 from services.common.peer import TlsFiles, secure_channel
 from services.common.pseudonym import load_region_key, pseudonym
 from services.common.region import Region
-from services.common.settings import REPO_ROOT, load_settings
+from services.common.settings import load_settings
 from services.common.workdays import add_working_days
 from services.intake.figures.queries import query_quality
 from tests.kit.identifiers import make_resident_id
 
 T = TypeVar("T")
-SCORES_CONFIG = REPO_ROOT / "deploy" / "config" / "score-incentives.yaml"
 ORG_BODY_ALPHABET = "0123456789ABCDEFGHJKLMNPQRTUWXY"
 
 
@@ -118,9 +117,22 @@ async def eventually(
         await asyncio.sleep(every)
 
 
+def _scales(deployment: Deployment) -> dict[str, Any]:
+    """Each city's score scale, from the deployment's ``score-incentives.yaml``."""
+    path = Path(deployment.config_environment()["CREDITLINK_SCORES_CONFIG"])
+    scales: dict[str, Any] = yaml.safe_load(path.read_text(encoding="utf-8"))["scales"]
+    return scales
+
+
 class Scenario:
     def __init__(
-        self, region: Region, bootstrap: str, console: Console, *, seed: int | None = None
+        self,
+        region: Region,
+        bootstrap: str,
+        console: Console,
+        *,
+        seed: int | None = None,
+        deployment: Deployment | None = None,
     ) -> None:
         # A fresh seed per run: a region kept between runs already holds the last run's
         # subjects, and reusing them would replay its alerts and double its quality counts.
@@ -128,6 +140,7 @@ class Scenario:
         self.region = region
         self.bootstrap = bootstrap
         self.console = console
+        self.deployment = deployment or Deployment()
         self.rng = random.Random(self.seed)  # noqa: S311 -- demo data, not secrets
         self.today = china_today()
         self.outcomes = Outcomes()
@@ -139,7 +152,8 @@ class Scenario:
         key = (caller, city, service)
         if key not in self._channels:
             target = self.region.city(city).endpoint(service)
-            self._channels[key] = secure_channel(target, TlsFiles.for_city(caller, CERT_DIR))
+            tls = TlsFiles.for_city(caller, self.deployment.cert_dir)
+            self._channels[key] = secure_channel(target, tls)
         return self._channels[key]
 
     async def close(self) -> None:
@@ -513,7 +527,7 @@ class Scenario:
     # --- 3. scores ---------------------------------------------------------------------------
     async def scores(self, import_scores: Callable[[str, Path], Awaitable[int]]) -> None:
         self.say("\n[bold]3. Personal credit scores recognised across cities[/bold]")
-        scales = yaml.safe_load(SCORES_CONFIG.read_text(encoding="utf-8"))["scales"]
+        scales = _scales(self.deployment)
         key = load_region_key({"CREDITLINK_DEV": "1"})
         residents: dict[str, list[tuple[str, float]]] = {}
         with tempfile.TemporaryDirectory() as scratch:
@@ -542,9 +556,8 @@ class Scenario:
         # A Suzhou resident near the top of 桂花分 asks Wuxi to recognise their score.
         resident, _score = max(residents["suzhou"], key=lambda p: p[1])
         subject = f"N:{pseudonym(resident, key)}"
-        issuer = ConsentIssuer(
-            self.code_of("suzhou"), load_private_key(CERT_DIR / "suzhou.consent.key")
-        )
+        consent_key = load_private_key(self.deployment.cert_dir / "suzhou.consent.key")
+        issuer = ConsentIssuer(self.code_of("suzhou"), consent_key)
         token = issuer.issue(
             subject_key=subject,
             audience_city=self.code_of("wuxi"),

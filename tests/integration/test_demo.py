@@ -1,4 +1,7 @@
-"""The demo's scenario through a whole three-city region: what `make demo` shows must hold."""
+"""The demo's scenario through a whole three-city region: what `make demo` shows must hold.
+
+The region is the demo's configuration on ports and topic prefixes of this run
+(tests/kit/deployment.py), so that it does not meet another run's demo."""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ from rich.console import Console
 
 from deploy.broker import Broker
 from deploy.demo import run_region_scenario
+from tests.kit.deployment import RunRegion
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(600)]
 
@@ -16,7 +20,12 @@ pytestmark = [pytest.mark.kafka, pytest.mark.timeout(600)]
 def test_demo_scenario_outcomes(kafka_broker: Broker, tmp_path: Path) -> None:
     with (tmp_path / "demo.txt").open("w", encoding="utf-8") as transcript:
         console = Console(file=transcript, width=140)
-        scenario = run_region_scenario(kafka_broker.bootstrap, console, data_root=tmp_path / "data")
+        scenario = run_region_scenario(
+            kafka_broker.bootstrap,
+            console,
+            data_root=tmp_path / "data",
+            deployment=RunRegion(tmp_path).deployment,
+        )
     outcomes = scenario.outcomes
 
     # 双公示: 7 records submitted in Suzhou, one with a corrupted code.

@@ -3,8 +3,9 @@ the benchmark.
 
 Each city gets its own topic prefix, data directory, gRPC port and region file (so a test can
 route one city's view of another through a :class:`TcpProxy`), and all share a CA and
-certificates made for the run. Nodes are started with ``python -m services.lists`` and can be
-stopped (SIGTERM), killed (SIGKILL) and started again on the same data.
+certificates made for the run. Nodes are started with ``python -m services.lists`` by the
+region supervisor (``deploy.region.Supervised``) and can be stopped (SIGTERM), killed (SIGKILL)
+and started again on the same data.
 
 Example::
 
@@ -22,20 +23,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import signal
 import subprocess
-import sys
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Final
+from typing import Any, Final
 
 import grpc
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from creditlink.peer.v1 import credit_check_pb2_grpc, list_sync_pb2, list_sync_pb2_grpc
+from deploy.broker import free_port as free_port  # the tests and benches import it from here
+from deploy.region import Supervised
 from services.common.avro import AvroSerde
 from services.common.certs import issue_dev_certificates
 from services.common.kafka import EventPublisher, make_consumer, make_producer
@@ -54,14 +55,6 @@ from services.lists.store import ListStore
 
 REGION_FILE: Final = REPO_ROOT / "deploy" / "config" / "region.yaml"
 RECORD_EVENT: Final = "cn.creditlink.credit.record.accepted.v1"
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class TcpProxy:
@@ -137,61 +130,71 @@ async def eventually(probe: Callable[[], Awaitable[Any]], *, within: float = 30.
             await asyncio.sleep(0.1)
 
 
+async def publish_records(
+    producer: Any,
+    settings: Settings,
+    records: Iterable[Mapping[str, Any]],
+    *,
+    serde: AvroSerde | None = None,
+) -> int:
+    """Publish CreditRecords onto the node's ``credit.records.v1`` as its intake does; returns
+    how many, once the broker has them all."""
+    publisher = EventPublisher(producer, serde or AvroSerde(), settings, service="intake")
+    topic = settings.topic(RECORDS_TOPIC)
+    futures = []
+    for record in records:
+        key = str(record["subject"]["subject_key"])
+        value, headers = publisher.encode(
+            RECORD_SCHEMA,
+            record,
+            key=key,
+            event_type=RECORD_EVENT,
+            event_id=f"{record['record_id']}.v{record['version']}",
+        )
+        futures.append(await producer.send(topic, value=value, key=key.encode(), headers=headers))
+    await asyncio.gather(*futures)
+    return len(futures)
+
+
 @dataclass
 class CityNode:
+    """One city's lists node, a process of the region supervisor (``deploy.region``)."""
+
     key: str
     code: str
     port: int
     settings: Settings
     env: dict[str, str]
-    log_path: Path
-    process: subprocess.Popen[bytes] | None = None
-    _log: IO[bytes] | None = field(default=None, repr=False)
-    _log_from: int = field(default=0, repr=False)
+    supervised: Supervised
 
     @property
     def target(self) -> str:
         return f"127.0.0.1:{self.port}"
 
     @property
+    def log_path(self) -> Path:
+        return self.supervised.log_file
+
+    @property
+    def process(self) -> subprocess.Popen[bytes] | None:
+        return self.supervised.child
+
+    @property
     def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
+        return self.supervised.running
 
     def start(self) -> None:
         if self.running:
             raise RuntimeError(f"{self.key} is already running")
-        self._log = self.log_path.open("ab")
-        self._log_from = self._log.tell()
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "services.lists"],
-            env=self.env,
-            cwd=REPO_ROOT,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-
-    def _reap(self, timeout: float) -> None:
-        if self.process is not None:
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
-        if self._log is not None:
-            self._log.close()
-            self._log = None
+        self.supervised.start(self.env)
 
     def stop(self, timeout: float = 20.0) -> None:
         """SIGTERM: the node stops reading, drains calls and closes its store."""
-        if self.running and self.process is not None:
-            self.process.send_signal(signal.SIGTERM)
-        self._reap(timeout)
+        self.supervised.stop(grace_s=timeout)
 
     def kill(self) -> None:
         """SIGKILL (``kill -9``): no shutdown code runs."""
-        if self.running and self.process is not None:
-            self.process.kill()
-        self._reap(10.0)
+        self.supervised.kill()
 
     def store(self) -> ListStore:
         """The node's store opened read-only (beside the running node, or after it)."""
@@ -210,15 +213,13 @@ class CityNode:
             store.close()
 
     def log_text(self) -> str:
-        return self.log_path.read_text(encoding="utf-8", errors="replace")
+        return self.supervised.log_text()
 
     @property
     def started(self) -> bool:
         """The node logged the end of its start (serving processes included) since its
         last :meth:`start`."""
-        with self.log_path.open("rb") as log:
-            log.seek(self._log_from)
-            return b'"lists_started"' in log.read()
+        return self.supervised.logged_since_start(b'"lists_started"')
 
 
 class ListsRegion:
@@ -271,7 +272,7 @@ class ListsRegion:
                 port=self.ports[city],
                 settings=settings,
                 env=env,
-                log_path=directory / f"{city}.log",
+                supervised=Supervised(f"{city}-lists", "services.lists", run_dir=directory),
             )
         self._producers: dict[str, Any] = {}
         self.serde = AvroSerde()
@@ -370,23 +371,7 @@ class ListsRegion:
             producer = make_producer(settings, client_id="harness")
             await producer.start()
             self._producers[city] = producer
-        publisher = EventPublisher(producer, self.serde, settings, service="intake")
-        topic = settings.topic(RECORDS_TOPIC)
-        futures = []
-        for record in records:
-            key = str(record["subject"]["subject_key"])
-            value, headers = publisher.encode(
-                RECORD_SCHEMA,
-                record,
-                key=key,
-                event_type=RECORD_EVENT,
-                event_id=f"{record['record_id']}.v{record['version']}",
-            )
-            futures.append(
-                await producer.send(topic, value=value, key=key.encode(), headers=headers)
-            )
-        await asyncio.gather(*futures)
-        return len(futures)
+        return await publish_records(producer, settings, records, serde=self.serde)
 
     async def read_topic(self, city: str, topic: str) -> list[tuple[str | None, bytes | None]]:
         settings = self.nodes[city].settings
