@@ -28,21 +28,19 @@ import contextlib
 import os
 import sys
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from bench.capacity import kafka_hop
 from bench.harness import BenchContext, Comparison, benchmark, percentile
 from creditlink.peer.v1 import credit_check_pb2, credit_check_pb2_grpc
 from services.common.audit import AUDIT_TOPIC
 from services.common.audit_relay import AuditRelay
 from services.common.consent import ConsentKeyring
-from services.common.kafka import make_consumer, make_producer
 from services.common.peer import (
     PeerSecurity,
     ServiceBinding,
@@ -244,47 +242,6 @@ async def _wait_for_echo(target: str, tls: TlsFiles) -> None:
     raise RuntimeError("the echo server did not start")
 
 
-async def _kafka_hop(bootstrap: str, *, rate: float, count: int) -> list[float]:
-    """Latency of one plain Kafka hop (acks=all producer → consumer) at ``rate`` msg/s."""
-    settings = load_settings({"KAFKA_BOOTSTRAP": bootstrap})
-    topic = f"bench-hop-{uuid.uuid4().hex[:8]}"
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(topic, 1, 1)])
-    finally:
-        await admin.close()
-    producer = make_producer(settings, client_id="bench-hop")
-    consumer = make_consumer(settings, group_id=None, fetch_max_wait_ms=100)
-    consumer.subscribe([topic])
-    await producer.start()
-    await consumer.start()
-    sent: dict[bytes, float] = {}
-    latencies: list[float] = []
-    try:
-        await consumer.seek_to_end()
-
-        async def receive() -> None:
-            async for message in consumer:
-                if message.value in sent:
-                    latencies.append(time.perf_counter() - sent[message.value])
-                if len(latencies) >= count:
-                    return
-
-        receiving = asyncio.create_task(receive())
-        await asyncio.sleep(0.5)
-        for n in range(count):
-            value = f"{n}".encode()
-            sent[value] = time.perf_counter()
-            await producer.send(topic, value=value)
-            await asyncio.sleep(1 / rate)
-        await asyncio.wait_for(receiving, 30)
-    finally:
-        await consumer.stop()
-        await producer.stop()
-    return latencies
-
-
 # --- the benchmark ----------------------------------------------------------------------------
 
 
@@ -380,7 +337,7 @@ async def _propagation(region: ListsRegion, seconds: float) -> list[Comparison]:
         await asyncio.sleep(max(0.0, started + (first + step) / rate - time.perf_counter()))
     await asyncio.wait_for(asyncio.gather(*pollers), 120)
     await channel.close()
-    hop = await _kafka_hop(region.bootstrap, rate=rate, count=len(latencies))
+    hop = await kafka_hop(region.bootstrap, rate=rate, seconds=len(latencies) / rate)
     p50, p99 = percentile(latencies, 50) * 1000, percentile(latencies, 99) * 1000
     hop50, hop99 = percentile(hop, 50) * 1000, percentile(hop, 99) * 1000
     label = f"propagation Suzhou→Wuxi CheckSubject @500/s (n={len(latencies)})"
