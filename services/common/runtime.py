@@ -14,11 +14,14 @@ CPU per call and of an import worker's CPU per row.
 from __future__ import annotations
 
 import gc
+import os
 import sys
 
 
 def settle_heap() -> None:
     """Collect what start-up left behind, then freeze the rest (call once started)."""
+    if os.environ.get("CREDITLINK_AB_GC_FREEZE", "1") == "0":
+        return
     gc.collect()
     gc.freeze()
 
@@ -35,5 +38,7 @@ SERVING_SWITCH_INTERVAL_S = 0.0005
 
 def hand_over_gil_sooner() -> None:
     """Shorten the switch interval of a process that serves gRPC (never lengthen it)."""
+    if os.environ.get("CREDITLINK_AB_SWITCH_INTERVAL", "1") == "0":
+        return
     if sys.getswitchinterval() > SERVING_SWITCH_INTERVAL_S:
         sys.setswitchinterval(SERVING_SWITCH_INTERVAL_S)

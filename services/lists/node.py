@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 from collections.abc import Callable, Coroutine
 from datetime import timedelta
@@ -83,9 +84,20 @@ class ListsNode:
         self.producer = make_producer(settings, client_id=SERVICE)
         # Credit checks are the region's hot path: their audit chain is linked and produced
         # by a helper process, off the serving thread (services/common/audit_relay.py).
-        self.audit = AuditRelay(
-            settings, node_city=self.city.admin_code, chain=SERVICE, service=SERVICE
-        )
+        self.audit: AuditRelay | AuditChainWriter
+        if os.environ.get("CREDITLINK_AB_AUDIT_RELAY", "1") == "0":
+            self.audit = AuditChainWriter(
+                settings,
+                self.serde,
+                self.producer,
+                node_city=self.city.admin_code,
+                chain=SERVICE,
+                service=SERVICE,
+            )
+        else:
+            self.audit = AuditRelay(
+                settings, node_city=self.city.admin_code, chain=SERVICE, service=SERVICE
+            )
         # Refusals of what peers send are OUTBOUND records of a second chain (one writer each).
         self.mirror_audit = AuditChainWriter(
             settings,
@@ -145,7 +157,8 @@ class ListsNode:
             relay.cancel()
             with contextlib.suppress(BaseException):
                 await relay
-            await self.audit.close()
+            if isinstance(self.audit, AuditRelay):
+                await self.audit.close()
             raise
         await relay
         self.server = await start_peer_server(
@@ -244,7 +257,10 @@ class ListsNode:
         for mirror in self.mirrors:
             await mirror.close()
         with contextlib.suppress(Exception):
-            await self.audit.close()
+            if isinstance(self.audit, AuditRelay):
+                await self.audit.close()
+            else:
+                await self.audit.flush()
         await self.producer.stop()
         self.store.close()
 
