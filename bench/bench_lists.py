@@ -1,8 +1,6 @@
 """Lists figures, each next to a baseline measured in the same run on this machine.
 
-Two city nodes (Suzhou, Wuxi) run as real processes on the run's broker, over mTLS, each
-answering peer calls from two processes (``CREDITLINK_LISTS_SERVING_PROCESSES=2``, as a node
-given two cores is set up; ``services/lists/serving.py``).
+Two city nodes (Suzhou, Wuxi) run as real processes on the run's broker, over mTLS.
 
 - **propagation**: list decisions published onto Suzhou's ``credit.records.v1`` at 500/s; for
   every twentieth one, the time until Wuxi's ``CheckSubject`` returns it (polled every 10 ms).
@@ -13,7 +11,7 @@ given two cores is set up; ``services/lists/serving.py``).
   a connection of its own, versus a trivial grpc.aio unary echo (one process, the same mTLS
   certificates, same payload size, called the same way). A second row compares with an
   empty CheckSubject behind the same security kit (authorization and the audit chain,
-  ``services/common/peer/server.py``), served from two processes too, which splits the kit's
+  ``services/common/peer/server.py``), which splits the kit's
   cost from the lists service's own.
 - **CheckSubjects**: subjects/s in batches of 500, versus the unary CheckSubject QPS.
 
@@ -38,9 +36,10 @@ import grpc
 from bench.capacity import kafka_hop
 from bench.harness import BenchContext, Comparison, benchmark, percentile
 from creditlink.peer.v1 import credit_check_pb2, credit_check_pb2_grpc
-from services.common.audit import AUDIT_TOPIC
-from services.common.audit_relay import AuditRelay
+from services.common.audit import AUDIT_TOPIC, AuditChainWriter
+from services.common.avro import AvroSerde
 from services.common.consent import ConsentKeyring
+from services.common.kafka import make_producer
 from services.common.peer import (
     PeerSecurity,
     ServiceBinding,
@@ -57,9 +56,6 @@ from tests.kit.lists_region import ListsRegion, free_port
 
 CALLERS = 16
 BATCH = 500
-#: Wuxi answers peer calls from two processes, as a node given two cores is set up
-#: (CREDITLINK_LISTS_SERVING_PROCESSES, services/lists/serving.py); so does the kit row.
-SERVING_PROCESSES = 2
 #: Each caller on a connection of its own, as separate clients are: channels of one process
 #: to one target otherwise share a single connection.
 OWN_CONNECTION = (("grpc.use_local_subchannel_pool", 1),)
@@ -112,8 +108,10 @@ async def serve_kit_echo(
         {"CREDITLINK_CITY": "wuxi", "KAFKA_BOOTSTRAP": bootstrap, "CREDITLINK_TOPIC_PREFIX": prefix}
     )
     region = load_region(settings.region_file)
-    # The audit chain as a lists node writes it: through a relay helper process.
-    audit = AuditRelay(settings, node_city="320200", chain=chain)
+    # The audit chain as a lists node writes it.
+    producer = make_producer(settings, client_id="bench-kit")
+    await producer.start()
+    audit = AuditChainWriter(settings, AvroSerde(), producer, node_city="320200", chain=chain)
     await audit.start()
     security = PeerSecurity(
         city="wuxi",
@@ -169,8 +167,8 @@ def _stat_fields(pid: int | str) -> list[str]:
 
 
 def process_cpu_seconds(pid: int) -> float | None:
-    """User + system CPU time so far of a process and of its live descendants (a node's
-    audit relay helper does part of its work), from Linux ``/proc``; None elsewhere."""
+    """User + system CPU time so far of a process and of its live descendants, from Linux
+    ``/proc``; None elsewhere."""
     try:
         parents: dict[int, int] = {}
         for entry in Path("/proc").iterdir():
@@ -253,7 +251,6 @@ async def lists(ctx: BenchContext) -> list[Comparison]:
         ctx.kafka_bootstrap,
         cities=("suzhou", "wuxi"),
         reconcile_seconds=600,
-        extra_env={"CREDITLINK_LISTS_SERVING_PROCESSES": str(SERVING_PROCESSES)},
     )
     await region.provision()
     region.start_all()
@@ -271,10 +268,7 @@ async def lists(ctx: BenchContext) -> list[Comparison]:
         )
         for arguments in (
             ["echo", str(echo_port), tls_dir],
-            *(
-                ["kit-echo", str(kit_port), tls_dir, ctx.kafka_bootstrap, kit_prefix, f"bench-{n}"]
-                for n in range(SERVING_PROCESSES)
-            ),
+            ["kit-echo", str(kit_port), tls_dir, ctx.kafka_bootstrap, kit_prefix, "bench"],
         )
     ]
     try:
@@ -287,7 +281,6 @@ async def lists(ctx: BenchContext) -> list[Comparison]:
             "kit": [server.pid for server in servers[1:]],
         }
         rows += await _checks(region, seconds, echo_port, kit_port, pids)
-        rows.append(await _one_serving_process(region, seconds, echo_port))
     finally:
         for server in servers:
             server.terminate()
@@ -394,45 +387,6 @@ def _check_request(n: int) -> credit_check_pb2.CheckSubjectRequest:
         subject_key=organisation_key(n if n % 2 else 500_000 + n),
         scenario=credit_check_pb2.SCENARIO_GOVERNMENT_PROCUREMENT,
         purpose="bench",
-    )
-
-
-async def _one_serving_process(region: ListsRegion, seconds: float, echo_port: int) -> Comparison:
-    """The same node restarted to answer from one process, against the echo again: what the
-    serving processes bring, in the same run."""
-    wuxi = region.nodes["wuxi"]
-    wuxi.stop()
-    wuxi.env["CREDITLINK_LISTS_SERVING_PROCESSES"] = "1"
-    wuxi.start()
-    await region.wait_ready("wuxi")
-    tls = region.tls("suzhou")
-    requests = [_check_request(n) for n in range(2000)]
-    payload = requests[0].SerializeToString()
-    channels = _connections(wuxi.target, tls)
-    stubs = [region.check_stub(c) for c in channels]
-    echo_channels = _connections(f"127.0.0.1:{echo_port}", tls)
-    echoes: list[Any] = [c.unary_unary(ECHO_METHOD) for c in echo_channels]
-
-    async def check(n: int) -> object:
-        return await stubs[n % len(stubs)].CheckSubject(requests[n % len(requests)], timeout=10)
-
-    async def echo(n: int) -> object:
-        return await echoes[n % len(echoes)](payload, timeout=10)
-
-    measured = await _interleaved(
-        [Contender("check", check), Contender("echo", echo)], seconds, pids={}
-    )
-    for channel in (*channels, *echo_channels):
-        await channel.close()
-    calls, _lat, elapsed = measured["check"].totals()
-    echo_calls, _echo_lat, echo_elapsed = measured["echo"].totals()
-    return Comparison(
-        f"CheckSubject QPS, {CALLERS} callers, node answering from one process",
-        calls / elapsed,
-        echo_calls / echo_elapsed,
-        "req/s",
-        "grpc.aio unary echo, same mTLS",
-        notes="CREDITLINK_LISTS_SERVING_PROCESSES=1, for comparison",
     )
 
 

@@ -87,7 +87,7 @@ class AuditEntry:
 
 class QueuedAuditLog:
     """Entries queued per call and handed on one batch per ``linger_ms``, in queue order:
-    what :class:`AuditChainWriter` and ``audit_relay.AuditRelay`` share. A subclass says
+    the queue of :class:`AuditChainWriter`. A subclass says
     how a batch is handed on (:meth:`_hand_on`) and sets ``_started`` once it may be."""
 
     _name = "audit log"

@@ -18,7 +18,6 @@ from services.common.avro import AvroSerde
 from services.common.clock import china_today
 from services.common.pseudonym import load_region_key
 from services.common.region import load_region
-from services.common.runtime import settle_heap
 from services.common.settings import Settings
 from services.common.workdays import WorkdayCalendar, default_calendar
 from services.intake.classify.ledger import Ledger
@@ -105,7 +104,6 @@ async def intake_node(
                 )
                 if warming is not None:
                     await warming
-                settle_heap()  # the ledger read so far, the schemas and the calendar stay
                 yield IntakeNode(
                     settings, city_code, key, serde, ledger, publisher, follower, pipeline, pool
                 )

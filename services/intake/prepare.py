@@ -29,7 +29,6 @@ from datetime import date, datetime
 from typing import BinaryIO, Final
 
 from services.common.avro import AvroSerde
-from services.common.runtime import settle_heap
 from services.intake.classify.ledger import RecordState
 from services.intake.encode import events as ev
 from services.intake.publish.partitioning import partition_for
@@ -416,7 +415,6 @@ def revalidate_line(
 
 
 _SERDE: AvroSerde | None = None
-_SETTLED = False
 
 
 def exit_with_parent() -> None:
@@ -496,8 +494,4 @@ def prepare_chunk(chunk: Chunk, preparation: Preparation) -> PreparedChunk:
                 source=source,
             )
         )
-    global _SETTLED
-    if not _SETTLED:  # schemas, compiled writers and the calendar are loaded by now
-        settle_heap()
-        _SETTLED = True
     return out

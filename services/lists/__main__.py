@@ -24,8 +24,7 @@ from services.common.region import RegionConfigError, load_region
 from services.common.settings import Settings, SettingsError, load_settings
 from services.lists.config import load_lists_config
 from services.lists.measures import MeasuresError, load_measures
-from services.lists.node import ListsNode
-from services.lists.serving import SERVICE
+from services.lists.node import SERVICE, ListsNode
 from services.lists.store import ListStore
 
 

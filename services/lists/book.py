@@ -21,7 +21,7 @@ the store.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -138,8 +138,7 @@ class RepairReport:
 class BookView:
     """What the peer-facing servicers read of a node's lists: the store, the cursors, the
     mirrors' sync times, and a wait for the next own change. :class:`ListBook` is this and
-    the single writer; a serving process beside the node (``serving.py``) is this alone,
-    told of the node's commits."""
+    the single writer."""
 
     def __init__(
         self, store: ListStore, *, own_city: str, clock: Callable[[], datetime] = utc_now
@@ -155,8 +154,6 @@ class BookView:
         #: Moves on whenever an entry of ``synced_at`` does (readers key caches on it).
         self.synced_moves = 0
         self._stored_sync: dict[str, tuple[int, datetime | None]] = {}
-        #: Called whenever ``synced_at`` moves on.
-        self.on_synced: list[Callable[[], None]] = []
 
     def now(self) -> datetime:
         return self._clock()
@@ -164,17 +161,6 @@ class BookView:
     def _mark_synced(self, peer_code: str, now: datetime) -> None:
         self.synced_at[peer_code] = now
         self.synced_moves += 1
-        for listener in self.on_synced:
-            listener()
-
-    async def follow(self, changed: Iterable[bytes], synced_at: Mapping[str, datetime]) -> None:
-        """Beside the node, on a secondary store: the node committed the keys ``changed``
-        and its mirrors were last synced at ``synced_at``."""
-        self.store.follow_primary(changed)
-        if synced_at != self.synced_at:
-            self.synced_at = dict(synced_at)
-            self.synced_moves += 1
-        await self._notify_own()
 
     def peer_synced_at(self, peer_code: str) -> datetime | None:
         synced = self.synced_at.get(peer_code)

@@ -12,10 +12,8 @@ Besides the common settings (``services/common/settings.py``):
 - ``CREDITLINK_LISTS_EXPIRY_SECONDS``: how often ended terms are taken down (60).
 - ``CREDITLINK_LISTS_RETENTION_DAYS``: how long removed entries and own changes are kept,
   the retention of ``credit.list-changes.v1`` (365).
-- ``CREDITLINK_LISTS_SERVING_PROCESSES``: processes answering peer calls on the bind
-  address (1: the node alone). Each one more is a reader beside the node that takes its
-  share of the connections (``serving.py``); a node whose cores sit idle while its credit
-  checks queue gives it one per core.
+
+The node answers peer calls from one process (docs/list-sync.md, "One process").
 """
 
 from __future__ import annotations
@@ -31,7 +29,6 @@ from services.common.settings import REPO_ROOT, Settings, SettingsError
 from services.lists.measures import DEFAULT_MEASURES_FILE
 
 DEFAULT_TLS_DIR: Final = REPO_ROOT / "deploy" / "local" / "certs"
-MAX_SERVING_PROCESSES: Final = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,7 +39,6 @@ class ListsConfig:
     reconcile_seconds: float
     expiry_seconds: float
     retention_days: int
-    serving_processes: int = 1
 
 
 def _positive(env: Mapping[str, str], name: str, default: float, problems: list[str]) -> float:
@@ -79,13 +75,6 @@ def load_lists_config(
     reconcile = _positive(env, "CREDITLINK_LISTS_RECONCILE_SECONDS", 300.0, problems)
     expiry = _positive(env, "CREDITLINK_LISTS_EXPIRY_SECONDS", 60.0, problems)
     retention = _positive(env, "CREDITLINK_LISTS_RETENTION_DAYS", 365, problems)
-    serving = env.get("CREDITLINK_LISTS_SERVING_PROCESSES", "1").strip()
-    if not serving.isdigit() or not 1 <= int(serving) <= MAX_SERVING_PROCESSES:
-        problems.append(
-            f"CREDITLINK_LISTS_SERVING_PROCESSES: {serving!r} is not a whole number "
-            f"from 1 to {MAX_SERVING_PROCESSES}"
-        )
-        serving = "1"
     if problems:
         raise SettingsError("invalid lists configuration:\n  - " + "\n  - ".join(problems))
     return ListsConfig(
@@ -95,5 +84,4 @@ def load_lists_config(
         reconcile_seconds=reconcile,
         expiry_seconds=expiry,
         retention_days=int(retention),
-        serving_processes=int(serving),
     )

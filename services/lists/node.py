@@ -14,29 +14,31 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from datetime import timedelta
+from pathlib import Path
 from typing import Any, Final
 
 import grpc
 import structlog
 
+from creditlink.peer.v1 import credit_check_pb2_grpc, list_sync_pb2_grpc
 from services.common.audit import AuditChainWriter
-from services.common.audit_relay import AuditRelay
 from services.common.avro import AvroSerde
 from services.common.kafka import make_producer
 from services.common.peer import (
     PeerSecurity,
     PeerServer,
+    ServiceBinding,
     TlsFiles,
     secure_channel,
     start_peer_server,
 )
 from services.common.region import City, Region
 from services.common.settings import Settings
-from services.lists.book import ListBook
+from services.lists.book import BookView, ListBook
+from services.lists.check_server import CreditCheckServicer
 from services.lists.config import ListsConfig
 from services.lists.kafka_io import (
     CHANGES_TOPIC,
@@ -45,17 +47,16 @@ from services.lists.kafka_io import (
     KafkaRefusals,
     feed_records,
 )
-from services.lists.measures import load_measures
+from services.lists.measures import MeasuresCatalogue, load_measures
 from services.lists.mirror import Backoff, PeerMirror
-from services.lists.serving import (
-    SERVER_OPTIONS,
-    SERVICE,
-    ServingProcesses,
-    peer_services,
-    store_path,
-)
 from services.lists.store import ListStore
+from services.lists.sync_server import ListSyncServicer
 
+SERVICE: Final = "lists"
+SERVER_OPTIONS: Final = (
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+)
 PRUNE_EVERY_SECONDS: Final = 3600.0
 #: Keep-alive pings let a follower notice a dead peer connection (half-open TCP) quickly.
 CHANNEL_OPTIONS: Final = (
@@ -66,6 +67,28 @@ CHANNEL_OPTIONS: Final = (
 )
 
 log = structlog.get_logger()
+
+
+def peer_services(
+    book: BookView, catalogue: MeasuresCatalogue, security: PeerSecurity, peers: Sequence[City]
+) -> list[ServiceBinding]:
+    """The peer-facing services of a lists node, answered from ``book``."""
+    return [
+        ServiceBinding(
+            ListSyncServicer(book),
+            list_sync_pb2_grpc.add_ListSyncServiceServicer_to_server,
+            "creditlink.peer.v1.ListSyncService",
+        ),
+        ServiceBinding(
+            CreditCheckServicer(book, catalogue, security, peers),
+            credit_check_pb2_grpc.add_CreditCheckServiceServicer_to_server,
+            "creditlink.peer.v1.CreditCheckService",
+        ),
+    ]
+
+
+def store_path(settings: Settings) -> Path:
+    return settings.data_dir / SERVICE / "store"
 
 
 class ListsNode:
@@ -82,22 +105,14 @@ class ListsNode:
         self.tls = TlsFiles.for_city(settings.city, config.tls_dir)
         self.store = ListStore(store_path(settings), self.serde, own_city=self.city.admin_code)
         self.producer = make_producer(settings, client_id=SERVICE)
-        # Credit checks are the region's hot path: their audit chain is linked and produced
-        # by a helper process, off the serving thread (services/common/audit_relay.py).
-        self.audit: AuditRelay | AuditChainWriter
-        if os.environ.get("CREDITLINK_AB_AUDIT_RELAY", "1") == "0":
-            self.audit = AuditChainWriter(
-                settings,
-                self.serde,
-                self.producer,
-                node_city=self.city.admin_code,
-                chain=SERVICE,
-                service=SERVICE,
-            )
-        else:
-            self.audit = AuditRelay(
-                settings, node_city=self.city.admin_code, chain=SERVICE, service=SERVICE
-            )
+        self.audit = AuditChainWriter(
+            settings,
+            self.serde,
+            self.producer,
+            node_city=self.city.admin_code,
+            chain=SERVICE,
+            service=SERVICE,
+        )
         # Refusals of what peers send are OUTBOUND records of a second chain (one writer each).
         self.mirror_audit = AuditChainWriter(
             settings,
@@ -133,7 +148,6 @@ class ListsNode:
             if "lists" in peer.endpoints
         ]
         self.server: PeerServer | None = None
-        self.serving: ServingProcesses | None = None
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self.feed_started = asyncio.Event()
@@ -145,22 +159,11 @@ class ListsNode:
         return make
 
     async def start(self) -> None:
-        # The relay's helper process starts (imports, connects, reads the chain's head)
-        # while this process catches up.
-        relay = asyncio.create_task(self.audit.start())
-        try:
-            await self.producer.start()
-            await self.mirror_audit.start()
-            caught_up = await self.book.catch_up()
-            await self.book.expire_due()
-        except BaseException:
-            relay.cancel()
-            with contextlib.suppress(BaseException):
-                await relay
-            if isinstance(self.audit, AuditRelay):
-                await self.audit.close()
-            raise
-        await relay
+        await self.producer.start()
+        await self.audit.start()
+        await self.mirror_audit.start()
+        caught_up = await self.book.catch_up()
+        await self.book.expire_due()
         self.server = await start_peer_server(
             bind=self.config.bind,
             tls=self.tls,
@@ -171,16 +174,6 @@ class ListsNode:
             audit=self.audit,
             options=SERVER_OPTIONS,
         )
-        if self.config.serving_processes > 1:
-            host = self.config.bind.rpartition(":")[0]
-            self.serving = ServingProcesses(
-                self.settings,
-                self.book,
-                count=self.config.serving_processes - 1,
-                bind=f"{host}:{self.server.port}",
-                city=self.settings.city,
-            )
-            await self.serving.start()
         self._spawn("records", self._feed)
         for mirror in self.mirrors:
             self._spawn(f"follow-{mirror.peer.key}", mirror.follow)
@@ -195,7 +188,6 @@ class ListsNode:
             entries=sum(self.store.entry_count(c.admin_code) for c in self.region.cities.values()),
             caught_up=caught_up,
             peers=[m.peer.key for m in self.mirrors],
-            serving_processes=self.config.serving_processes,
         )
 
     def _spawn(self, name: str, loop: Callable[[], Coroutine[Any, Any, None]]) -> None:
@@ -236,15 +228,12 @@ class ListsNode:
         return {
             "audit": lambda: self.audit.healthy,
             "loops": lambda: all(not t.done() for t in self._tasks),
-            "serving": lambda: self.serving is None or self.serving.alive,
         }
 
     async def stop(self, grace: float = 2.0) -> None:
         self._stopping.set()
-        stops = [] if self.server is None else [self.server.stop(grace)]
-        if self.serving is not None:
-            stops.append(self.serving.close())
-        await asyncio.gather(*stops)
+        if self.server is not None:
+            await self.server.stop(grace)
         # The record feed ends after its current step; the other loops run until cancelled.
         # (A step cut short is no harm either: the next start catches up from the changelog.)
         if self._tasks:
@@ -257,10 +246,7 @@ class ListsNode:
         for mirror in self.mirrors:
             await mirror.close()
         with contextlib.suppress(Exception):
-            if isinstance(self.audit, AuditRelay):
-                await self.audit.close()
-            else:
-                await self.audit.flush()
+            await self.audit.flush()
         await self.producer.stop()
         self.store.close()
 

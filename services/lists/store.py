@@ -29,7 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -109,22 +109,11 @@ class ListStore:
         *,
         own_city: str,
         read_only: bool = False,
-        secondary: Path | None = None,
     ) -> None:
         """Open (or create) the store; ``read_only`` opens a running node's store beside it
-        (operator commands, tests) and sees what the node has written so far.
-
-        ``secondary`` opens it as a RocksDB secondary instance, with its own files in that
-        directory, for a process that serves reads beside the node's own
-        (``services/lists/serving.py``): it sees the node's writes when
-        :meth:`follow_primary` is told what they changed, and keeps its caches until then.
-        """
+        (operator commands, tests) and sees what the node has written so far."""
         options = Options(raw_mode=True)
-        if secondary is not None:
-            secondary.mkdir(parents=True, exist_ok=True)
-            options.set_max_open_files(-1)  # what RocksDB requires of a secondary instance
-            self._db = Rdict(str(path), options, access_type=AccessType.secondary(str(secondary)))
-        elif read_only:
+        if read_only:
             self._db = Rdict(str(path), options, access_type=AccessType.read_only())
         else:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -140,14 +129,12 @@ class ListStore:
         # is most of a check's cost. Every write goes through commit(), which drops what it
         # changes; a read-only store sees another process's writes, so it keeps no cache.
         self._cache = not read_only
-        #: Called after each commit with the keys it wrote or deleted.
-        self.committed: list[Callable[[Iterable[bytes]], None]] = []
         #: Moves on with every commit: what a reader derived from the store is current while
         #: the generation it derived it at still is.
         self.generation = 0
         self._entry_cache: dict[str, ListEntry | None] = {}
         self._subject_cache: dict[str, tuple[str, ...]] = {}
-        self._load_digest_index(writable=not read_only and secondary is None)
+        self._load_digest_index(writable=not read_only)
 
     def _load_digest_index(self, *, writable: bool) -> None:
         """Read the digest index from its own lines: decoding every entry at start is what
@@ -345,22 +332,6 @@ class ListStore:
                 write.put(key, value)
         self._db.write(write, self._write_options)
         self._forget(batch.puts, batch.entries)
-        for listener in self.committed:
-            listener(batch.puts.keys())
-
-    def follow_primary(self, changed: Iterable[bytes]) -> None:
-        """A secondary instance: read what the node has written since, and drop what was
-        derived from the keys in ``changed`` (those its commits wrote or deleted)."""
-        self._db.try_catch_up_with_primary()
-        keys = list(changed)
-        entries: dict[str, ListEntry | None] = {}
-        for key in keys:
-            if key.startswith(_ENTRY):
-                raw = self._db.get(key)
-                entries[key[len(_ENTRY) :].decode()] = (
-                    None if raw is None else self._decode_entry(raw)
-                )
-        self._forget(keys, entries)
 
     def _forget(self, keys: Iterable[bytes], entries: Mapping[str, ListEntry | None]) -> None:
         """After ``keys`` changed (``entries`` as they now are): move the generation on and

@@ -8,7 +8,7 @@ import pytest
 
 from services.common.region import load_region
 from services.common.settings import SettingsError, load_settings
-from services.lists.config import MAX_SERVING_PROCESSES, ListsConfig, load_lists_config
+from services.lists.config import ListsConfig, load_lists_config
 
 
 def _environment(tmp_path: Path, **overrides: str) -> dict[str, str]:
@@ -27,20 +27,24 @@ def _load(environment: dict[str, str]) -> ListsConfig:
     return load_lists_config(settings, load_region(settings.region_file), environment)
 
 
-@pytest.mark.parametrize(("raw", "expected"), [(None, 1), ("1", 1), (" 3 ", 3), ("64", 64)])
-def test_serving_processes(tmp_path: Path, raw: str | None, expected: int) -> None:
-    extra = {} if raw is None else {"CREDITLINK_LISTS_SERVING_PROCESSES": raw}
-    config = _load(_environment(tmp_path, **extra))
-    assert config.serving_processes == expected
+def test_defaults(tmp_path: Path) -> None:
+    config = _load(_environment(tmp_path))
+    assert (config.reconcile_seconds, config.expiry_seconds, config.retention_days) == (
+        300.0,
+        60.0,
+        365,
+    )
+    assert config.bind == load_region(load_settings(_environment(tmp_path)).region_file).city(
+        "wuxi"
+    ).endpoint("lists")
 
 
-@pytest.mark.parametrize("raw", ["0", "-1", "two", "1.5", str(MAX_SERVING_PROCESSES + 1)])
-def test_a_wrong_number_of_serving_processes_is_named(tmp_path: Path, raw: str) -> None:
+def test_every_problem_is_named_at_once(tmp_path: Path) -> None:
     environment = _environment(
-        tmp_path, CREDITLINK_LISTS_SERVING_PROCESSES=raw, CREDITLINK_LISTS_RETENTION_DAYS="0"
+        tmp_path, CREDITLINK_LISTS_RECONCILE_SECONDS="soon", CREDITLINK_LISTS_RETENTION_DAYS="0"
     )
     with pytest.raises(SettingsError) as refused:
         _load(environment)
     message = str(refused.value)
-    assert f"CREDITLINK_LISTS_SERVING_PROCESSES: {raw!r}" in message
-    assert "CREDITLINK_LISTS_RETENTION_DAYS" in message  # every problem at once
+    assert "CREDITLINK_LISTS_RECONCILE_SECONDS: 'soon'" in message
+    assert "CREDITLINK_LISTS_RETENTION_DAYS: '0'" in message

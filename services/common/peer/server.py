@@ -65,7 +65,6 @@ from services.common.observability import GRPC_LATENCY
 from services.common.policy import NATURAL_PERSON, Decision, Policy, data_class_of, load_policy
 from services.common.reflection import serve_reflection
 from services.common.region import Region
-from services.common.runtime import hand_over_gil_sooner, settle_heap
 from services.common.settings import Settings
 
 DENIAL_TRAILER: Final = "creditlink-denial"
@@ -741,6 +740,4 @@ async def start_peer_server(
     for name in names:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-    settle_heap()  # what the node loaded so far lives as long as the server
-    hand_over_gil_sooner()
     return PeerServer(server, port, health_servicer, names, audit)

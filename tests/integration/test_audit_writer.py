@@ -1,0 +1,136 @@
+"""The audit chain writer of every node, against the real broker.
+
+What a node relies on: every appended entry becomes one record of one unbroken chain, also
+entries made when their batch is sent; a durable append returns once the broker has the
+record; a writer started again continues the chain. (A writer that cannot extend its chain
+makes the guard refuse calls: tests/integration/test_peer_security.py.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from services.common.audit import (
+    AUDIT_TOPIC,
+    AuditChainWriter,
+    AuditEntry,
+    read_audit_topic,
+    verify_chain,
+)
+from services.common.avro import AvroSerde
+from services.common.kafka import make_producer
+from services.common.settings import Settings
+from tests.peer_kit import ORG, audit_node_settings
+
+pytestmark = [pytest.mark.kafka, pytest.mark.timeout(120)]
+
+SUZHOU = "320500"
+
+
+@pytest.fixture
+async def settings(kafka_bootstrap: str) -> Settings:
+    return await audit_node_settings(kafka_bootstrap)
+
+
+@pytest.fixture
+async def producer(settings: Settings) -> AsyncIterator[AIOKafkaProducer]:
+    producer = make_producer(settings, client_id="audit-writer-test")
+    await producer.start()
+    try:
+        yield producer
+    finally:
+        await producer.stop()
+
+
+Writer = Callable[..., AuditChainWriter]
+
+
+@pytest.fixture
+def writer_for(settings: Settings, producer: AIOKafkaProducer) -> Writer:
+    def make(chain: str = "lists", **options: object) -> AuditChainWriter:
+        return AuditChainWriter(
+            settings,
+            AvroSerde(),
+            producer,
+            node_city=SUZHOU,
+            chain=chain,
+            service="lists",
+            **options,  # type: ignore[arg-type]
+        )
+
+    return make
+
+
+@pytest.fixture
+async def writer(writer_for: Writer) -> AuditChainWriter:
+    writer = writer_for()
+    await writer.start()
+    return writer
+
+
+def _entry(n: int) -> AuditEntry:
+    return AuditEntry(
+        caller_city="320200",
+        callee_city=SUZHOU,
+        method="/creditlink.peer.v1.CreditCheckService/CheckSubject",
+        purpose=f"call {n}",
+        status_code="OK",
+        latency_ms=n % 7,
+        at=datetime.now(UTC),
+        subject_key=ORG,
+    )
+
+
+async def _records(settings: Settings) -> list[dict[str, object]]:
+    serde = AvroSerde()
+    messages = await read_audit_topic(settings, settings.topic(AUDIT_TOPIC))
+    assert verify_chain(messages).ok
+    return [serde.decode(m.value) for m in messages]
+
+
+async def test_every_entry_is_one_record_of_one_unbroken_chain(
+    settings: Settings, writer: AuditChainWriter
+) -> None:
+    for n in range(150):
+        writer.append_nowait(_entry(n))
+        if n % 40 == 0:
+            await asyncio.sleep(0.03)  # several batches, not one
+    writer.append_nowait(lambda: _entry(150))  # an entry made when its batch is sent
+    await writer.flush()
+    assert writer.head[0] == 151
+    records = await _records(settings)
+    assert [r["seq"] for r in records] == list(range(1, 152))
+    assert [r["purpose"] for r in records] == [f"call {n}" for n in range(151)]
+    assert records[-1]["hash"] == writer.head[1]
+
+
+async def test_a_durable_append_returns_once_the_broker_has_the_record(
+    settings: Settings, writer_for: Writer
+) -> None:
+    writer = writer_for("durable", durable=True)
+    await writer.start()
+    await writer.append(_entry(1))
+    assert writer.head[0] == 1
+    records = await _records(settings)
+    assert [r["purpose"] for r in records] == ["call 1"]
+
+
+async def test_a_writer_started_again_continues_the_chain(
+    settings: Settings, writer: AuditChainWriter, writer_for: Writer
+) -> None:
+    for n in range(5):
+        writer.append_nowait(_entry(n))
+    await writer.flush()
+    again = writer_for()
+    await again.start()
+    assert again.head == writer.head
+    assert again.head[0] == 5
+    again.append_nowait(_entry(5))
+    await again.flush()
+    records = await _records(settings)
+    assert [r["seq"] for r in records] == list(range(1, 7))
