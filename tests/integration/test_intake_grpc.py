@@ -16,7 +16,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import timedelta
 
 import grpc
 import pytest
@@ -26,6 +26,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from creditlink.peer.v1 import common_pb2, record_intake_pb2, record_intake_pb2_grpc
+from services.common.clock import china_today
 from services.common.settings import REPO_ROOT, Settings, load_settings
 from tests.kit.identifiers import make_pilot_uscc, make_resident_id, make_uscc
 from tests.kit.intake_samples import DEPARTMENTS
@@ -34,7 +35,7 @@ from tests.peer_kit import PeerPki, make_pki
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(180)]
 
 DEPARTMENT = DEPARTMENTS[1]
-TODAY = date.today()
+TODAY = china_today()  # the day the validator judges "future" by (UTC+8)
 DECIDED = TODAY - timedelta(days=2)
 
 
