@@ -14,7 +14,8 @@ from pathlib import Path
 
 from aiokafka.admin import AIOKafkaAdminClient
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from services.common.settings import REPO_ROOT
+
 KAFKA_SH = REPO_ROOT / "deploy" / "local" / "kafka.sh"
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import signal
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +44,7 @@ from services.common.peer import (
 )
 from services.common.region import Region
 from services.common.settings import Settings
+from services.common.signals import until_signalled
 
 SERVICE = "alerts"
 LOOP_RESTART_MAX_S = 30.0
@@ -239,14 +239,6 @@ class AlertsNode:
 
     async def serve_until_signalled(self, grace: float = 5.0) -> None:
         """Run until SIGTERM or SIGINT, then stop gracefully (NOT_SERVING, drain, close)."""
-        loop = asyncio.get_running_loop()
-        stopping = asyncio.Event()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, stopping.set)
-        try:
-            await stopping.wait()
-        finally:
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                loop.remove_signal_handler(signum)
+        await until_signalled()
         log.info("alerts_node_stopping")
         await self.stop(grace)

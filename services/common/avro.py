@@ -51,8 +51,8 @@ from fastavro.schema import fingerprint as _fastavro_fingerprint
 from fastavro.schema import to_parsing_canonical_form
 
 from services.common.cloudevents import data_schema_urn
+from services.common.settings import REPO_ROOT
 
-REPO_ROOT: Final = Path(__file__).resolve().parents[2]
 SCHEMA_DIR: Final = REPO_ROOT / "schemas" / "avro"
 EXAMPLES_DIR: Final = REPO_ROOT / "schemas" / "examples"
 TOPICS_FILE: Final = REPO_ROOT / "schemas" / "topics.yaml"

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
 from collections.abc import Callable, Coroutine, Sequence
 from datetime import timedelta
 from pathlib import Path
@@ -37,6 +36,7 @@ from services.common.peer import (
 )
 from services.common.region import City, Region
 from services.common.settings import Settings
+from services.common.signals import until_signalled
 from services.lists.book import BookView, ListBook
 from services.lists.check_server import CreditCheckServicer
 from services.lists.config import ListsConfig
@@ -251,13 +251,7 @@ class ListsNode:
         self.store.close()
 
     async def serve_until_signalled(self) -> None:
-        loop = asyncio.get_running_loop()
-        stop = asyncio.Event()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, stop.set)
         try:
-            await stop.wait()
+            await until_signalled()
         finally:
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                loop.remove_signal_handler(signum)
             await self.stop()

@@ -44,7 +44,6 @@ import contextvars
 import functools
 import hashlib
 import inspect
-import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -66,6 +65,7 @@ from services.common.policy import NATURAL_PERSON, Decision, Policy, data_class_
 from services.common.reflection import serve_reflection
 from services.common.region import Region
 from services.common.settings import Settings
+from services.common.signals import until_signalled
 
 DENIAL_TRAILER: Final = "creditlink-denial"
 PURPOSE_METADATA: Final = "creditlink-purpose"
@@ -681,15 +681,7 @@ class PeerServer:
             await self._audit.flush()
 
     async def serve_until_signalled(self, grace: float = DEFAULT_GRACE_SECONDS) -> None:
-        loop = asyncio.get_running_loop()
-        stopping = asyncio.Event()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, stopping.set)
-        try:
-            await stopping.wait()
-        finally:
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                loop.remove_signal_handler(signum)
+        await until_signalled()
         await self.stop(grace)
 
 
