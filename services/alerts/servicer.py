@@ -30,7 +30,7 @@ from services.alerts.delivery import PeerClients
 from services.alerts.engine import RuleEngine
 from services.alerts.model import REGULATOR_STATUSES, Alert, Domain, Severity, Status, StatusChange
 from services.alerts.store import AlertStore
-from services.common.peer import DENIAL_TRAILER, Denied, PeerSecurity, current_call
+from services.common.peer import Denied, PeerSecurity, current_call, deny
 from services.common.pseudonym import is_valid_subject_key
 
 MAX_DELIVER: Final = 500
@@ -143,8 +143,11 @@ class AlertExchangeServicer(alert_exchange_pb2_grpc.AlertExchangeServiceServicer
         context: grpc.aio.ServicerContext,
     ) -> alert_exchange_pb2.DeliverAlertsResponse:
         if not 1 <= len(request.alerts) <= MAX_DELIVER:
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT, f"between 1 and {MAX_DELIVER} alerts per call"
+            await deny(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "invalid-argument",
+                f"between 1 and {MAX_DELIVER} alerts per call",
             )
         call = current_call()
         assert call.identity is not None  # the peer-call guard identified the caller
@@ -187,20 +190,37 @@ class AlertExchangeServicer(alert_exchange_pb2_grpc.AlertExchangeServiceServicer
             try:
                 epoch, seq = decode_cursor(request.cursor)
             except ValueError as exc:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"invalid cursor: {exc}")
+                await deny(
+                    context,
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    "invalid-cursor",
+                    f"invalid cursor: {exc}",
+                )
             if epoch != self._store.epoch or seq > self._store.feed_seq:
-                await context.abort(
+                await deny(
+                    context,
                     grpc.StatusCode.OUT_OF_RANGE,
+                    "cursor-from-another-feed",
                     "cursor is from another incarnation of this node's feed; resubscribe "
                     "without a cursor",
                 )
             if seq + 1 < self._store.first_feed_seq():
-                await context.abort(grpc.StatusCode.OUT_OF_RANGE, "cursor is older than the feed")
+                await deny(
+                    context,
+                    grpc.StatusCode.OUT_OF_RANGE,
+                    "cursor-expired",
+                    "cursor is older than the feed",
+                )
         try:
             domains = {Domain.from_proto(d).value for d in request.domains if d}
             min_rank = Severity.from_proto(request.min_severity).rank if request.min_severity else 0
         except ValueError:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "unknown domain or severity")
+            await deny(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "invalid-argument",
+                "unknown domain or severity",
+            )
         while True:
             changed = self._store.feed_changed
             entries = self._store.feed_after(seq, FEED_BATCH)
@@ -235,31 +255,40 @@ class AlertExchangeServicer(alert_exchange_pb2_grpc.AlertExchangeServiceServicer
         context: grpc.aio.ServicerContext,
     ) -> alert_exchange_pb2.UpdateAlertStatusResponse:
         if not request.status or Status.from_proto(request.status) not in REGULATOR_STATUSES:
-            await context.abort(
+            await deny(
+                context,
                 grpc.StatusCode.INVALID_ARGUMENT,
+                "invalid-argument",
                 "status must be ACKNOWLEDGED, IN_PROGRESS or RESOLVED",
             )
         try:
             uuid.UUID(request.change_id)
         except ValueError:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "change_id must be a UUID")
+            await deny(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "invalid-argument",
+                "change_id must be a UUID",
+            )
         known = self._book.change(request.change_id)
         if known is not None:
             return alert_exchange_pb2.UpdateAlertStatusResponse(change=known.to_proto())
         held = self._book.held(request.alert_id)
         if held is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"no alert {request.alert_id}")
-        assert held is not None
+            await deny(
+                context, grpc.StatusCode.NOT_FOUND, "unknown-alert", f"no alert {request.alert_id}"
+            )
         call = current_call()
         assert call.identity is not None
         caller = call.identity.city_code
         if held.alert.origin_city == self._city:
             concerned = {self._city, *held.alert.target_cities}
             if caller not in concerned:
-                await context.abort(
+                await deny(
+                    context,
                     grpc.StatusCode.PERMISSION_DENIED,
+                    "not-concerned",
                     f"{caller} is not a target of this alert",
-                    trailing_metadata=((DENIAL_TRAILER, "not-concerned"),),
                 )
             try:
                 change = await self._book.update_status(
@@ -276,13 +305,22 @@ class AlertExchangeServicer(alert_exchange_pb2_grpc.AlertExchangeServiceServicer
                     ),
                 )
             except AlertNotFound:
-                await context.abort(grpc.StatusCode.NOT_FOUND, f"no alert {request.alert_id}")
+                await deny(
+                    context,
+                    grpc.StatusCode.NOT_FOUND,
+                    "unknown-alert",
+                    f"no alert {request.alert_id}",
+                )
             except StatusConflict as exc:
-                await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+                await deny(
+                    context, grpc.StatusCode.FAILED_PRECONDITION, "status-conflict", str(exc)
+                )
             return alert_exchange_pb2.UpdateAlertStatusResponse(change=change.to_proto())
         if caller != self._city:
-            await context.abort(
+            await deny(
+                context,
                 grpc.StatusCode.NOT_FOUND,
+                "report-at-origin",
                 f"alert {request.alert_id} was raised by {held.alert.origin_city}; report there",
             )
         change = await self._relay(held.alert.origin_city, request, context)
@@ -298,10 +336,12 @@ class AlertExchangeServicer(alert_exchange_pb2_grpc.AlertExchangeServiceServicer
         """Report our regulator's change to the origin city; its answer is authoritative."""
         stub = self._clients.stub(origin)
         if stub is None:
-            await context.abort(
-                grpc.StatusCode.FAILED_PRECONDITION, f"origin city {origin} is not connected"
+            await deny(
+                context,
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "origin-not-connected",
+                f"origin city {origin} is not connected",
             )
-        assert stub is not None
         last: grpc.aio.AioRpcError | None = None
         for attempt in range(RELAY_ATTEMPTS):
             try:
@@ -309,15 +349,19 @@ class AlertExchangeServicer(alert_exchange_pb2_grpc.AlertExchangeServiceServicer
                 return StatusChange.from_proto(response.change)
             except grpc.aio.AioRpcError as exc:
                 if exc.code() in _PASS_THROUGH:
-                    await context.abort(exc.code(), f"origin {origin}: {exc.details()}")
+                    await deny(
+                        context, exc.code(), "origin-refused", f"origin {origin}: {exc.details()}"
+                    )
                 last = exc
                 await asyncio.sleep(0.2 * 2**attempt)
         assert last is not None
         log.warning(
             "status_relay_failed", origin=origin, alert_id=request.alert_id, error=str(last)
         )
-        await context.abort(
+        await deny(
+            context,
             grpc.StatusCode.UNAVAILABLE,
+            "origin-unreachable",
             f"origin {origin} unreachable ({last.code().name}); retry with the same change_id",
         )
-        raise AssertionError("unreachable")  # context.abort raises
+        raise AssertionError("unreachable")  # deny raises

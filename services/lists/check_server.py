@@ -17,14 +17,13 @@ import grpc
 
 from creditlink.peer.v1 import common_pb2, credit_check_pb2, credit_check_pb2_grpc
 from services.common.clock import china_today
-from services.common.peer import Denied, PeerSecurity, current_call
+from services.common.peer import Denied, PeerSecurity, current_call, deny
 from services.common.pseudonym import is_valid_subject_key
 from services.common.region import City
 from services.lists.book import BookView
 from services.lists.convert import measures_to_proto, membership, timestamp
 from services.lists.measures import MeasuresCatalogue
 from services.lists.model import ChinaDay, ListEntry
-from services.lists.status import abort
 
 MAX_BATCH: Final = 1000
 _CACHED_ANSWERS: Final = 100_000
@@ -134,7 +133,7 @@ class CreditCheckServicer(credit_check_pb2_grpc.CreditCheckServiceServicer):
         self, request: credit_check_pb2.CheckSubjectRequest, context: grpc.aio.ServicerContext
     ) -> credit_check_pb2.CheckSubjectResponse:
         if not request.purpose.strip():
-            await abort(
+            await deny(
                 context, grpc.StatusCode.INVALID_ARGUMENT, "purpose-required", "purpose is required"
             )
         now = self._book.now()
@@ -149,7 +148,7 @@ class CreditCheckServicer(credit_check_pb2_grpc.CreditCheckServiceServicer):
         answer = self._cached(key, today)
         if answer is None:
             if not is_valid_subject_key(request.subject_key):
-                await abort(
+                await deny(
                     context,
                     grpc.StatusCode.INVALID_ARGUMENT,
                     "invalid-subject-key",
@@ -158,7 +157,7 @@ class CreditCheckServicer(credit_check_pb2_grpc.CreditCheckServiceServicer):
             try:
                 scenario = self._scenario(request.scenario, request.scenario_code)
             except ValueError as exc:
-                await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "unknown-scenario", str(exc))
+                await deny(context, grpc.StatusCode.INVALID_ARGUMENT, "unknown-scenario", str(exc))
             answer = self._answer(key, scenario, today)
         response = credit_check_pb2.CheckSubjectResponse()
         response.CopyFrom(answer)
@@ -170,20 +169,20 @@ class CreditCheckServicer(credit_check_pb2_grpc.CreditCheckServiceServicer):
         self, request: credit_check_pb2.CheckSubjectsRequest, context: grpc.aio.ServicerContext
     ) -> credit_check_pb2.CheckSubjectsResponse:
         if not request.subjects or len(request.subjects) > MAX_BATCH:
-            await abort(
+            await deny(
                 context,
                 grpc.StatusCode.INVALID_ARGUMENT,
                 "batch-size",
                 f"a batch has 1 to {MAX_BATCH} subjects, not {len(request.subjects)}",
             )
         if not request.purpose.strip():
-            await abort(
+            await deny(
                 context, grpc.StatusCode.INVALID_ARGUMENT, "purpose-required", "purpose is required"
             )
         try:
             scenario = self._scenario(request.scenario, request.scenario_code)
         except ValueError as exc:
-            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "unknown-scenario", str(exc))
+            await deny(context, grpc.StatusCode.INVALID_ARGUMENT, "unknown-scenario", str(exc))
         call = current_call()
         today = china_today(self._book.now())
         results = []

@@ -18,10 +18,10 @@ import grpc
 
 from creditlink.peer.v1 import common_pb2, list_sync_pb2, list_sync_pb2_grpc
 from services.common.list_digest import bucket_count_or_default, bucket_digests, bucket_of
+from services.common.peer import deny
 from services.lists.book import BookView
 from services.lists.convert import LIST_TYPE_FROM_PROTO, change_to_proto, entry_to_proto
 from services.lists.cursor import InvalidCursor
-from services.lists.status import abort
 
 STREAM_BATCH: Final = 500
 DEFAULT_PAGE: Final = 500
@@ -55,10 +55,10 @@ class ListSyncServicer(list_sync_pb2_grpc.ListSyncServiceServicer):
         try:
             position = cursors.decode(request.cursor)
         except InvalidCursor as exc:
-            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "invalid-cursor", str(exc))
+            await deny(context, grpc.StatusCode.INVALID_ARGUMENT, "invalid-cursor", str(exc))
         own = self._store.own_sequence()
         if position > own:
-            await abort(
+            await deny(
                 context,
                 grpc.StatusCode.INVALID_ARGUMENT,
                 "invalid-cursor",
@@ -66,7 +66,7 @@ class ListSyncServicer(list_sync_pb2_grpc.ListSyncServiceServicer):
             )
         first = self._store.first_retained_sequence()
         if position < own and (first is None or position + 1 < first):
-            await abort(
+            await deny(
                 context,
                 grpc.StatusCode.OUT_OF_RANGE,
                 "cursor-expired",
@@ -105,7 +105,7 @@ class ListSyncServicer(list_sync_pb2_grpc.ListSyncServiceServicer):
             bucket_count = bucket_count_or_default(request.bucket_count)
             list_type = _list_type_name(request.list_type)
         except ValueError as exc:
-            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "invalid-argument", str(exc))
+            await deny(context, grpc.StatusCode.INVALID_ARGUMENT, "invalid-argument", str(exc))
         # No await between reading the lines and the sequence: they describe one state.
         lines = self._store.digest_lines(self._city, list_type)
         sequence = self._store.own_sequence()
@@ -134,7 +134,7 @@ class ListSyncServicer(list_sync_pb2_grpc.ListSyncServiceServicer):
                 request.page_token, _page_scope(list_type, bucket_count, wanted)
             )
         except ValueError as exc:
-            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "invalid-argument", str(exc))
+            await deny(context, grpc.StatusCode.INVALID_ARGUMENT, "invalid-argument", str(exc))
         size = min(request.page_size or DEFAULT_PAGE, MAX_PAGE)
         prefix = f"{self._city}/{list_type}/" if list_type else f"{self._city}/"
         entries: list[list_sync_pb2.ListEntry] = []

@@ -31,7 +31,7 @@ from services.alerts.node import AlertsNode, NodeOptions
 from services.alerts.webhooks import IDEMPOTENCY_HEADER, verify
 from services.common.avro import AvroSerde
 from services.common.kafka import EventPublisher, make_consumer, make_producer
-from services.common.peer import PeerSecurity, TlsFiles, secure_channel
+from services.common.peer import DENIAL_TRAILER, PeerSecurity, TlsFiles, secure_channel
 from services.common.policy import load_policy
 from services.common.region import Region, load_region
 from services.common.settings import REPO_ROOT, Settings, load_settings
@@ -471,6 +471,7 @@ async def test_peers_are_held_to_the_contract(region: RegionUnderTest) -> None:
             ):
                 pass
         assert bad_cursor.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert (DENIAL_TRAILER, "invalid-cursor") in tuple(bad_cursor.value.trailing_metadata())
         with pytest.raises(grpc.aio.AioRpcError) as unknown:
             await stub.UpdateAlertStatus(
                 alert_exchange_pb2.UpdateAlertStatusRequest(
@@ -481,6 +482,7 @@ async def test_peers_are_held_to_the_contract(region: RegionUnderTest) -> None:
                 timeout=10,
             )
         assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
+        assert (DENIAL_TRAILER, "unknown-alert") in tuple(unknown.value.trailing_metadata())
     # Without a certificate from the region's CA nobody gets in.
     foreign = TlsFiles(
         ca=region.pki.directory / "ca.crt",

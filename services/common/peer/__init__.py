@@ -20,6 +20,7 @@ from services.common.peer.server import (
     ServiceBinding,
     TlsFiles,
     current_call,
+    deny,
     secure_channel,
     start_peer_server,
 )
@@ -40,6 +41,7 @@ __all__ = [
     "ServiceBinding",
     "TlsFiles",
     "current_call",
+    "deny",
     "secure_channel",
     "start_peer_server",
 ]

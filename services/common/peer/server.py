@@ -49,7 +49,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, NoReturn
 
 import grpc
 from google.protobuf.message import Message
@@ -222,6 +222,16 @@ def current_call() -> PeerCall:
     return call
 
 
+async def deny(
+    context: grpc.aio.ServicerContext, code: grpc.StatusCode, denial: str, details: str
+) -> NoReturn:
+    """End a peer call refused: the status ``code`` and ``details`` for people, and the
+    contract's ``creditlink-denial`` trailer with ``denial``, the stable lower-kebab reason
+    a peer's code can act on. The one way every servicer refuses a call."""
+    await context.abort(code, details, trailing_metadata=((DENIAL_TRAILER, denial),))
+    raise AssertionError("context.abort returned")  # abort always raises
+
+
 class Denied(Exception):
     """A refusal with its status and stable denial code."""
 
@@ -231,10 +241,8 @@ class Denied(Exception):
         self.denial = denial
         self.details = details
 
-    async def abort(self, context: grpc.aio.ServicerContext) -> None:
-        await context.abort(
-            self.code, self.details, trailing_metadata=((DENIAL_TRAILER, self.denial),)
-        )
+    async def abort(self, context: grpc.aio.ServicerContext) -> NoReturn:
+        await deny(context, self.code, self.denial, self.details)
 
 
 # --- the security decisions ---------------------------------------------------------------
