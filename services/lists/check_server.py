@@ -17,6 +17,7 @@ import grpc
 
 from creditlink.peer.v1 import common_pb2, credit_check_pb2, credit_check_pb2_grpc
 from services.common.clock import china_today
+from services.common.memo import BoundedMemo
 from services.common.peer import Denied, PeerSecurity, current_call, deny
 from services.common.pseudonym import is_valid_subject_key
 from services.common.region import City
@@ -51,9 +52,9 @@ class CreditCheckServicer(credit_check_pb2_grpc.CreditCheckServiceServicer):
         self._catalogue = catalogue
         self._security = security
         self._peers = list(peers)
-        self._answers: dict[
+        self._answers: BoundedMemo[
             _AnswerKey, tuple[int, date, credit_check_pb2.CheckSubjectResponse]
-        ] = {}
+        ] = BoundedMemo(_CACHED_ANSWERS)
         self._day = ChinaDay()
         self._freshness_of: tuple[int, int] = (-1, -1)
         self._freshness_answer: list[credit_check_pb2.MirrorFreshness] = []
@@ -111,9 +112,7 @@ class CreditCheckServicer(credit_check_pb2_grpc.CreditCheckServiceServicer):
             memberships=[membership(e) for e in entries],
             measures=measures_to_proto(measures),
         )
-        if len(self._answers) >= _CACHED_ANSWERS:
-            self._answers.clear()
-        self._answers[key] = (self._store.generation, today, answer)
+        self._answers.remember(key, (self._store.generation, today, answer))
         return answer
 
     def _freshness(self) -> list[credit_check_pb2.MirrorFreshness]:

@@ -39,6 +39,7 @@ from rocksdict import AccessType, Options, Rdict, WriteBatch, WriteOptions
 
 from services.common.avro import AvroSerde
 from services.common.list_digest import DigestLine, bucket_digests
+from services.common.memo import BoundedMemo
 from services.lists.model import CHANGE_SCHEMA, ENTRY_SCHEMA, ListChange, ListEntry
 
 _ENTRY: Final = b"e\x00"
@@ -132,8 +133,8 @@ class ListStore:
         #: Moves on with every commit: what a reader derived from the store is current while
         #: the generation it derived it at still is.
         self.generation = 0
-        self._entry_cache: dict[str, ListEntry | None] = {}
-        self._subject_cache: dict[str, tuple[str, ...]] = {}
+        self._entry_cache: BoundedMemo[str, ListEntry | None] = BoundedMemo(_CACHED_ENTRIES)
+        self._subject_cache: BoundedMemo[str, tuple[str, ...]] = BoundedMemo(_CACHED_SUBJECTS)
         self._load_digest_index(writable=not read_only)
 
     def _load_digest_index(self, *, writable: bool) -> None:
@@ -194,9 +195,7 @@ class ListStore:
         raw = self._db.get(_ENTRY + entry_key.encode())
         entry = None if raw is None else self._decode_entry(raw)
         if self._cache:
-            if len(self._entry_cache) >= _CACHED_ENTRIES:
-                self._entry_cache.clear()
-            self._entry_cache[entry_key] = entry
+            self._entry_cache.remember(entry_key, entry)
         return entry
 
     def entries_of_subject(self, subject_key: str) -> list[ListEntry]:
@@ -205,9 +204,7 @@ class ListStore:
             prefix = _SUBJECT + subject_key.encode() + _SEP
             keys = tuple(key[len(prefix) :].decode() for key, _ in self._scan(prefix))
             if self._cache:
-                if len(self._subject_cache) >= _CACHED_SUBJECTS:
-                    self._subject_cache.clear()
-                self._subject_cache[subject_key] = keys
+                self._subject_cache.remember(subject_key, keys)
         return [entry for key in keys if (entry := self.entry(key)) is not None]
 
     def entries(self, key_prefix: str, *, after: str | None = None) -> Iterator[ListEntry]:

@@ -60,6 +60,7 @@ from services.common.certs import CITY_URI_PREFIX, DEFAULT_OUT
 from services.common.cloudevents import is_valid_traceparent
 from services.common.consent import ConsentError, ConsentGrant, ConsentKeyring
 from services.common.logging import mask_resident_ids
+from services.common.memo import BoundedMemo
 from services.common.observability import GRPC_LATENCY
 from services.common.policy import NATURAL_PERSON, Decision, Policy, data_class_of, load_policy
 from services.common.reflection import serve_reflection
@@ -260,8 +261,11 @@ class PeerSecurity:
     _decisions: dict[tuple[str, str], Decision] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
-    _identities: dict[bytes, PeerIdentity] = field(
-        default_factory=dict, init=False, repr=False, compare=False
+    _identities: BoundedMemo[bytes, PeerIdentity] = field(
+        default_factory=lambda: BoundedMemo(_MAX_KNOWN_CERTIFICATES),
+        init=False,
+        repr=False,
+        compare=False,
     )
 
     @classmethod
@@ -312,10 +316,7 @@ class PeerSecurity:
             city_code=self.region.city(city).admin_code,
             certificate_sha256=_pem_sha256(_text(pems)[0]),
         )
-        if len(self._identities) >= _MAX_KNOWN_CERTIFICATES:
-            self._identities.clear()
-        self._identities[pems[0]] = identity
-        return identity
+        return self._identities.remember(pems[0], identity)
 
     def authorize(self, identity: PeerIdentity, method: str) -> Decision:
         decision = self._decisions.get((identity.city, method))
@@ -397,14 +398,12 @@ def _purpose(request: object, metadata: Sequence[tuple[str, Any]], method: str) 
     if known is None:
         known = _work_out_purpose(request, scenario, text, declared, method)
         if len(text or "") + len(declared or "") <= _REMEMBERED_PURPOSE_CHARS:
-            if len(_PURPOSES) >= _REMEMBERED_PURPOSES:
-                _PURPOSES.clear()
-            _PURPOSES[key] = known
+            _PURPOSES.remember(key, known)
     return known
 
 
-_PURPOSES: dict[tuple[Any, ...], str] = {}
 _REMEMBERED_PURPOSES: Final = 4096
+_PURPOSES: BoundedMemo[tuple[Any, ...], str] = BoundedMemo(_REMEMBERED_PURPOSES)
 _REMEMBERED_PURPOSE_CHARS: Final = 2 * _MAX_PURPOSE_CHARS
 
 

@@ -44,6 +44,7 @@ from services.common.identifiers import (
     normalize_identifier,
 )
 from services.common.logging import mask_resident_ids
+from services.common.memo import BoundedMemo
 from services.common.pseudonym import pseudonym
 from services.intake.encode.publicity import bounded_publicity, penalty_publicity
 from services.intake.encode.record_encoding import (
@@ -309,20 +310,15 @@ def content_hash(content: Mapping[str, Any]) -> str:
 #: ID-number-shaped token (so nothing to mask). Bulk files repeat most values row after row
 #: (department, vocabulary, dates, legal basis, names), and checking them again is a large
 #: share of validating a row. Bounded: emptied when full, so unique values cannot grow it.
-_CLEAN_TEXT: dict[str, str] = {}
-_CLEAN_TEXT_SIZE: Final = 8192
+_CLEAN_TEXT: BoundedMemo[str, str] = BoundedMemo(8192)
 #: Date spellings read before → the date, for those :meth:`_Form.day` accepts.
-_DAYS: dict[str, date] = {}
-_DAYS_SIZE: Final = 4096
+_DAYS: BoundedMemo[str, date] = BoundedMemo(4096)
 #: Penalty-type lists (text) read before without a problem → their symbols, in order.
-_PENALTY_TYPES: dict[str, tuple[str, ...]] = {}
-_PENALTY_TYPES_SIZE: Final = 1024
+_PENALTY_TYPES: BoundedMemo[str, tuple[str, ...]] = BoundedMemo(1024)
 
 
 def _remember_clean(value: str, text: str) -> None:
-    if len(_CLEAN_TEXT) >= _CLEAN_TEXT_SIZE:
-        _CLEAN_TEXT.clear()
-    _CLEAN_TEXT[value] = text
+    _CLEAN_TEXT.remember(value, text)
 
 
 class _Form:
@@ -443,9 +439,7 @@ class _Form:
         if day < EARLIEST_DECISION:
             self.fail(path, DATE_OUT_OF_RANGE, f"{path} is before {EARLIEST_DECISION.isoformat()}")
             return None
-        if len(_DAYS) >= _DAYS_SIZE:
-            _DAYS.clear()
-        _DAYS[raw] = day
+        _DAYS.remember(raw, day)
         return day
 
     def past_day(
@@ -673,9 +667,7 @@ def _penalty_types(form: _Form, node: Mapping[str, Any], path: str) -> list[str]
     if not types and not form.errors:
         form.fail(path, REQUIRED, f"{path} needs at least one penalty type")
     elif types and type(raw) is str and len(form.errors) == errors:
-        if len(_PENALTY_TYPES) >= _PENALTY_TYPES_SIZE:
-            _PENALTY_TYPES.clear()
-        _PENALTY_TYPES[raw] = tuple(types)
+        _PENALTY_TYPES.remember(raw, tuple(types))
     return types
 
 
