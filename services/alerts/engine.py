@@ -42,10 +42,9 @@ from services.common.clock import china_today
 from services.common.kafka import make_consumer
 from services.common.region import Region
 from services.common.settings import Settings
+from services.common.topic_names import CHANGES_TOPIC as LIST_CHANGES_TOPIC
+from services.common.topic_names import LISTS_TOPIC, RECORDS_TOPIC
 
-RECORDS_TOPIC: Final = "credit.records.v1"
-LISTS_TOPIC: Final = "credit.lists.v1"
-LIST_CHANGES_TOPIC: Final = "credit.list-changes.v1"
 INPUT_TOPICS: Final = (RECORDS_TOPIC, LISTS_TOPIC, LIST_CHANGES_TOPIC)
 # Alerts wait for their fetched batch to be folded in: small batches keep that wait short
 # when the engine has fallen behind.

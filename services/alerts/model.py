@@ -21,10 +21,10 @@ from typing import Any, Final
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from creditlink.peer.v1 import alert_exchange_pb2, common_pb2
+from services.common.topic_names import STATUS_TOPIC as STATUS_TOPIC
 
 ALERT_SCHEMA: Final = "creditlink.v1.SupervisionAlert"
 STATUS_SCHEMA: Final = "creditlink.v1.AlertStatusChange"
-STATUS_TOPIC: Final = "supervision.alert-status.v1"
 ALERT_RAISED_TYPE: Final = "cn.creditlink.supervision.alert.raised.v1"
 ALERT_ESCALATED_TYPE: Final = "cn.creditlink.supervision.alert.escalated.v1"
 ALERT_RECEIVED_TYPE: Final = "cn.creditlink.supervision.alert.received.v1"

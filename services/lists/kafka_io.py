@@ -29,6 +29,7 @@ from services.common.avro import AvroSerde, SerdeError
 from services.common.cloudevents import build_headers, source_for
 from services.common.kafka import make_consumer
 from services.common.settings import Settings
+from services.common.topic_names import CHANGES_TOPIC, LISTS_TOPIC, RECORDS_TOPIC, REJECTED_TOPIC
 from services.lists.book import ChangelogItem, IncomingRecord, ListBook
 from services.lists.decisions import Refused
 from services.lists.model import (
@@ -39,10 +40,6 @@ from services.lists.model import (
     ListEntry,
 )
 
-RECORDS_TOPIC: Final = "credit.records.v1"
-REJECTED_TOPIC: Final = "credit.records.rejected.v1"
-LISTS_TOPIC: Final = "credit.lists.v1"
-CHANGES_TOPIC: Final = "credit.list-changes.v1"
 REJECTED_SCHEMA: Final = "creditlink.v1.RejectedRecord"
 CHANGE_EVENT: Final = "cn.creditlink.list.changed.v1"
 ENTRY_EVENT: Final = "cn.creditlink.list.entry.v1"

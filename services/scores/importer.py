@@ -31,9 +31,9 @@ from services.common.kafka import EventPublisher, make_producer
 from services.common.pseudonym import InvalidResidentId, is_valid_subject_key, pseudonym
 from services.common.region import city_code
 from services.common.settings import Settings
+from services.common.topic_names import SCORES_TOPIC
 from services.scores.scales import ScaleDefinition
 
-SCORES_TOPIC: Final = "credit.scores.v1"
 SCORE_SCHEMA: Final = "creditlink.v1.ScoreEntry"
 SCORE_EVENT: Final = "cn.creditlink.score.updated.v1"
 SCORE_WITHDRAWN_EVENT: Final = "cn.creditlink.score.withdrawn.v1"

@@ -50,6 +50,7 @@ from services.common.peer import (
 )
 from services.common.region import Region, load_region
 from services.common.settings import Settings, load_settings
+from services.common.topic_names import RECOGNITIONS_TOPIC, SCALES_TOPIC
 from services.scores.config import ScoresConfig, ScoresOptions, load_scores_config
 from services.scores.linking import DEFAULT_QUANTILE_POINTS
 from services.scores.recognition import EVENT_TYPE as RECOGNIZED_EVENT
@@ -68,8 +69,6 @@ from services.scores.servicer import ScoreRecognitionServicer
 from services.scores.stream import ScoreStream, build_score_stream
 
 SERVICE: Final = "scores"
-SCALES_TOPIC: Final = "credit.score-scales.v1"
-RECOGNITIONS_TOPIC: Final = "credit.score-recognitions.v1"
 SCALE_SCHEMA: Final = "creditlink.v1.ScoreScale"
 SCALE_PUBLISHED_EVENT: Final = "cn.creditlink.score-scale.published.v1"
 SCALE_MIRRORED_EVENT: Final = "cn.creditlink.score-scale.mirrored.v1"

@@ -30,9 +30,9 @@ from services.common.faust_codec import register_avro_codec
 from services.common.logging import get_logger
 from services.common.pseudonym import is_valid_subject_key
 from services.common.settings import Settings
+from services.common.topic_names import SCORES_TOPIC
 from services.scores.scales import ScaleDefinition, ScorePopulation
 
-SCORES_TOPIC: Final = "credit.scores.v1"
 SCORES_PARTITIONS: Final = 6  # schemas/topics.yaml; the table is co-partitioned with it
 TABLE_NAME: Final = "pseudonym_to_score"
 

@@ -20,12 +20,11 @@ from typing import Any, Final, Literal
 from services.common import cloudevents
 from services.common.avro import AvroSerde
 from services.common.cloudevents import new_traceparent, source_for
+from services.common.topic_names import QUALITY_TOPIC as QUALITY_TOPIC
+from services.common.topic_names import RECORDS_TOPIC as RECORDS_TOPIC
+from services.common.topic_names import REJECTED_TOPIC as REJECTED_TOPIC
 from services.intake.encode.record_encoding import default_encoding
 from services.intake.validate.validation import InvalidRecord, ValidRecord, Violation
-
-RECORDS_TOPIC: Final = "credit.records.v1"
-REJECTED_TOPIC: Final = "credit.records.rejected.v1"
-QUALITY_TOPIC: Final = "quality.disclosure.v1"
 
 CREDIT_RECORD_SCHEMA: Final = "creditlink.v1.CreditRecord"
 REJECTED_RECORD_SCHEMA: Final = "creditlink.v1.RejectedRecord"
