@@ -81,8 +81,7 @@ class Submission:
     problem: str | None = None
 
 
-# Not frozen: one is built per record and a frozen dataclass's __init__ costs three times
-# as much (intake's CPU per record is its throughput). Treated as immutable all the same.
+# Not frozen: built per record (services/intake/__init__.py).
 @dataclass(slots=True)
 class Accepted:
     record_id: str

@@ -63,8 +63,7 @@ class Chunk:
     body: bytes
 
 
-# Not frozen: one is built per record and a frozen dataclass's __init__ costs three times
-# as much (intake's CPU per record is its throughput). Treated as immutable all the same.
+# Not frozen: built per record (services/intake/__init__.py).
 @dataclass(slots=True)
 class PreparedRecord:
     """A valid row as the first version of its record: the ledger state it would add and the

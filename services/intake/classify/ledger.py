@@ -52,8 +52,7 @@ class AcceptedFacts(Protocol):
     def warnings(self) -> tuple[Violation, ...]: ...
 
 
-# Not frozen: one is built per record and a frozen dataclass's __init__ costs three times
-# as much (intake's CPU per record is its throughput). Treated as immutable all the same.
+# Not frozen: built per record (services/intake/__init__.py).
 @dataclass(slots=True)
 class RecordState:
     """The latest published version of one record, and what disclosure quality needs of it."""

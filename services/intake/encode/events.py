@@ -40,8 +40,7 @@ _REJECTION_NAMESPACE: Final = uuid.uuid5(uuid.NAMESPACE_URL, "urn:creditlink:int
 Channel = Literal["FILE", "GRPC"]
 
 
-# Not frozen: one is built per record and a frozen dataclass's __init__ costs three times
-# as much (intake's CPU per record is its throughput). Treated as immutable all the same.
+# Not frozen: built per record (services/intake/__init__.py).
 @dataclass(slots=True)
 class SubmissionSource:
     """Where one submission came from (``RecordSource`` of the events)."""

@@ -42,8 +42,7 @@ def add_months(day: date, months: int) -> date:
     return date(year, month, min(day.day, last))
 
 
-# Not frozen: one is built per record and a frozen dataclass's __init__ costs three times
-# as much (intake's CPU per record is its throughput). Treated as immutable all the same.
+# Not frozen: built per record (services/intake/__init__.py).
 @dataclass(slots=True)
 class PublicityWindow:
     publicity_start: date

@@ -34,8 +34,7 @@ TRANSACTION_TIMEOUT_MS: Final = 20_000
 ABORT_TIMEOUT_S: Final = 10.0
 
 
-# Not frozen: one is built per record and a frozen dataclass's __init__ costs three times
-# as much (intake's CPU per record is its throughput). Treated as immutable all the same.
+# Not frozen: built per record (services/intake/__init__.py).
 @dataclass(slots=True)
 class OutgoingEvent:
     """One encoded event for a catalogue topic (the node prefix is added when producing)."""

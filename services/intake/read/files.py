@@ -126,8 +126,7 @@ class FileFormatError(ValueError):
 PayloadRenderer = Callable[[], tuple[bytes, str]]
 
 
-# Not frozen: one is built per record and a frozen dataclass's __init__ costs three times
-# as much (intake's CPU per record is its throughput). Treated as immutable all the same.
+# Not frozen: built per record (services/intake/__init__.py).
 @dataclass(slots=True)
 class FileRow:
     """One data line: a submission, or why it could not be read, and how to render its

@@ -136,8 +136,7 @@ class RecordIdentity:
     record_id: str | None = None
 
 
-# Not frozen: one is built per record and a frozen dataclass's __init__ costs three times
-# as much (intake's CPU per record is its throughput). Treated as immutable all the same.
+# Not frozen: built per record (services/intake/__init__.py).
 @dataclass(slots=True)
 class ValidRecord:
     """An accepted submission, normalised to the Avro ``CreditRecord`` shape.
