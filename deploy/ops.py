@@ -8,14 +8,15 @@ come from the region file (``deploy/config/region.yaml``) and ``deploy/local/cer
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any, Final
+from typing import Any, Final
 
-import typer
 from rich.console import Console
 from rich.table import Table
 
@@ -23,18 +24,10 @@ from deploy import region as supervisor
 from deploy.broker import REPO_ROOT, Broker, broker_answers
 from services.common.region import Region
 from services.common.settings import load_settings
-
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
-region_app = typer.Typer(no_args_is_help=True, help="start, stop and watch the local region")
-topics_app = typer.Typer(no_args_is_help=True, help="topics from the catalogue")
-city_app = typer.Typer(no_args_is_help=True, help="cities of the region")
-app.add_typer(region_app, name="region")
-app.add_typer(topics_app, name="topics")
-app.add_typer(city_app, name="city")
+from services.common.topic_names import AUDIT_TOPIC
 
 console = Console()
 DEFAULT_BOOTSTRAP = "127.0.0.1:19092"
-CityOption = Annotated[str, typer.Option("--city", "-c", help="city key from the region file")]
 
 
 def _deployment() -> supervisor.Deployment:
@@ -81,14 +74,7 @@ def local_broker() -> Broker:
 
 
 # --- region -------------------------------------------------------------------------------
-@region_app.command("up")
-def region_up(
-    cities: Annotated[
-        list[str] | None,
-        typer.Argument(help="default: every city of the region file with ops endpoints"),
-    ] = None,
-    timeout: Annotated[float, typer.Option(help="seconds to wait for health")] = 120.0,
-) -> None:
+def region_up(cities: list[str], timeout: float) -> int:
     """Start the broker (if none answers), certificates, topics and every service of each city."""
     deployment = _deployment()
     broker = local_broker()
@@ -109,13 +95,11 @@ def region_up(
     _print_status(procs)
     if late:
         console.print(f"[red]not healthy after {timeout:.0f} s: {[p.name for p in late]}[/red]")
-        raise typer.Exit(1)
+        return 1
+    return 0
 
 
-@region_app.command("down")
-def region_down(
-    keep_broker: Annotated[bool, typer.Option(help="leave Kafka running")] = False,
-) -> None:
+def region_down(keep_broker: bool) -> int:
     """Stop every service process of the local region (and the broker we started)."""
     deployment = _deployment()
     for proc in supervisor.processes(deployment.region(), run_dir=deployment.run_dir):
@@ -124,6 +108,7 @@ def region_down(
     if not keep_broker:
         local_broker().down()
         console.print("broker     stopped")
+    return 0
 
 
 def _print_status(procs: list[supervisor.Process]) -> bool:
@@ -143,11 +128,7 @@ def _print_status(procs: list[supervisor.Process]) -> bool:
     return all_up
 
 
-@region_app.command("status")
-def region_status(
-    cities: Annotated[list[str] | None, typer.Argument()] = None,
-    lag: Annotated[bool, typer.Option(help="also show consumer lag per group")] = True,
-) -> None:
+def region_status(cities: list[str], lag: bool) -> int:
     """Health of every service and consumer lag per group. Exit 1 if anything is down."""
     deployment = _deployment()
     region = deployment.region()
@@ -159,8 +140,7 @@ def region_status(
         for group, behind in asyncio.run(consumer_lag(_bootstrap(), group_prefixes=prefixes)):
             table.add_row(group, f"{behind:,}")
         console.print(table)
-    if not all_up:
-        raise typer.Exit(1)
+    return 0 if all_up else 1
 
 
 #: A gap between a group's committed offset and the end of a partition wider than this is
@@ -237,25 +217,16 @@ async def _records_in(reader: Any, gaps: dict[Any, tuple[int, int]]) -> int:
 
 
 # --- city -------------------------------------------------------------------------------
-@city_app.command("add")
 def city_add(
-    key: Annotated[str, typer.Option(help="the city's key, e.g. qingpu")],
-    code: Annotated[str, typer.Option(help="administrative division code (GB/T 2260)")],
-    name: Annotated[
-        str | None, typer.Option(help="display name, e.g. 上海青浦 (default: the region file's)")
-    ] = None,
-    score_scale: Annotated[
-        str | None, typer.Option(help="name of the city's personal score (default: <name>信用分)")
-    ] = None,
-    topic_prefix: Annotated[str | None, typer.Option(help="default: <key>.")] = None,
-    host: Annotated[str | None, typer.Option(help="host of its endpoints")] = None,
-    grpc_base: Annotated[
-        int | None, typer.Option(help="gRPC ports base+1… (default: the next free block)")
-    ] = None,
-    ops_base: Annotated[
-        int | None, typer.Option(help="ops ports base+1… (default: the next free block)")
-    ] = None,
-) -> None:
+    key: str,
+    code: str,
+    name: str | None,
+    score_scale: str | None,
+    topic_prefix: str | None,
+    host: str | None,
+    grpc_base: int | None,
+    ops_base: int | None,
+) -> int:
     """Make a city a connected node of the region: its region entry and endpoints, a caller
     in the peer policy, a score scale, dev certificates (docs/adding-a-city.md)."""
     from deploy.cities import CityAddError, CityRequest, add_city
@@ -275,7 +246,7 @@ def city_add(
         added = add_city(deployment.config_dir, deployment.cert_dir, request)
     except CityAddError as exc:
         console.print(f"[red]{exc}[/red]", highlight=False)
-        raise typer.Exit(1) from None
+        return 1
     for line in added.changes or [f"{key} is already a connected city: nothing to change"]:
         console.print(f"added      {line}", highlight=False, soft_wrap=True)
     for line in added.left_to_operator:
@@ -287,33 +258,23 @@ def city_add(
         highlight=False,
         soft_wrap=True,
     )
+    return 0
 
 
 # --- topics -------------------------------------------------------------------------------
-@topics_app.command("apply")
-def topics_apply(
-    city: CityOption = "suzhou",
-    check: Annotated[bool, typer.Option(help="exit 1 if drift remains")] = False,
-    fix_config: Annotated[bool, typer.Option(help="apply config drift")] = False,
-) -> None:
+def topics_apply(city: str, check: bool, fix_config: bool) -> int:
     """Create the city's missing topics from the catalogue and show drift."""
     prefix = _region().city(city).topic_prefix
     args = ["apply", "--prefix", prefix, "--bootstrap", _bootstrap()]
     args += ["--check"] if check else []
     args += ["--fix-config"] if fix_config else []
-    raise typer.Exit(_python_module("services.common.topics", *args))
+    return _python_module("services.common.topics", *args)
 
 
 # --- records, lists, scores, alerts, audit, certs ------------------------------------------
-@app.command("records-import")
-def records_import(
-    files: Annotated[list[Path], typer.Argument(help="CSV or JSON Lines, UTF-8 or GB18030")],
-    city: CityOption = "suzhou",
-) -> None:
+def records_import(files: list[Path], city: str) -> int:
     """Import departments' record files into a city's intake (progress bar; safe to re-run)."""
-    raise typer.Exit(
-        _python_module("services.intake", "import", *map(str, files), env=_city_env(city))
-    )
+    return _python_module("services.intake", "import", *map(str, files), env=_city_env(city))
 
 
 def _channel(caller: str, city: str, service: str) -> Any:
@@ -323,13 +284,7 @@ def _channel(caller: str, city: str, service: str) -> Any:
     return secure_channel(target, TlsFiles.for_city(caller, _deployment().cert_dir))
 
 
-@app.command("lists-check")
-def lists_check(
-    subject_key: Annotated[str, typer.Argument(help="L:<USCC> or N:<pseudonym>")],
-    city: CityOption = "suzhou",
-    scenario: Annotated[str, typer.Option(help="e.g. GOVERNMENT_PROCUREMENT")] = "OTHER",
-    consent_token: Annotated[str, typer.Option(help="required for N: subjects")] = "",
-) -> None:
+def lists_check(subject_key: str, city: str, scenario: str, consent_token: str) -> int:
     """Region-wide red/black/watch memberships of a subject and the measures that apply."""
     from creditlink.peer.v1 import common_pb2, credit_check_pb2, credit_check_pb2_grpc
 
@@ -359,16 +314,12 @@ def lists_check(
     console.print(table)
     for measure in answer.measures:
         console.print(f"measure    {measure.measure_code}: {measure.description}")
+    return 0
 
 
-@app.command("scores-recognize")
 def scores_recognize(
-    subject_key: Annotated[str, typer.Argument(help="N:<pseudonym> of the home city")],
-    consent_token: Annotated[str, typer.Option(help="issued by the home city")],
-    home: Annotated[str, typer.Option(help="the city holding the score")],
-    city: CityOption = "wuxi",
-    purpose: Annotated[str, typer.Option()] = "operator check",
-) -> None:
+    subject_key: str, consent_token: str, home: str, city: str, purpose: str
+) -> int:
     """Ask a home city to recognise a person's score on this city's scale."""
     from creditlink.peer.v1 import score_recognition_pb2, score_recognition_pb2_grpc
 
@@ -383,14 +334,10 @@ def scores_recognize(
             )
 
     console.print(asyncio.run(recognise()))
+    return 0
 
 
-@app.command("alerts-tail")
-def alerts_tail(
-    city: CityOption = "suzhou",
-    domain: Annotated[list[str] | None, typer.Option(help="e.g. FOOD_DRUG; repeatable")] = None,
-    limit: Annotated[int, typer.Option(help="stop after this many messages (0: follow)")] = 0,
-) -> None:
+def alerts_tail(city: str, domain: list[str], limit: int) -> int:
     """Follow a city's supervision alerts and status changes, as a regulator sees them."""
     from creditlink.peer.v1 import alert_exchange_pb2, alert_exchange_pb2_grpc, common_pb2
 
@@ -420,24 +367,145 @@ def alerts_tail(
                     return
 
     asyncio.run(tail())
+    return 0
 
 
-@app.command("audit-verify")
-def audit_verify(city: CityOption = "suzhou") -> None:
+def audit_verify(city: str) -> int:
     """Verify the city's audit hash chains; names the position of any tampering."""
-    topic = load_settings(_city_env(city)).topic("audit.peer-calls.v1")
-    raise typer.Exit(
-        _python_module(
-            "services.common.audit", "verify", "--bootstrap", _bootstrap(), "--topic", topic
-        )
+    topic = load_settings(_city_env(city)).topic(AUDIT_TOPIC)
+    return _python_module(
+        "services.common.audit", "verify", "--bootstrap", _bootstrap(), "--topic", topic
     )
 
 
-@app.command("certs-issue")
-def certs_issue() -> None:
+def certs_issue() -> int:
     """Create or renew the dev CA and one certificate per city (deploy/local/certs)."""
-    raise typer.Exit(_python_module("services.common.certs", "issue"))
+    return _python_module("services.common.certs", "issue")
+
+
+# --- the command line -------------------------------------------------------------------
+
+
+def _city(parser: argparse.ArgumentParser, default: str) -> None:
+    parser.add_argument(
+        "--city", "-c", default=default, help=f"city key from the region file ({default})"
+    )
+
+
+def _flag(parser: argparse.ArgumentParser, name: str, default: bool, help: str) -> None:
+    parser.add_argument(
+        f"--{name}", action=argparse.BooleanOptionalAction, default=default, help=help
+    )
+
+
+def _first_line(function: Any) -> str:
+    return str(function.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m deploy.ops",
+        description=str(__doc__).strip().split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    groups = parser.add_subparsers(dest="group", metavar="COMMAND")
+
+    region = groups.add_parser("region", help="start, stop and watch the local region")
+    region_commands = region.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    up = region_commands.add_parser("up", help=_first_line(region_up))
+    up.add_argument(
+        "cities", nargs="*", help="default: every city of the region file with ops endpoints"
+    )
+    up.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for health")
+    up.set_defaults(run=lambda a: region_up(a.cities, a.timeout))
+    down = region_commands.add_parser("down", help=_first_line(region_down))
+    _flag(down, "keep-broker", False, "leave Kafka running")
+    down.set_defaults(run=lambda a: region_down(a.keep_broker))
+    status = region_commands.add_parser("status", help=_first_line(region_status))
+    status.add_argument("cities", nargs="*")
+    _flag(status, "lag", True, "also show consumer lag per group")
+    status.set_defaults(run=lambda a: region_status(a.cities, a.lag))
+
+    topics = groups.add_parser("topics", help="topics from the catalogue")
+    topics_commands = topics.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    apply = topics_commands.add_parser("apply", help=_first_line(topics_apply))
+    _city(apply, "suzhou")
+    _flag(apply, "check", False, "exit 1 if drift remains")
+    _flag(apply, "fix-config", False, "apply config drift")
+    apply.set_defaults(run=lambda a: topics_apply(a.city, a.check, a.fix_config))
+
+    city = groups.add_parser("city", help="cities of the region")
+    city_commands = city.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    add = city_commands.add_parser("add", help=_first_line(city_add))
+    add.add_argument("--key", required=True, help="the city's key, e.g. qingpu")
+    add.add_argument("--code", required=True, help="administrative division code (GB/T 2260)")
+    add.add_argument("--name", help="display name, e.g. 上海青浦 (default: the region file's)")
+    add.add_argument(
+        "--score-scale", help="name of the city's personal score (default: <name>信用分)"
+    )
+    add.add_argument("--topic-prefix", help="default: <key>.")
+    add.add_argument("--host", help="host of its endpoints")
+    add.add_argument(
+        "--grpc-base", type=int, help="gRPC ports base+1… (default: the next free block)"
+    )
+    add.add_argument(
+        "--ops-base", type=int, help="ops ports base+1… (default: the next free block)"
+    )
+    add.set_defaults(
+        run=lambda a: city_add(
+            a.key, a.code, a.name, a.score_scale, a.topic_prefix, a.host, a.grpc_base, a.ops_base
+        )
+    )
+
+    records = groups.add_parser("records-import", help=_first_line(records_import))
+    records.add_argument("files", nargs="+", type=Path, help="CSV or JSON Lines, UTF-8 or GB18030")
+    _city(records, "suzhou")
+    records.set_defaults(run=lambda a: records_import(a.files, a.city))
+
+    check = groups.add_parser("lists-check", help=_first_line(lists_check))
+    check.add_argument("subject_key", help="L:<USCC> or N:<pseudonym>")
+    _city(check, "suzhou")
+    check.add_argument("--scenario", default="OTHER", help="e.g. GOVERNMENT_PROCUREMENT")
+    check.add_argument("--consent-token", default="", help="required for N: subjects")
+    check.set_defaults(
+        run=lambda a: lists_check(a.subject_key, a.city, a.scenario, a.consent_token)
+    )
+
+    recognize = groups.add_parser("scores-recognize", help=_first_line(scores_recognize))
+    recognize.add_argument("subject_key", help="N:<pseudonym> of the home city")
+    recognize.add_argument("--consent-token", required=True, help="issued by the home city")
+    recognize.add_argument("--home", required=True, help="the city holding the score")
+    _city(recognize, "wuxi")
+    recognize.add_argument("--purpose", default="operator check")
+    recognize.set_defaults(
+        run=lambda a: scores_recognize(a.subject_key, a.consent_token, a.home, a.city, a.purpose)
+    )
+
+    tail = groups.add_parser("alerts-tail", help=_first_line(alerts_tail))
+    _city(tail, "suzhou")
+    tail.add_argument("--domain", action="append", default=[], help="e.g. FOOD_DRUG; repeatable")
+    tail.add_argument(
+        "--limit", type=int, default=0, help="stop after this many messages (0: follow)"
+    )
+    tail.set_defaults(run=lambda a: alerts_tail(a.city, a.domain, a.limit))
+
+    verify = groups.add_parser("audit-verify", help=_first_line(audit_verify))
+    _city(verify, "suzhou")
+    verify.set_defaults(run=lambda a: audit_verify(a.city))
+
+    certs = groups.add_parser("certs-issue", help=_first_line(certs_issue))
+    certs.set_defaults(run=lambda a: certs_issue())
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "run"):
+        parser.print_help()
+        return 2
+    return int(args.run(args))
 
 
 if __name__ == "__main__":
-    app()
+    sys.exit(main())

@@ -13,14 +13,16 @@ pseudonym key from ``CREDITLINK_PSEUDONYM_KEY`` or ``CREDITLINK_PSEUDONYM_KEY_FI
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
+import os
 import sys
+from collections.abc import Callable, Sequence
 from datetime import date
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
-import typer
 from rich.console import Console
 from rich.table import Table
 
@@ -39,10 +41,15 @@ from services.intake.node import intake_node
 from services.intake.publish.publisher import PublishFailed
 from services.intake.read.files import FileFormatError
 
-app = typer.Typer(
-    add_completion=False,
-    help="Record intake: departments' credit records into the node, with 双公示 figures.",
-)
+
+class Exit(Exception):
+    """End the command with ``code`` (its message already printed)."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
+
+
 console = Console()
 errors = Console(stderr=True)
 
@@ -52,7 +59,7 @@ def _settings(level: str | None = None) -> Settings:
         settings = load_settings()
     except SettingsError as exc:
         errors.print(str(exc))
-        raise typer.Exit(2) from None
+        raise Exit(2) from None
     configure_logging(city=settings.city, service="intake", level=level or settings.log_level)
     return settings
 
@@ -61,7 +68,28 @@ def _day(text: str) -> date:
     try:
         return date.fromisoformat(text)
     except ValueError:
-        raise typer.BadParameter(f"{text!r} is not a date (YYYY-MM-DD)") from None
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date (YYYY-MM-DD)") from None
+
+
+def _bounded(low: int, high: int | None = None) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < low or (high is not None and value > high):
+            span = f"from {low} to {high}" if high is not None else f"at least {low}"
+            raise argparse.ArgumentTypeError(f"{value} is not {span}")
+        return value
+
+    return parse
+
+
+def _existing(text: str) -> Path:
+    path = Path(text)
+    if not path.exists():
+        raise argparse.ArgumentTypeError(f"{text} does not exist")
+    return path
 
 
 def _run(coroutine: Any) -> Any:
@@ -69,34 +97,19 @@ def _run(coroutine: Any) -> Any:
         return asyncio.run(coroutine)
     except PseudonymKeyError as exc:
         errors.print(f"pseudonym key: {exc}")
-        raise typer.Exit(2) from None
+        raise Exit(2) from None
     except FileFormatError as exc:
         errors.print(f"file: {exc}")
-        raise typer.Exit(2) from None
+        raise Exit(2) from None
     except LookupError as exc:
         errors.print(str(exc))
-        raise typer.Exit(2) from None
+        raise Exit(2) from None
     except PublishFailed as exc:
         errors.print(f"stopped: {exc}; the import can be re-run safely")
-        raise typer.Exit(1) from None
+        raise Exit(1) from None
 
 
-@app.callback(invoke_without_command=True)
-def main(context: typer.Context) -> None:
-    """Without a command: serve RecordIntakeService."""
-    if context.invoked_subcommand is None:
-        serve()
-
-
-@app.command()
-def serve(
-    bind: Annotated[str | None, typer.Option(help="host:port; default: the region file")] = None,
-    certs: Annotated[
-        Path,
-        typer.Option(envvar="CREDITLINK_TLS_DIR", help="directory with ca.crt, <city>.crt/.key"),
-    ] = DEFAULT_OUT,
-    writer: Annotated[str, typer.Option(help="transactional writer name")] = "server",
-) -> None:
+def serve(bind: str | None, certs: Path, writer: str) -> None:
     """Serve RecordIntakeService over mutual TLS until SIGTERM."""
     settings = _settings()
     region = load_region(settings.region_file)
@@ -119,21 +132,14 @@ def serve(
     _run(run())
 
 
-@app.command("import")
 def import_command(
-    paths: Annotated[list[Path], typer.Argument(help="CSV or JSON Lines files", exists=True)],
-    department: Annotated[
-        str | None, typer.Option(help="the department the files are uploaded for")
-    ] = None,
-    writer: Annotated[str, typer.Option(help="transactional writer name")] = "import",
-    chunk_size: Annotated[
-        int, typer.Option(min=1, max=50_000, help="lines per chunk (one transaction each)")
-    ] = DEFAULT_CHUNK,
-    workers: Annotated[
-        int | None, typer.Option(min=1, help="processes preparing chunks; default: by size")
-    ] = None,
-    progress: Annotated[bool, typer.Option(help="progress bar on stderr")] = True,
-    as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
+    paths: list[Path],
+    department: str | None,
+    writer: str,
+    chunk_size: int,
+    workers: int | None,
+    progress: bool,
+    as_json: bool,
 ) -> None:
     """Import bulk files of licensing and penalty records (re-run safely after a crash)."""
     settings = _settings()
@@ -169,18 +175,13 @@ def import_command(
     errors.print(table)
 
 
-@app.command()
-def quality(
-    department: Annotated[str, typer.Option(help="unified social credit code")],
-    day: Annotated[str, typer.Option(help="decision date, YYYY-MM-DD")],
-    as_json: Annotated[bool, typer.Option("--json")] = False,
-) -> None:
+def quality(department: str, day: date, as_json: bool) -> None:
     """The latest 双公示 figures of a department for the decisions of one day."""
     settings = _settings("warning")
-    figure = _run(query_quality(settings, AvroSerde(), department, _day(day)))
+    figure = _run(query_quality(settings, AvroSerde(), department, day))
     if figure is None:
         errors.print(f"no figures for {department} on {day}")
-        raise typer.Exit(1)
+        raise Exit(1)
     if as_json:
         print(json.dumps(figure, ensure_ascii=False, default=str))
         return
@@ -208,11 +209,7 @@ def quality(
     console.print(table)
 
 
-@app.command()
-def overdue(
-    department: Annotated[str, typer.Option(help="unified social credit code")],
-    as_json: Annotated[bool, typer.Option("--json")] = False,
-) -> None:
+def overdue(department: str, as_json: bool) -> None:
     """Records of a department not validly reported within 7 working days."""
     settings = _settings("warning")
     found = _run(
@@ -252,15 +249,10 @@ def overdue(
     console.print(table)
 
 
-@app.command()
-def declare(
-    department: Annotated[str, typer.Option(help="unified social credit code")],
-    day: Annotated[str, typer.Option(help="decision date, YYYY-MM-DD")],
-    count: Annotated[int, typer.Option(min=0, help="decisions made that day (应上报数)")],
-) -> None:
+def declare(department: str, day: date, count: int) -> None:
     """Record how many decisions a department made on a day (the reporting-rate base)."""
     settings = _settings()
-    decision_day = _day(day)
+    decision_day = day
 
     async def run() -> int:
         async with intake_node(settings, writer="declare") as node:
@@ -271,5 +263,95 @@ def declare(
     errors.print(f"declared {count} decisions of {department} on {day} ({published} published)")
 
 
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m services.intake",
+        description="Record intake: departments' credit records into the node, with 双公示 "
+        "figures. Without a command: serve.",
+    )
+    commands = parser.add_subparsers(dest="command")
+    serving = commands.add_parser("serve", help="serve RecordIntakeService over mutual TLS")
+    serving.add_argument("--bind", help="host:port; default: the region file")
+    serving.add_argument(
+        "--certs",
+        type=Path,
+        default=Path(os.environ.get("CREDITLINK_TLS_DIR", DEFAULT_OUT)),
+        help="directory with ca.crt, <city>.crt/.key (CREDITLINK_TLS_DIR)",
+    )
+    serving.add_argument("--writer", default="server", help="transactional writer name")
+    importing = commands.add_parser(
+        "import", help="import bulk files of licensing and penalty records (re-run safely)"
+    )
+    importing.add_argument("paths", nargs="+", type=_existing, help="CSV or JSON Lines files")
+    importing.add_argument("--department", help="the department the files are uploaded for")
+    importing.add_argument("--writer", default="import", help="transactional writer name")
+    importing.add_argument(
+        "--chunk-size",
+        type=_bounded(1, 50_000),
+        default=DEFAULT_CHUNK,
+        help="lines per chunk (one transaction each)",
+    )
+    importing.add_argument(
+        "--workers", type=_bounded(1), help="processes preparing chunks; default: by size"
+    )
+    importing.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="progress bar on stderr",
+    )
+    importing.add_argument("--json", action="store_true", help="print the summary as JSON")
+    figures = commands.add_parser(
+        "quality", help="the latest 双公示 figures of a department for one day's decisions"
+    )
+    figures.add_argument("--department", required=True, help="unified social credit code")
+    figures.add_argument("--day", required=True, type=_day, help="decision date, YYYY-MM-DD")
+    figures.add_argument("--json", action="store_true")
+    late = commands.add_parser(
+        "overdue", help="records of a department not validly reported within 7 working days"
+    )
+    late.add_argument("--department", required=True, help="unified social credit code")
+    late.add_argument("--json", action="store_true")
+    declaring = commands.add_parser(
+        "declare", help="how many decisions a department made on a day (the reporting-rate base)"
+    )
+    declaring.add_argument("--department", required=True, help="unified social credit code")
+    declaring.add_argument("--day", required=True, type=_day, help="decision date, YYYY-MM-DD")
+    declaring.add_argument(
+        "--count", required=True, type=_bounded(0), help="decisions made that day (应上报数)"
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command in (None, "serve"):
+            serve(
+                getattr(args, "bind", None),
+                getattr(args, "certs", Path(os.environ.get("CREDITLINK_TLS_DIR", DEFAULT_OUT))),
+                getattr(args, "writer", "server"),
+            )
+        elif args.command == "import":
+            import_command(
+                args.paths,
+                args.department,
+                args.writer,
+                args.chunk_size,
+                args.workers,
+                args.progress,
+                args.json,
+            )
+        elif args.command == "quality":
+            quality(args.department, args.day, args.json)
+        elif args.command == "overdue":
+            overdue(args.department, args.json)
+        else:
+            declare(args.department, args.day, args.count)
+    except Exit as stop:
+        return stop.code
+    return 0
+
+
 if __name__ == "__main__":
-    app()
+    sys.exit(main())
