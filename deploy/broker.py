@@ -14,7 +14,7 @@ from pathlib import Path
 
 from aiokafka.admin import AIOKafkaAdminClient
 
-from services.common.settings import REPO_ROOT
+from services.common.settings import REPO_ROOT as REPO_ROOT
 
 KAFKA_SH = REPO_ROOT / "deploy" / "local" / "kafka.sh"
 

@@ -38,7 +38,7 @@ from services.common.avro import AvroSerde, SerdeError
 from services.common.cloudevents import HeaderTemplate, source_for
 from services.common.kafka import make_consumer
 from services.common.settings import Settings
-from services.common.topic_names import AUDIT_TOPIC
+from services.common.topic_names import AUDIT_TOPIC as AUDIT_TOPIC
 
 SCHEMA: Final = "creditlink.v1.PeerCallAudit"
 EVENT_TYPE: Final = "cn.creditlink.audit.peer-call.v1"

@@ -29,7 +29,10 @@ from services.common.avro import AvroSerde, SerdeError
 from services.common.cloudevents import build_headers, source_for
 from services.common.kafka import make_consumer
 from services.common.settings import Settings
-from services.common.topic_names import CHANGES_TOPIC, LISTS_TOPIC, RECORDS_TOPIC, REJECTED_TOPIC
+from services.common.topic_names import CHANGES_TOPIC as CHANGES_TOPIC
+from services.common.topic_names import LISTS_TOPIC as LISTS_TOPIC
+from services.common.topic_names import RECORDS_TOPIC as RECORDS_TOPIC
+from services.common.topic_names import REJECTED_TOPIC as REJECTED_TOPIC
 from services.lists.book import ChangelogItem, IncomingRecord, ListBook
 from services.lists.decisions import Refused
 from services.lists.model import (
