@@ -309,7 +309,7 @@ def test_store_rejects_fingerprint_clash_between_different_schemas(
 ) -> None:
     _write_schema(tmp_path, "One", 1, _tiny("One"))
     _write_schema(tmp_path, "Two", 1, _tiny("Two"))
-    monkeypatch.setattr(avro_module, "crc64_avro_fingerprint", lambda _form: b"\x00" * 8)
+    monkeypatch.setattr(avro_module.store, "crc64_avro_fingerprint", lambda _form: b"\x00" * 8)
     with pytest.raises(SchemaStoreError, match="same fingerprint"):
         SchemaStore(tmp_path)
 
