@@ -20,12 +20,12 @@ from services.common.audit import (
     GENESIS_HASH,
     SCHEMA,
     AuditMessage,
-    _hashed_encoding,
     chain_hash,
     format_key,
     parse_key,
     verify_chain,
 )
+from services.common.audit.writer import _hashed_encoding
 from services.common.avro import AvroSerde
 from services.common.certs import city_uri, issue_dev_certificates
 from services.common.consent import ConsentError, ConsentFailure, ConsentIssuer, ConsentKeyring

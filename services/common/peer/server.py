@@ -30,7 +30,7 @@ certificate names no known city) with a ``creditlink-denial`` trailer carrying a
 Batch methods check each item in the servicer with :meth:`PeerSecurity.check_subject`.
 
 **What is audited.** :class:`PeerCallGuard` writes one hash-chained record per peer call,
-allowed or refused (``audit.py``). The subject key is the request's top-level
+allowed or refused (``services/common/audit/``). The subject key is the request's top-level
 ``subject_key`` (none for batch and stream requests); the purpose is, in this order: the
 ``scenario`` enum name and/or the ``purpose`` text of the request (``"TENDERING: WXZB-2024-1"``),
 the ``creditlink-purpose`` metadata entry, or the method's default (``LIST_SYNC`` …).

@@ -1,0 +1,84 @@
+"""The hash-chained audit log of peer calls on ``audit.peer-calls.v1``, and its verifier.
+
+Every peer call a node serves is one ``PeerCallAudit`` record (schemas/avro/PeerCallAudit).
+Records form a chain: ``seq`` increases by exactly one, ``prev_hash`` is the previous
+record's ``hash``, and ``hash`` is the lowercase hex SHA-256 of the ASCII ``prev_hash``
+followed by the record's Avro single-object encoding with ``hash`` set to ``""`` (the
+schema's own definition). Changing a record breaks its hash, or — if the forger also fixed
+that hash — the link from the next record; removing a record leaves a gap in ``seq``;
+reordering puts a ``seq`` out of place. :func:`verify_chain` names each such position.
+
+**One writer per chain.** The topic has one partition, so the broker keeps one total order,
+but a chain can only be extended by one writer at a time. A node runs several peer-facing
+services; each writes its own chain, named in the Kafka key as ``<chain>:<seq>`` (the bare
+decimal ``<seq>`` when the node has a single writer and passes ``chain=None``). The verifier
+checks every chain of the topic independently. A writer resumes its chain after a restart
+from the last record of that chain on the topic.
+
+    python -m services.common.audit verify --bootstrap 127.0.0.1:19092 \\
+        --topic suzhou.audit.peer-calls.v1
+
+The package: ``chain`` (keys, hash, entries), ``writer``, ``read``, ``verify`` and ``cli``;
+this module re-exports their public names.
+"""
+
+from __future__ import annotations
+
+from services.common.audit.chain import (
+    EVENT_TYPE as EVENT_TYPE,
+)
+from services.common.audit.chain import (
+    GENESIS_HASH as GENESIS_HASH,
+)
+from services.common.audit.chain import (
+    SCHEMA as SCHEMA,
+)
+from services.common.audit.chain import (
+    AuditEntry as AuditEntry,
+)
+from services.common.audit.chain import (
+    AuditUnavailable as AuditUnavailable,
+)
+from services.common.audit.chain import (
+    chain_hash as chain_hash,
+)
+from services.common.audit.chain import (
+    format_key as format_key,
+)
+from services.common.audit.chain import (
+    parse_key as parse_key,
+)
+from services.common.audit.cli import (
+    main as main,
+)
+from services.common.audit.read import (
+    AuditMessage as AuditMessage,
+)
+from services.common.audit.read import (
+    read_audit_topic as read_audit_topic,
+)
+from services.common.audit.read import (
+    read_chain_tail as read_chain_tail,
+)
+from services.common.audit.verify import (
+    ChainProblem as ChainProblem,
+)
+from services.common.audit.verify import (
+    ChainSummary as ChainSummary,
+)
+from services.common.audit.verify import (
+    VerifyReport as VerifyReport,
+)
+from services.common.audit.verify import (
+    verify_chain as verify_chain,
+)
+from services.common.audit.verify import (
+    verify_topic as verify_topic,
+)
+from services.common.audit.writer import (
+    AuditChainWriter as AuditChainWriter,
+)
+from services.common.audit.writer import (
+    QueuedAuditLog as QueuedAuditLog,
+)
+from services.common.topic_names import AUDIT_TOPIC as AUDIT_TOPIC

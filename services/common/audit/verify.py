@@ -1,0 +1,174 @@
+"""Verifying chains: every gap, broken link, changed record or reordering named by position."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from services.common.audit.chain import GENESIS_HASH, chain_hash, parse_key
+from services.common.audit.read import AuditMessage, read_audit_topic
+from services.common.avro import AvroSerde, SerdeError
+from services.common.settings import Settings
+from services.common.topic_names import AUDIT_TOPIC as AUDIT_TOPIC
+
+
+@dataclass(frozen=True, slots=True)
+class ChainProblem:
+    """One place where the chain is not what its writer wrote."""
+
+    kind: str  # changed | removed | reordered | duplicated | undecodable | bad-key
+    chain: str | None
+    offset: int
+    seq: int | None
+    detail: str
+
+    def __str__(self) -> str:
+        chain = "" if self.chain is None else f"chain {self.chain!r} "
+        seq = "" if self.seq is None else f"seq {self.seq} "
+        return f"{self.kind.upper()}: {chain}{seq}at offset {self.offset}: {self.detail}"
+
+
+@dataclass(slots=True)
+class ChainSummary:
+    chain: str | None
+    records: int = 0
+    first_seq: int | None = None
+    last_seq: int | None = None
+
+
+@dataclass(slots=True)
+class VerifyReport:
+    problems: list[ChainProblem] = field(default_factory=list)
+    chains: dict[str | None, ChainSummary] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+@dataclass(slots=True)
+class _Decoded:
+    offset: int
+    seq: int
+    record: dict[str, Any]
+    hash_ok: bool
+
+
+def verify_chain(messages: Iterable[AuditMessage], serde: AvroSerde | None = None) -> VerifyReport:
+    """Check every chain in ``messages`` (in topic order); name each broken position."""
+    serde = serde or AvroSerde()
+    report = VerifyReport()
+    by_chain: dict[str | None, list[_Decoded]] = {}
+    for message in messages:
+        chain, key_seq = parse_key(message.key)
+        try:
+            writer = serde.writer_of(message.value)
+            record = serde.decode(message.value, reader=writer)
+            expected_hash = chain_hash(serde, record, writer.version)
+        except (SerdeError, KeyError, TypeError, ValueError) as exc:
+            report.problems.append(
+                ChainProblem("undecodable", chain, message.offset, key_seq, f"{exc}")
+            )
+            continue
+        seq = int(record["seq"])
+        if key_seq != seq:
+            report.problems.append(
+                ChainProblem(
+                    "bad-key",
+                    chain,
+                    message.offset,
+                    seq,
+                    f"message key {message.key!r} does not carry the record's seq {seq}",
+                )
+            )
+        hash_ok = expected_hash == record["hash"]
+        if not hash_ok:
+            report.problems.append(
+                ChainProblem(
+                    "changed",
+                    chain,
+                    message.offset,
+                    seq,
+                    "record content does not match its hash",
+                )
+            )
+        by_chain.setdefault(chain, []).append(_Decoded(message.offset, seq, record, hash_ok))
+    for chain, entries in by_chain.items():
+        report.problems.extend(_check_links(chain, entries))
+        summary = ChainSummary(chain=chain, records=len(entries))
+        seqs = [e.seq for e in entries]
+        summary.first_seq, summary.last_seq = min(seqs), max(seqs)
+        report.chains[chain] = summary
+    report.problems.sort(key=lambda p: (p.offset, p.kind))
+    return report
+
+
+def _check_links(chain: str | None, entries: Sequence[_Decoded]) -> list[ChainProblem]:
+    problems: list[ChainProblem] = []
+    present = {e.seq for e in entries}
+    seen: dict[int, _Decoded] = {}
+    previous: _Decoded | None = None
+    expected = 1
+    for entry in entries:
+        if entry.seq in seen:
+            problems.append(
+                ChainProblem(
+                    "duplicated",
+                    chain,
+                    entry.offset,
+                    entry.seq,
+                    f"seq {entry.seq} already appeared at offset {seen[entry.seq].offset}",
+                )
+            )
+            continue
+        seen[entry.seq] = entry
+        if entry.seq < expected:
+            assert previous is not None  # expected > 1 only after a record
+            problems.append(
+                ChainProblem(
+                    "reordered",
+                    chain,
+                    entry.offset,
+                    entry.seq,
+                    f"seq {entry.seq} comes after seq {previous.seq} (offset {previous.offset})",
+                )
+            )
+            continue
+        if entry.seq > expected:
+            gone = [s for s in range(expected, entry.seq) if s not in present]
+            if gone:
+                span = f"{gone[0]}" if len(gone) == 1 else f"{gone[0]}..{gone[-1]}"
+                after = "the start" if previous is None else f"offset {previous.offset}"
+                problems.append(
+                    ChainProblem(
+                        "removed",
+                        chain,
+                        entry.offset,
+                        entry.seq,
+                        f"seq {span} missing between {after} and this record",
+                    )
+                )
+        elif previous is not None and entry.record["prev_hash"] != previous.record["hash"]:
+            # The previous record was changed and its own hash recomputed by the forger.
+            problems.append(
+                ChainProblem(
+                    "changed",
+                    chain,
+                    previous.offset,
+                    previous.seq,
+                    f"hash no longer matches the prev_hash of seq {entry.seq} "
+                    f"(offset {entry.offset})",
+                )
+            )
+        elif previous is None and entry.seq == 1 and entry.record["prev_hash"] != GENESIS_HASH:
+            problems.append(
+                ChainProblem("changed", chain, entry.offset, 1, "seq 1 must chain to 64 zeros")
+            )
+        previous = entry
+        expected = entry.seq + 1
+    return problems
+
+
+async def verify_topic(settings: Settings, topic: str) -> VerifyReport:
+    return verify_chain(await read_audit_topic(settings, topic))
