@@ -11,7 +11,7 @@ Two city nodes (Suzhou, Wuxi) run as real processes on the run's broker, over mT
   a connection of its own, versus a trivial grpc.aio unary echo (one process, the same mTLS
   certificates, same payload size, called the same way). A second row compares with an
   empty CheckSubject behind the same security kit (authorization and the audit chain,
-  ``services/common/peer/server.py``), which splits the kit's
+  ``services/common/peer/``), which splits the kit's
   cost from the lists service's own.
 - **CheckSubjects**: subjects/s in batches of 500, versus the unary CheckSubject QPS.
 

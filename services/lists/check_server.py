@@ -1,7 +1,7 @@
 """``CreditCheckService``: region-wide memberships of a subject and the measures of a scenario.
 
 Answers come from this node's store (own and mirrored entries), so a check never waits on a
-peer. The peer-call guard (``services/common/peer/server.py``) has already checked the
+peer. The peer-call guard (``services/common/peer/guard.py``) has already checked the
 caller, the policy, and — for ``CheckSubject`` about a natural person — the consent token;
 ``CheckSubjects`` checks each subject here and reports a refusal in that subject's result
 only.

@@ -2,7 +2,7 @@
 
 Served from the store, never from Kafka: a peer only sees changes that are on the changelog
 *and* committed here, in sequence order, each exactly once per stream. Authorization and the
-audit record of each call are the common peer-call guard's (``services/common/peer/server.py``).
+audit record of each call are the common peer-call guard's (``services/common/peer/guard.py``).
 """
 
 from __future__ import annotations

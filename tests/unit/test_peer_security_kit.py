@@ -29,7 +29,7 @@ from services.common.audit.writer import _hashed_encoding
 from services.common.avro import AvroSerde
 from services.common.certs import city_uri, issue_dev_certificates
 from services.common.consent import ConsentError, ConsentFailure, ConsentIssuer, ConsentKeyring
-from services.common.peer import server as grpc_server
+from services.common.peer import purpose as grpc_server
 from services.common.policy import (
     DEFAULT_POLICY_FILE,
     PolicyError,

@@ -129,7 +129,7 @@ class AuditChainWriter(QueuedAuditLog):
     ``durable=True`` makes :meth:`append` wait for the broker's acknowledgement of the
     record. The default returns once the entry is queued in this process, so the audit costs
     a peer call microseconds; a record that cannot be linked or delivered marks the writer
-    unavailable, and the guard in ``services/common/peer/server.py`` then refuses calls rather
+    unavailable, and the guard in ``services/common/peer/guard.py`` then refuses calls rather
     than serve them unaudited.
     """
 

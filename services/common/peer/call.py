@@ -1,0 +1,90 @@
+"""The call being served, and the one way a servicer refuses it (:func:`deny`)."""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+import grpc
+
+from services.common.cloudevents import is_valid_traceparent
+from services.common.consent import ConsentGrant
+from services.common.peer.identity import PeerIdentity
+from services.common.peer.names import DENIAL_TRAILER
+from services.common.peer.purpose import _metadata_value, _purpose
+from services.common.policy import Decision
+
+
+@dataclass(slots=True)
+class PeerCall:
+    """What the peer-call guard learnt about the current call; servicers read it.
+
+    ``purpose`` and ``traceparent`` are worked out from the request and its metadata when
+    first read: the audit record needs them, and it is made after the call is answered.
+    """
+
+    method: str
+    started: float
+    identity: PeerIdentity | None = None
+    decision: Decision | None = None
+    subject_key: str | None = None
+    consent: ConsentGrant | None = None
+    request: object = None
+    metadata: Sequence[tuple[str, Any]] = ()
+    _purpose: str | None = None
+    _traceparent: tuple[str | None] | None = None
+
+    def may_see(self, data_class: str) -> bool:
+        return self.decision is not None and self.decision.permits(data_class)
+
+    @property
+    def purpose(self) -> str:
+        if self._purpose is None:
+            self._purpose = _purpose(self.request, self.metadata, self.method)
+        return self._purpose
+
+    @property
+    def traceparent(self) -> str | None:
+        """The caller's W3C ``traceparent``, if it sent a valid one."""
+        if self._traceparent is None:
+            raw = _metadata_value(self.metadata, "traceparent")
+            self._traceparent = (raw if raw is not None and is_valid_traceparent(raw) else None,)
+        return self._traceparent[0]
+
+
+_current_call: contextvars.ContextVar[PeerCall | None] = contextvars.ContextVar(
+    "creditlink_peer_call", default=None
+)
+
+
+def current_call() -> PeerCall:
+    """The call being served; only inside a servicer method behind the peer-call guard."""
+    call = _current_call.get()
+    if call is None:
+        raise RuntimeError("current_call() outside a peer call (not served by start_peer_server?)")
+    return call
+
+
+async def deny(
+    context: grpc.aio.ServicerContext, code: grpc.StatusCode, denial: str, details: str
+) -> NoReturn:
+    """End a peer call refused: the status ``code`` and ``details`` for people, and the
+    contract's ``creditlink-denial`` trailer with ``denial``, the stable lower-kebab reason
+    a peer's code can act on. The one way every servicer refuses a call."""
+    await context.abort(code, details, trailing_metadata=((DENIAL_TRAILER, denial),))
+    raise AssertionError("context.abort returned")  # abort always raises
+
+
+class Denied(Exception):
+    """A refusal with its status and stable denial code."""
+
+    def __init__(self, code: grpc.StatusCode, denial: str, details: str) -> None:
+        super().__init__(details)
+        self.code = code
+        self.denial = denial
+        self.details = details
+
+    async def abort(self, context: grpc.aio.ServicerContext) -> NoReturn:
+        await deny(context, self.code, self.denial, self.details)

@@ -1,0 +1,243 @@
+"""The guard around every peer method: audit availability, identity, policy, consent,
+latency and the audit record."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import grpc
+
+from services.common.audit import AuditEntry, AuditUnavailable, QueuedAuditLog
+from services.common.observability import GRPC_LATENCY
+from services.common.peer.call import Denied, PeerCall, _current_call
+from services.common.peer.names import LatencySink
+from services.common.peer.purpose import _default_purpose, _field
+from services.common.peer.security import PeerSecurity
+
+
+def _status_of(context: grpc.aio.ServicerContext, error: BaseException | None) -> grpc.StatusCode:
+    code = context.code()
+    if isinstance(code, grpc.StatusCode):
+        return code
+    if isinstance(code, int):
+        for status in grpc.StatusCode:
+            if status.value[0] == code:
+                return status
+    if error is None:
+        return grpc.StatusCode.OK
+    if isinstance(error, asyncio.CancelledError):
+        return grpc.StatusCode.CANCELLED
+    return grpc.StatusCode.UNKNOWN
+
+
+class PeerCallGuard:
+    """Authorization, audit and latency around each peer method's handler.
+
+    In order, for every call: refuse with UNAVAILABLE when the audit chain cannot be extended
+    (a node does not serve peer calls it cannot account for); identity from the certificate,
+    the policy decision, the subject's class and consent (refusals abort with their denial
+    code); the servicer's behaviour; then, whatever the outcome (refusals too), the latency
+    by method and status (``creditlink_grpc_latency_seconds``) and one hash-chained audit
+    record.
+
+    The guard wraps each method handler once, when :func:`start_peer_server` registers the
+    servicer, rather than being a ``grpc.aio.ServerInterceptor``: grpc.aio runs interceptors
+    as a chain of coroutines on every call, and with two of them that chain cost more CPU
+    than the authorization and the audit themselves (``python -m bench lists``, see
+    docs/peer-calls.md).
+    """
+
+    def __init__(
+        self,
+        security: PeerSecurity,
+        audit: QueuedAuditLog | None,
+        latency: LatencySink | None = None,
+    ) -> None:
+        self._security = security
+        self._audit = audit
+        self._node = security.city_code
+        self._latency_sink = latency
+
+    def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        """``handler`` (of the full method name ``/package.Service/Method``) behind the guard."""
+        enter = functools.partial(self._enter, method=method)
+        leave = functools.partial(self._leave, latency=self._latency(method))
+
+        if handler.unary_unary or handler.stream_unary:
+            inner = handler.unary_unary or handler.stream_unary
+
+            async def unary_response(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                call = PeerCall(method=method, started=time.monotonic())
+                _current_call.set(call)  # grpc.aio serves each call in its own task
+                error: BaseException | None = None
+                try:
+                    if (refusal := enter(call, request, context)) is not None:
+                        await refusal.abort(context)
+                    return await inner(request, context)
+                except BaseException as exc:
+                    error = exc
+                    raise
+                finally:
+                    if (delivered := leave(call, _status_of(context, error))) is not None:
+                        await delivered
+
+            factory = (
+                grpc.unary_unary_rpc_method_handler
+                if handler.unary_unary
+                else grpc.stream_unary_rpc_method_handler
+            )
+            return factory(
+                unary_response, handler.request_deserializer, handler.response_serializer
+            )
+
+        inner_stream = handler.unary_stream or handler.stream_stream
+
+        async def streamed_response(
+            request: Any, context: grpc.aio.ServicerContext
+        ) -> AsyncIterator[Any]:
+            call = PeerCall(method=method, started=time.monotonic())
+            _current_call.set(call)
+            error: BaseException | None = None
+            try:
+                if (refusal := enter(call, request, context)) is not None:
+                    await refusal.abort(context)
+                produced = inner_stream(request, context)
+                if inspect.isasyncgen(produced):
+                    async for message in produced:
+                        yield message
+                else:
+                    await produced  # a behaviour that writes with context.write()
+            except BaseException as exc:
+                error = exc
+                raise
+            finally:
+                if (delivered := leave(call, _status_of(context, error))) is not None:
+                    await delivered
+
+        factory = (
+            grpc.unary_stream_rpc_method_handler
+            if handler.unary_stream
+            else grpc.stream_stream_rpc_method_handler
+        )
+        return factory(streamed_response, handler.request_deserializer, handler.response_serializer)
+
+    def _latency(self, method: str) -> Callable[[grpc.StatusCode, float], None]:
+        """Where a call of ``method`` reports its latency: the histogram child per status
+        (looked up once per status), or the server's latency sink."""
+        sink = self._latency_sink
+        if sink is not None:
+            return lambda status, elapsed: sink(method, status.name, elapsed)
+        children: dict[grpc.StatusCode, Any] = {}
+        city = self._security.city
+
+        def observe(status: grpc.StatusCode, elapsed: float) -> None:
+            found = children.get(status)
+            if found is None:
+                found = children[status] = GRPC_LATENCY.labels(
+                    city=city, method=method, code=status.name
+                )
+            found.observe(elapsed)
+
+        return observe
+
+    def _enter(
+        self, call: PeerCall, request: object, context: grpc.aio.ServicerContext, *, method: str
+    ) -> Denied | None:
+        """Fill ``call`` in; the refusal to abort the call with, if any."""
+        if self._audit is not None and not self._audit.healthy:
+            return Denied(grpc.StatusCode.UNAVAILABLE, "audit-unavailable", "audit log unavailable")
+        security = self._security
+        call.request = request
+        call.metadata = context.invocation_metadata() or ()
+        try:
+            call.identity = security.identify(context)
+            call.decision = security.authorize(call.identity, method)
+            subject_key = _field(request, "subject_key")
+            if isinstance(subject_key, str) and subject_key:
+                call.subject_key = subject_key
+                token = _field(request, "consent_token")
+                call.consent = security.check_subject(
+                    call, subject_key, token if isinstance(token, str) else None
+                )
+        except Denied as denied:
+            return denied
+        return None
+
+    def _leave(
+        self,
+        call: PeerCall,
+        status: grpc.StatusCode,
+        *,
+        latency: Callable[[grpc.StatusCode, float], None],
+    ) -> Awaitable[None] | None:
+        """Record the latency and append the audit record; what to await before answering
+        (a durable audit writer's delivery), if anything."""
+        elapsed = time.monotonic() - call.started
+        latency(status, elapsed)
+        if self._audit is None:
+            return None
+        # The record is made when the writer links it, after the call is answered.
+        entry = functools.partial(
+            _audit_entry, call, status, elapsed, datetime.now(UTC), self._node
+        )
+        refuse = status is grpc.StatusCode.OK  # a call that failed anyway still answers
+        if self._audit.durable:
+            return _audited(self._audit.append(entry), refuse=refuse)
+        try:
+            self._audit.append_nowait(entry)
+        except AuditUnavailable:
+            if refuse:
+                raise
+        return None
+
+
+def _audit_entry(
+    call: PeerCall, status: grpc.StatusCode, elapsed: float, at: datetime, node: str
+) -> AuditEntry:
+    identity = call.identity
+    return AuditEntry(
+        caller_city=identity.city_code if identity else "unknown",
+        callee_city=node,
+        method=call.method,
+        purpose=call.purpose or _default_purpose(call.method),
+        status_code=status.name,
+        latency_ms=int(elapsed * 1000),
+        at=at,
+        subject_key=call.subject_key,
+        consent_reference=call.consent.token_id if call.consent else None,
+        traceparent=call.traceparent,
+        peer_certificate_sha256=identity.certificate_sha256 if identity else None,
+    )
+
+
+async def _audited(appended: Awaitable[None], *, refuse: bool) -> None:
+    """Wait for a durable audit record; a record that cannot be written fails a call that
+    had succeeded."""
+    try:
+        await appended
+    except AuditUnavailable:
+        if refuse:
+            raise
+
+
+class _Registrar:
+    """Stands in for the server while a generated ``add_…_to_server`` function registers a
+    servicer, so that :class:`PeerCallGuard` can wrap each method handler before the real
+    server sees it. Generated code hands the same handlers to both methods below."""
+
+    def __init__(self) -> None:
+        self.handlers: dict[str, dict[str, grpc.RpcMethodHandler]] = {}
+
+    def add_registered_method_handlers(
+        self, service: str, handlers: dict[str, grpc.RpcMethodHandler]
+    ) -> None:
+        self.handlers.setdefault(service, {}).update(handlers)
+
+    def add_generic_rpc_handlers(self, generic_handlers: Sequence[object]) -> None:
+        """Ignored: the generated code also passes every handler to the method above."""

@@ -1,0 +1,134 @@
+"""The serving city's decisions: who may call what, about whom, and for which purpose."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+
+from services.common.certs import DEFAULT_OUT
+from services.common.consent import ConsentError, ConsentGrant, ConsentKeyring
+from services.common.memo import BoundedMemo
+from services.common.peer.call import Denied, PeerCall
+from services.common.peer.identity import PeerIdentity, _city_named, _pem_sha256, _text
+from services.common.peer.names import (
+    _MAX_KNOWN_CERTIFICATES,
+)
+from services.common.policy import NATURAL_PERSON, Decision, Policy, data_class_of, load_policy
+from services.common.region import Region
+from services.common.settings import Settings
+
+
+@dataclass(frozen=True, slots=True)
+class PeerSecurity:
+    """The serving city's policy and consent keyring, and the region that names the cities."""
+
+    city: str
+    region: Region
+    policy: Policy
+    keyring: ConsentKeyring
+    # (caller, method) -> decision: the policy is fixed for the server's life.
+    _decisions: dict[tuple[str, str], Decision] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+    _identities: BoundedMemo[bytes, PeerIdentity] = field(
+        default_factory=lambda: BoundedMemo(_MAX_KNOWN_CERTIFICATES),
+        init=False,
+        repr=False,
+        compare=False,
+    )
+
+    @classmethod
+    def from_files(
+        cls,
+        settings: Settings,
+        region: Region,
+        *,
+        policy_file: Path | None = None,
+        keys_dir: Path = DEFAULT_OUT,
+    ) -> PeerSecurity:
+        codes = {key: city.admin_code for key, city in region.cities.items()}
+        return cls(
+            city=settings.city,
+            region=region,
+            policy=load_policy(policy_file, cities=region.cities.keys()),
+            keyring=ConsentKeyring.from_directory(keys_dir, codes),
+        )
+
+    @property
+    def city_code(self) -> str:
+        return self.region.city(self.city).admin_code
+
+    def identify(self, context: grpc.aio.ServicerContext) -> PeerIdentity:
+        auth = context.auth_context()
+        pems = auth.get("x509_pem_cert")
+        if not pems:
+            raise Denied(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "no-client-certificate",
+                "a client certificate is required",
+            )
+        # A peer presents the same verified certificate on every call, and the names in it
+        # do not change: what it identifies is worked out once per certificate (looked up
+        # by the certificate as gRPC gives it, without decoding it first).
+        known = self._identities.get(pems[0])
+        if known is not None:
+            return known
+        city = _city_named(auth)
+        if city is None or city not in self.region.cities:
+            raise Denied(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "unknown-city",
+                "the client certificate names no city of the region",
+            )
+        identity = PeerIdentity(
+            city=city,
+            city_code=self.region.city(city).admin_code,
+            certificate_sha256=_pem_sha256(_text(pems)[0]),
+        )
+        return self._identities.remember(pems[0], identity)
+
+    def authorize(self, identity: PeerIdentity, method: str) -> Decision:
+        decision = self._decisions.get((identity.city, method))
+        if decision is None:
+            decision = self.policy.decide(server=self.city, caller=identity.city, method=method)
+            self._decisions[(identity.city, method)] = decision
+        if not decision.allowed:
+            raise Denied(
+                grpc.StatusCode.PERMISSION_DENIED,
+                "policy-denied",
+                f"{identity.city} may not call {method}",
+            )
+        return decision
+
+    def check_subject(
+        self, call: PeerCall, subject_key: str, consent_token: str | None
+    ) -> ConsentGrant | None:
+        """Check one subject of a call: its data class and, for a person, the consent token.
+
+        Raises :class:`Denied` (PERMISSION_DENIED; INVALID_ARGUMENT for a malformed key).
+        Servicers of batch methods call this per item and turn a refusal into an item error.
+        """
+        data_class = data_class_of(subject_key)
+        if data_class is None:
+            raise Denied(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "invalid-subject-key",
+                "subject_key must start with L: or N:",
+            )
+        if call.decision is None or not call.decision.permits(data_class):
+            raise Denied(
+                grpc.StatusCode.PERMISSION_DENIED,
+                "data-class-denied",
+                f"the policy does not let this city see {data_class} data through {call.method}",
+            )
+        if data_class != NATURAL_PERSON:
+            return None
+        assert call.identity is not None  # authorize() ran first
+        try:
+            return self.keyring.verify(
+                consent_token, audience_city=call.identity.city_code, subject_key=subject_key
+            )
+        except ConsentError as exc:
+            raise Denied(grpc.StatusCode.PERMISSION_DENIED, exc.failure.value, str(exc)) from None
