@@ -269,16 +269,25 @@ def _parser() -> argparse.ArgumentParser:
         description="Record intake: departments' credit records into the node, with 双公示 "
         "figures. Without a command: serve.",
     )
+    # Serving is also what runs without a command, so its defaults are the parser's own; the
+    # serve command's options only override them when given.
+    parser.set_defaults(
+        bind=None, certs=Path(os.environ.get("CREDITLINK_TLS_DIR", DEFAULT_OUT)), writer="server"
+    )
     commands = parser.add_subparsers(dest="command")
     serving = commands.add_parser("serve", help="serve RecordIntakeService over mutual TLS")
-    serving.add_argument("--bind", help="host:port; default: the region file")
+    serving.add_argument(
+        "--bind", default=argparse.SUPPRESS, help="host:port; default: the region file"
+    )
     serving.add_argument(
         "--certs",
         type=Path,
-        default=Path(os.environ.get("CREDITLINK_TLS_DIR", DEFAULT_OUT)),
+        default=argparse.SUPPRESS,
         help="directory with ca.crt, <city>.crt/.key (CREDITLINK_TLS_DIR)",
     )
-    serving.add_argument("--writer", default="server", help="transactional writer name")
+    serving.add_argument(
+        "--writer", default=argparse.SUPPRESS, help="transactional writer name (server)"
+    )
     importing = commands.add_parser(
         "import", help="import bulk files of licensing and penalty records (re-run safely)"
     )
@@ -327,11 +336,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command in (None, "serve"):
-            serve(
-                getattr(args, "bind", None),
-                getattr(args, "certs", Path(os.environ.get("CREDITLINK_TLS_DIR", DEFAULT_OUT))),
-                getattr(args, "writer", "server"),
-            )
+            serve(args.bind, args.certs, args.writer)
         elif args.command == "import":
             import_command(
                 args.paths,

@@ -316,10 +316,6 @@ _DAYS: BoundedMemo[str, date] = BoundedMemo(4096)
 _PENALTY_TYPES: BoundedMemo[str, tuple[str, ...]] = BoundedMemo(1024)
 
 
-def _remember_clean(value: str, text: str) -> None:
-    _CLEAN_TEXT.remember(value, text)
-
-
 class _Form:
     """Reads fields of one submission, collecting every problem instead of stopping."""
 
@@ -396,7 +392,7 @@ class _Form:
                     )
                     text = masked
         elif type(value) is str and text.isprintable():
-            _remember_clean(value, text)
+            _CLEAN_TEXT.remember(value, text)
         return text
 
     def choice(
