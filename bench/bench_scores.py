@@ -95,7 +95,8 @@ async def scores(ctx: BenchContext) -> list[Comparison]:
 
     suzhou = config.scale_of("suzhou")
     rng = random.Random(6)
-    residents = [f"{i:064x}" for i in range(1, RESIDENTS + 1)]
+    # Suzhou residents (division 320505): Suzhou's consent is the one honoured for them.
+    residents = [f"320505.0123abcd.{i:064x}" for i in range(1, RESIDENTS + 1)]
     await publish_scores(
         settings,
         [
@@ -148,7 +149,10 @@ async def scores(ctx: BenchContext) -> list[Comparison]:
         issuer = ConsentIssuer(suzhou.city_code, load_private_key(certs / "suzhou.consent.key"))
         tokens = {
             person: issuer.issue(
-                subject_key=f"N:{person}", audience_city=wuxi.city_code, lifetime_seconds=3600
+                subject_key=f"N:{person}",
+                audience_city=wuxi.city_code,
+                lifetime_seconds=3600,
+                purpose="score-recognition",
             )
             for person in residents[:256]
         }

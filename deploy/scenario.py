@@ -562,7 +562,7 @@ class Scenario:
             subject_key=subject,
             audience_city=self.code_of("wuxi"),
             lifetime_seconds=600,
-            purpose="无锡人才公寓免押金申请",
+            purpose="score-recognition",
         )
         stub = score_recognition_pb2_grpc.ScoreRecognitionServiceStub(
             self.channel("wuxi", "suzhou", "scores")

@@ -42,6 +42,7 @@ from services.common.peer import (
     start_peer_server,
 )
 from services.common.policy import parse_policy
+from services.common.pseudonym import DEV_REGION_KEY, key_id_of
 from services.common.region import Region, load_region
 from services.common.settings import REPO_ROOT, Settings, load_settings
 from services.common.topics import load_catalogue, provision
@@ -50,8 +51,13 @@ REGION = load_region(REPO_ROOT / "deploy" / "config" / "region.yaml")
 CODES = {key: city.admin_code for key, city in REGION.cities.items()}
 
 ORG = "L:91320500MA1W8XY409"
-PERSON = "N:" + "ab" * 32
-OTHER_PERSON = "N:" + "cd" * 32
+# Residents of Suzhou (division 320505) under the development region key.
+PERSON = f"N:320505.{key_id_of(DEV_REGION_KEY)}." + "ab" * 32
+OTHER_PERSON = f"N:320505.{key_id_of(DEV_REGION_KEY)}." + "cd" * 32
+#: A Wuxi resident (division 320211), whose consent only Wuxi can give.
+WUXI_PERSON = f"N:320211.{key_id_of(DEV_REGION_KEY)}." + "ef" * 32
+#: The purpose a plain check (no scenario) needs.
+CHECK_PURPOSE = "credit-history"
 
 # Suzhou serves. Wuxi may check subjects (both classes); Changzhou may check organisations
 # only; nobody may call CheckSubjects except Wuxi. Jiashan has no rule at all.

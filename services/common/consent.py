@@ -3,7 +3,16 @@
 docs/design.md §5.3: data of a natural person crosses a border only with the subject's consent
 token. The subject grants consent in their home city (the city holding their records); the
 home city's consent service signs a token that names the subject (by pseudonym), the city
-allowed to ask (the audience), and an expiry. The requesting city presents it with each call.
+allowed to ask (the audience), the purpose the subject agreed to, and an expiry. The requesting
+city presents it with each call.
+
+**Who may give consent.** Only the person's home city, the city the division code of their
+pseudonym names (services/common/pseudonym.py); never another city, however genuine its
+signature: a city cannot open other cities' residents to itself by signing for them
+(docs/trust.md). The serving city checks the ``pur`` claim against the purpose catalogue
+(``deploy/config/consent-purposes.yaml``): the method called and its scenario must be ones the
+purpose covers. Lifetimes are capped (30 days unless ``CREDITLINK_CONSENT_MAX_DAYS`` says
+less or more, at most 366).
 
 **Why Ed25519 and not HMAC.** The city that checks a token is often not the city that issued
 it: Wuxi answers ``CheckSubject`` for a Suzhou resident from the list entries it mirrors, so
@@ -24,7 +33,8 @@ no padding; ``payload`` is UTF-8 JSON with sorted keys and no spaces::
 ``iss`` is the issuing (home) city's code, ``aud`` the code of the city allowed to present
 it, ``sub`` the subject key, ``iat``/``exp`` Unix seconds, ``jti`` the token's id (recorded
 in the audit log as the consent reference), ``kid`` the first 16 hex characters of the
-SHA-256 of the issuer's raw public key, ``pur`` the purpose the subject agreed to (free text).
+SHA-256 of the issuer's raw public key, ``pur`` the code of the purpose the subject agreed to
+(a key of the purpose catalogue).
 The signature is Ed25519 over the ASCII bytes ``clc1.<base64url(payload)>``.
 """
 
@@ -38,7 +48,7 @@ import json
 import secrets
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -50,7 +60,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 TOKEN_PREFIX = "clc1"  # noqa: S105 - a format tag, not a secret
 CLOCK_SKEW_SECONDS = 60
-MAX_LIFETIME_SECONDS = 366 * 24 * 3600
+DAY_SECONDS = 24 * 3600
+#: The default cap on a token's lifetime, and the ceiling no configuration may pass.
+DEFAULT_MAX_LIFETIME_SECONDS = 30 * DAY_SECONDS
+CEILING_LIFETIME_SECONDS = 366 * DAY_SECONDS
 
 
 class ConsentFailure(StrEnum):
@@ -64,9 +77,14 @@ class ConsentFailure(StrEnum):
     NOT_YET_VALID = "consent-not-yet-valid"
     WRONG_CITY = "consent-wrong-city"
     WRONG_SUBJECT = "consent-wrong-subject"
-    #: The token is genuine but was issued by a city other than the one holding the data
-    #: (a score's consent must come from the subject's home city).
+    #: The token is genuine but was issued by a city other than the subject's home city.
     WRONG_ISSUER = "consent-wrong-issuer"
+    #: The subject's key names no home city in the region, so nobody may consent for it.
+    NO_HOME_CITY = "consent-no-home-city"
+    #: The purpose the subject agreed to does not cover this method or scenario.
+    WRONG_PURPOSE = "consent-wrong-purpose"
+    #: The token lives longer than the serving city accepts.
+    LIFETIME_TOO_LONG = "consent-lifetime-too-long"
 
 
 class ConsentError(Exception):
@@ -116,7 +134,7 @@ class ConsentIssuer:
         subject_key: str,
         audience_city: str,
         lifetime_seconds: int,
-        purpose: str = "",
+        purpose: str,
         now: int | None = None,
     ) -> str:
         issued_at = int(time.time()) if now is None else now
@@ -137,9 +155,21 @@ class ConsentIssuer:
 
 
 class ConsentKeyring:
-    """The public keys of every city's consent service, by key id."""
+    """The public keys of every city's consent service, by key id, and the longest lifetime
+    the serving city accepts."""
 
-    def __init__(self, keys: Mapping[str, Ed25519PublicKey] | None = None) -> None:
+    def __init__(
+        self,
+        keys: Mapping[str, Ed25519PublicKey] | None = None,
+        *,
+        max_lifetime_seconds: int = DEFAULT_MAX_LIFETIME_SECONDS,
+    ) -> None:
+        if not 0 < max_lifetime_seconds <= CEILING_LIFETIME_SECONDS:
+            raise ValueError(
+                f"consent lifetime cap must be 1..{CEILING_LIFETIME_SECONDS} s, "
+                f"got {max_lifetime_seconds}"
+            )
+        self.max_lifetime_seconds = max_lifetime_seconds
         # kid -> (issuer city code, key)
         self._keys: dict[str, tuple[str, Ed25519PublicKey]] = {}
         for city_code, key in (keys or {}).items():
@@ -152,9 +182,15 @@ class ConsentKeyring:
         return len(self._keys)
 
     @classmethod
-    def from_directory(cls, directory: Path, city_codes: Mapping[str, str]) -> ConsentKeyring:
+    def from_directory(
+        cls,
+        directory: Path,
+        city_codes: Mapping[str, str],
+        *,
+        max_lifetime_seconds: int = DEFAULT_MAX_LIFETIME_SECONDS,
+    ) -> ConsentKeyring:
         """Load ``<city key>.consent.pub`` (PEM) files; ``city_codes`` maps key -> code."""
-        keyring = cls()
+        keyring = cls(max_lifetime_seconds=max_lifetime_seconds)
         for path in sorted(directory.glob("*.consent.pub")):
             city = path.name.removesuffix(".consent.pub")
             if city not in city_codes:
@@ -171,9 +207,12 @@ class ConsentKeyring:
         *,
         audience_city: str,
         subject_key: str,
+        home_city: str | None,
+        purposes: Collection[str],
         now: int | None = None,
     ) -> ConsentGrant:
-        """The grant of ``token`` for ``audience_city`` asking about ``subject_key``.
+        """The grant of ``token`` for ``audience_city`` asking about ``subject_key``, whose home
+        city is ``home_city`` (None: outside the region), for a call that ``purposes`` cover.
 
         Raises :class:`ConsentError` with a distinct :class:`ConsentFailure` per reason. The
         signature is checked before any claim, so an attacker learns nothing from the claims
@@ -202,8 +241,11 @@ class ConsentKeyring:
         except InvalidSignature:
             raise ConsentError(ConsentFailure.BAD_SIGNATURE, "signature does not verify") from None
         current = int(time.time()) if now is None else now
-        if payload["exp"] - payload["iat"] > MAX_LIFETIME_SECONDS:
-            raise ConsentError(ConsentFailure.MALFORMED, "token lifetime exceeds one year")
+        if payload["exp"] - payload["iat"] > self.max_lifetime_seconds:
+            raise ConsentError(
+                ConsentFailure.LIFETIME_TOO_LONG,
+                f"token lives longer than {self.max_lifetime_seconds // DAY_SECONDS} days",
+            )
         if current > payload["exp"] + CLOCK_SKEW_SECONDS:
             raise ConsentError(ConsentFailure.EXPIRED, "consent has expired")
         if current + CLOCK_SKEW_SECONDS < payload["iat"]:
@@ -212,6 +254,20 @@ class ConsentKeyring:
             raise ConsentError(ConsentFailure.WRONG_CITY, "consent was given to another city")
         if payload["sub"] != subject_key:
             raise ConsentError(ConsentFailure.WRONG_SUBJECT, "consent is for another subject")
+        if home_city is None:
+            raise ConsentError(
+                ConsentFailure.NO_HOME_CITY, "the subject has no home city that may consent"
+            )
+        if issuer_city != home_city:
+            raise ConsentError(
+                ConsentFailure.WRONG_ISSUER,
+                f"only the subject's home city {home_city} may consent, not {issuer_city}",
+            )
+        if payload["pur"] not in purposes:
+            raise ConsentError(
+                ConsentFailure.WRONG_PURPOSE,
+                "the purpose consented to does not cover this call",
+            )
         return ConsentGrant(
             token_id=payload["jti"],
             issuer_city=issuer_city,
@@ -241,6 +297,7 @@ def load_private_key(path: Path) -> Ed25519PrivateKey:
 
 def main(argv: list[str] | None = None) -> int:
     """``issue``: a dev token signed with ``<certs>/<city>.consent.key`` (demo and manual tests)."""
+    from services.common.consent_purposes import load_purposes
     from services.common.region import load_region
     from services.common.settings import REPO_ROOT
 
@@ -251,10 +308,14 @@ def main(argv: list[str] | None = None) -> int:
     issue.add_argument("--audience", required=True, help="city key allowed to present it")
     issue.add_argument("--subject", required=True, help="subject key N:<pseudonym>")
     issue.add_argument("--days", type=int, default=30)
-    issue.add_argument("--purpose", default="")
+    issue.add_argument(
+        "--purpose", required=True, help="a purpose code of deploy/config/consent-purposes.yaml"
+    )
     issue.add_argument("--certs", type=Path, default=REPO_ROOT / "deploy/local/certs")
     issue.add_argument("--region", type=Path, default=REPO_ROOT / "deploy/config/region.yaml")
     args = parser.parse_args(argv)
+    if args.purpose not in (purposes := load_purposes()):
+        parser.error(f"--purpose: not one of {', '.join(purposes.codes())}")
     region = load_region(args.region)
     issuer = ConsentIssuer(
         region.city(args.home).admin_code,

@@ -37,6 +37,8 @@ class Settings:
     region_file: Path
     data_dir: Path
     log_level: str
+    #: The longest consent token lifetime this node honours (CREDITLINK_CONSENT_MAX_DAYS).
+    consent_max_days: int = 30
 
     def topic(self, logical_name: str) -> str:
         """The physical topic of a catalogue name (``suzhou.`` + ``credit.records.v1``)."""
@@ -80,6 +82,10 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             f"CREDITLINK_LOG_LEVEL: {log_level!r} is not one of {', '.join(_LOG_LEVELS)}"
         )
 
+    consent_days = env.get("CREDITLINK_CONSENT_MAX_DAYS", "30").strip()
+    if not consent_days.isdigit() or not 1 <= int(consent_days) <= 366:
+        problems.append(f"CREDITLINK_CONSENT_MAX_DAYS: {consent_days!r} is not 1..366 days")
+
     if problems:
         raise SettingsError("invalid configuration:\n  - " + "\n  - ".join(problems))
     return Settings(
@@ -89,6 +95,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         region_file=region_file,
         data_dir=data_dir,
         log_level=log_level,
+        consent_max_days=int(consent_days),
     )
 
 
@@ -102,4 +109,5 @@ def settings_environment(settings: Settings) -> dict[str, str]:
         "CREDITLINK_REGION_FILE": str(settings.region_file),
         "CREDITLINK_DATA_DIR": str(settings.data_dir),
         "CREDITLINK_LOG_LEVEL": settings.log_level,
+        "CREDITLINK_CONSENT_MAX_DAYS": str(settings.consent_max_days),
     }

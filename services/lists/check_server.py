@@ -151,7 +151,7 @@ class CreditCheckServicer(credit_check_pb2_grpc.CreditCheckServiceServicer):
                     context,
                     grpc.StatusCode.INVALID_ARGUMENT,
                     "invalid-subject-key",
-                    "subject_key must be L:<18-character code> or N:<64 lowercase hex>",
+                    "subject_key must be L:<18-character code> or N:<pseudonym>",
                 )
             try:
                 scenario = self._scenario(request.scenario, request.scenario_code)
@@ -193,7 +193,7 @@ class CreditCheckServicer(credit_check_pb2_grpc.CreditCheckServiceServicer):
                         key,
                         f"subjects[{index}].subject_key",
                         "invalid-subject-key",
-                        "subject_key must be L:<18-character code> or N:<64 hex>",
+                        "subject_key must be L:<18-character code> or N:<pseudonym>",
                     )
                 )
                 continue

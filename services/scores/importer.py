@@ -100,7 +100,7 @@ def parse_score_row(
     elif raw_pseudonym:
         person = raw_pseudonym.lower()
         if not is_valid_subject_key("N:" + person):
-            raise ValueError("pseudonym is not 64 lowercase hex characters")
+            raise ValueError("not a pseudonym (<division>.<key id>.<64 hex>)")
     else:
         raise ValueError("pseudonym or resident_id is required")
     if str(row.get("delete") or "").strip().lower() in ("true", "1", "yes"):

@@ -2,12 +2,12 @@
 
 The common bootstrap (``services.common.peer``) has already, before a method runs:
 identified the calling city from its verified client certificate, applied the peer policy,
-and for ``RecognizeScore`` verified the consent token against the calling city and the
-subject (missing, malformed, expired, wrong city, wrong subject → PERMISSION_DENIED with a
-``creditlink-denial`` trailer). It audits every call. This servicer adds what is specific to
-scores: the token must be issued by this city (the subject's home), the request must be
-well-formed, and every answer is recorded on ``credit.score-recognitions.v1`` before it is
-sent.
+and for ``RecognizeScore`` verified the consent token against the calling city, the
+subject, the subject's home city (the only issuer honoured) and the ``score-recognition``
+purpose (missing, malformed, expired, wrong city, wrong subject, wrong issuer, wrong purpose →
+PERMISSION_DENIED with a ``creditlink-denial`` trailer). It audits every call. This servicer
+adds what is specific to scores: the request must be well-formed, and every answer is recorded
+on ``credit.score-recognitions.v1`` before it is sent.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ import grpc
 
 from creditlink.peer.v1 import score_recognition_pb2 as pb
 from creditlink.peer.v1 import score_recognition_pb2_grpc as pb_grpc
-from services.common.consent import ConsentFailure
 from services.common.logging import get_logger
 from services.common.peer import Denied, ServiceBinding, current_call
 from services.common.pseudonym import is_valid_subject_key
@@ -149,14 +148,6 @@ class ScoreRecognitionServicer(pb_grpc.ScoreRecognitionServiceServicer):
                 grpc.StatusCode.INVALID_ARGUMENT,
                 "invalid-request-id",
                 f"request_id is at most {MAX_REQUEST_ID_CHARS} characters",
-            )
-        if grant.issuer_city != self._city_code:
-            # Only the subject's home city (which holds the score) can grant access to it.
-            raise _refuse(
-                grpc.StatusCode.PERMISSION_DENIED,
-                ConsentFailure.WRONG_ISSUER.value,
-                f"consent for a score held by {self._city_code} must be issued by "
-                f"{self._city_code}, not {grant.issuer_city}",
             )
         request_id = request.request_id or str(uuid.uuid4())
         replay_key = (identity.city_code, request_id)

@@ -31,6 +31,7 @@ from services.common.peer import (
 )
 from services.common.settings import REPO_ROOT, Settings
 from tests.peer_kit import (
+    CHECK_PURPOSE,
     ORG,
     OTHER_PERSON,
     PERSON,
@@ -229,7 +230,7 @@ async def test_city_without_any_rule_is_denied(node: Node) -> None:
 async def test_data_class_not_granted_is_denied(node: Node) -> None:
     kit = node.consent
     token = kit.issuers["suzhou"].issue(
-        subject_key=PERSON, audience_city=CHANGZHOU, lifetime_seconds=600
+        purpose=CHECK_PURPOSE, subject_key=PERSON, audience_city=CHANGZHOU, lifetime_seconds=600
     )
     error = await _refusal(node, "changzhou", subject_key=PERSON, consent_token=token, purpose="x")
     assert error.code() == grpc.StatusCode.PERMISSION_DENIED
@@ -241,7 +242,7 @@ async def test_data_class_not_granted_is_denied(node: Node) -> None:
 
 async def test_natural_person_with_valid_consent_is_answered(node: Node) -> None:
     token = node.consent.issuers["suzhou"].issue(
-        subject_key=PERSON, audience_city=WUXI, lifetime_seconds=600
+        purpose=CHECK_PURPOSE, subject_key=PERSON, audience_city=WUXI, lifetime_seconds=600
     )
     response = await _check(
         node, "wuxi", subject_key=PERSON, consent_token=token, purpose="deposit waiver"
@@ -254,19 +255,28 @@ async def test_natural_person_with_valid_consent_is_answered(node: Node) -> None
 
 def _tokens(kit: ConsentKit) -> dict[str, str]:
     suzhou = kit.issuers["suzhou"]
-    valid = suzhou.issue(subject_key=PERSON, audience_city=WUXI, lifetime_seconds=600)
+    valid = suzhou.issue(
+        purpose=CHECK_PURPOSE, subject_key=PERSON, audience_city=WUXI, lifetime_seconds=600
+    )
     head, body, signature = valid.split(".")
     forged_signature = ("A" if signature[0] != "A" else "B") + signature[1:]
     return {
         "consent-missing": "",
         "consent-expired": suzhou.issue(
-            subject_key=PERSON, audience_city=WUXI, lifetime_seconds=60, now=1_600_000_000
+            purpose=CHECK_PURPOSE,
+            subject_key=PERSON,
+            audience_city=WUXI,
+            lifetime_seconds=60,
+            now=1_600_000_000,
         ),
         "consent-wrong-city": suzhou.issue(
-            subject_key=PERSON, audience_city=CHANGZHOU, lifetime_seconds=600
+            purpose=CHECK_PURPOSE, subject_key=PERSON, audience_city=CHANGZHOU, lifetime_seconds=600
         ),
         "consent-wrong-subject": suzhou.issue(
-            subject_key=OTHER_PERSON, audience_city=WUXI, lifetime_seconds=600
+            purpose=CHECK_PURPOSE,
+            subject_key=OTHER_PERSON,
+            audience_city=WUXI,
+            lifetime_seconds=600,
         ),
         "consent-bad-signature": f"{head}.{body}.{forged_signature}",
         "consent-malformed": "not-a-token",
@@ -299,7 +309,7 @@ async def test_natural_person_without_valid_consent_is_refused(node: Node, reaso
 
 async def test_batch_refuses_only_the_items_without_consent(node: Node) -> None:
     token = node.consent.issuers["suzhou"].issue(
-        subject_key=PERSON, audience_city=WUXI, lifetime_seconds=600
+        purpose=CHECK_PURPOSE, subject_key=PERSON, audience_city=WUXI, lifetime_seconds=600
     )
     channel, stub = node.stub(node.pki.tls("wuxi"))
     async with channel:
@@ -316,6 +326,76 @@ async def test_batch_refuses_only_the_items_without_consent(node: Node) -> None:
         )
     assert [r.error.code for r in response.results] == ["", "", "consent-wrong-subject"]
     assert len(response.results[1].memberships) == 1
+
+
+async def test_a_city_cannot_consent_for_another_citys_resident(node: Node) -> None:
+    """Wuxi signs, with its own genuine consent key, a token for a Suzhou resident naming
+    itself as the audience: refused, and the refusal is on the audit with its reason."""
+    self_issued = node.consent.issuers["wuxi"].issue(
+        purpose=CHECK_PURPOSE, subject_key=PERSON, audience_city=WUXI, lifetime_seconds=600
+    )
+    error = await _refusal(node, "wuxi", subject_key=PERSON, consent_token=self_issued, purpose="x")
+    assert error.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert _denial(error) == "consent-wrong-issuer"
+    last = (await node.audit_records())[-1]
+    assert (last["status_code"], last["subject_key"], last["consent_reference"]) == (
+        "PERMISSION_DENIED",
+        PERSON,
+        None,
+    )
+
+
+@pytest.mark.parametrize(
+    ("purpose", "scenario", "lifetime", "reason"),
+    [
+        # Consent to a hiring check does not open a financing check.
+        (
+            "credit-check.civil-service-hiring",
+            credit_check_pb2.SCENARIO_FINANCING,
+            600,
+            "consent-wrong-purpose",
+        ),
+        ("anything", credit_check_pb2.SCENARIO_UNSPECIFIED, 600, "consent-wrong-purpose"),
+        # Default cap: 30 days.
+        (
+            CHECK_PURPOSE,
+            credit_check_pb2.SCENARIO_UNSPECIFIED,
+            31 * 86400,
+            "consent-lifetime-too-long",
+        ),
+    ],
+)
+async def test_consent_is_honoured_only_for_its_purpose_and_lifetime(
+    node: Node, purpose: str, scenario: int, lifetime: int, reason: str
+) -> None:
+    token = node.consent.issuers["suzhou"].issue(
+        purpose=purpose, subject_key=PERSON, audience_city=WUXI, lifetime_seconds=lifetime
+    )
+    error = await _refusal(
+        node, "wuxi", subject_key=PERSON, consent_token=token, scenario=scenario, purpose="x"
+    )
+    assert error.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert _denial(error) == reason
+    last = (await node.audit_records())[-1]
+    assert last["status_code"] == "PERMISSION_DENIED"
+
+
+async def test_consent_for_a_scenario_opens_that_scenario(node: Node) -> None:
+    token = node.consent.issuers["suzhou"].issue(
+        purpose="credit-check.civil-service-hiring",
+        subject_key=PERSON,
+        audience_city=WUXI,
+        lifetime_seconds=600,
+    )
+    response = await _check(
+        node,
+        "wuxi",
+        subject_key=PERSON,
+        consent_token=token,
+        scenario=credit_check_pb2.SCENARIO_CIVIL_SERVICE_HIRING,
+        purpose="公务员录用 2026-0815",
+    )
+    assert [m.list_type for m in response.memberships] == [common_pb2.LIST_TYPE_WATCH]
 
 
 # --- the audit chain on the broker --------------------------------------------------------

@@ -33,6 +33,7 @@ from services.common.certs import issue_dev_certificates
 from services.common.consent import ConsentIssuer, load_private_key
 from services.common.kafka import make_consumer
 from services.common.peer import PeerSecurity, TlsFiles, secure_channel
+from services.common.pseudonym import is_valid_subject_key
 from services.common.region import load_region
 from services.common.settings import REPO_ROOT, Settings, load_settings
 from services.common.topics import load_catalogue, provision
@@ -49,8 +50,9 @@ REGION = load_region(REPO_ROOT / "deploy/config/region.yaml")
 CONFIG = load_scores_config(REPO_ROOT / "deploy/config/score-incentives.yaml", region=REGION)
 CITIES = ("suzhou", "wuxi")
 RESIDENTS = 300
-SUZHOU_RESIDENT = "1" * 64
-WUXI_RESIDENT = "2" * 64
+# Pseudonyms (without "N:") of a Suzhou and a Wuxi resident: the division names the home city.
+SUZHOU_RESIDENT = "320505.0123abcd." + "1" * 64
+WUXI_RESIDENT = "320211.0123abcd." + "2" * 64
 
 
 def _scores(city: str, seed: int, shift: float = 0.0) -> list[ScoreUpdate]:
@@ -134,7 +136,7 @@ class Region2:
             subject_key=f"N:{subject}",
             audience_city=REGION.city(audience).admin_code,
             lifetime_seconds=600,
-            purpose="score recognition test",
+            purpose="score-recognition",
         )
 
     async def recognize(
@@ -350,6 +352,7 @@ async def test_import_scores_command(region2: Region2, tmp_path: Path) -> None:
     assert "imported 2 score(s) of 桂花分" in stdout
     entries = await _read_topic(settings, "credit.scores.v1")
     assert sorted(e["score"] for _, e in entries) == [200.0, 731.0]
-    assert all(e["city_code"] == "320500" and len(k) == 64 for k, e in entries)
+    assert all(e["city_code"] == "320500" for _, e in entries)
+    assert all(is_valid_subject_key(f"N:{k}") for k, _ in entries)
     assert "11010519491231002X" not in stdout + stderr
     assert resident not in stdout + stderr

@@ -61,6 +61,7 @@ NOT_DEPLOYED = {
     "CREDITLINK_SCORES_REFRESH_SECONDS": "tuning; the default is the production value",
     "CREDITLINK_SCORES_PEER_SYNC_SECONDS": "tuning; the default is the production value",
     "CREDITLINK_SCORES_MIN_POPULATION": "tuning; the default is the production value",
+    "CREDITLINK_CONSENT_MAX_DAYS": "policy; the default (30 days) is the production value",
 }
 # Never set on a deployed node, whatever the reason above.
 FORBIDDEN = {"CREDITLINK_DEV", "CREDITLINK_PSEUDONYM_KEY"}

@@ -29,6 +29,7 @@ from services.common.audit.writer import _hashed_encoding
 from services.common.avro import AvroSerde
 from services.common.certs import city_uri, issue_dev_certificates
 from services.common.consent import ConsentError, ConsentFailure, ConsentIssuer, ConsentKeyring
+from services.common.consent_purposes import load_purposes
 from services.common.peer import purpose as grpc_server
 from services.common.policy import (
     DEFAULT_POLICY_FILE,
@@ -42,14 +43,23 @@ from services.common.pseudonym import (
     InvalidResidentId,
     PseudonymKeyError,
     is_valid_subject_key,
+    key_id_of,
     load_region_key,
+    parse_person_key,
     person_subject_key,
     pseudonym,
 )
-from tests.peer_kit import CODES, REGION, TEST_POLICY
+from tests.peer_kit import (
+    CODES,
+    OTHER_PERSON,
+    PERSON,
+    REGION,
+    TEST_POLICY,
+    WUXI_PERSON,
+    make_security,
+)
 
 SUZHOU, WUXI, CHANGZHOU = CODES["suzhou"], CODES["wuxi"], CODES["changzhou"]
-PERSON = "N:" + "ab" * 32
 NOW = 1_760_000_000
 
 # --- consent tokens -----------------------------------------------------------------------
@@ -66,7 +76,13 @@ def keyring(issuer: ConsentIssuer) -> ConsentKeyring:
 
 
 def _failure(keyring: ConsentKeyring, token: str | None, **overrides: Any) -> ConsentFailure:
-    args: dict[str, Any] = {"audience_city": WUXI, "subject_key": PERSON, "now": NOW} | overrides
+    args: dict[str, Any] = {
+        "audience_city": WUXI,
+        "subject_key": PERSON,
+        "home_city": SUZHOU,
+        "purposes": {"credit-history"},
+        "now": NOW,
+    } | overrides
     with pytest.raises(ConsentError) as refused:
         keyring.verify(token, **args)
     return refused.value.failure
@@ -74,14 +90,25 @@ def _failure(keyring: ConsentKeyring, token: str | None, **overrides: Any) -> Co
 
 def test_valid_token_grants_its_claims(issuer: ConsentIssuer, keyring: ConsentKeyring) -> None:
     token = issuer.issue(
-        subject_key=PERSON, audience_city=WUXI, lifetime_seconds=3600, purpose="loan", now=NOW
+        subject_key=PERSON,
+        audience_city=WUXI,
+        lifetime_seconds=3600,
+        purpose="credit-check.financing",
+        now=NOW,
     )
-    grant = keyring.verify(token, audience_city=WUXI, subject_key=PERSON, now=NOW + 10)
+    grant = keyring.verify(
+        token,
+        audience_city=WUXI,
+        subject_key=PERSON,
+        home_city=SUZHOU,
+        purposes={"credit-check.financing"},
+        now=NOW + 10,
+    )
     assert (grant.issuer_city, grant.audience_city, grant.subject_key, grant.purpose) == (
         SUZHOU,
         WUXI,
         PERSON,
-        "loan",
+        "credit-check.financing",
     )
     assert grant.expires_at == NOW + 3600
     assert len(grant.token_id) == 32
@@ -93,6 +120,7 @@ def test_each_failure_has_its_own_reason(issuer: ConsentIssuer, keyring: Consent
             "subject_key": PERSON,
             "audience_city": WUXI,
             "lifetime_seconds": 600,
+            "purpose": "credit-history",
             "now": NOW,
         } | overrides
         return issuer.issue(**args)
@@ -104,10 +132,15 @@ def test_each_failure_has_its_own_reason(issuer: ConsentIssuer, keyring: Consent
     assert _failure(keyring, token(), now=NOW + 600 + 61) is ConsentFailure.EXPIRED
     assert _failure(keyring, token(now=NOW + 3600)) is ConsentFailure.NOT_YET_VALID
     assert _failure(keyring, token(audience_city=CHANGZHOU)) is ConsentFailure.WRONG_CITY
-    assert _failure(keyring, token(subject_key="N:" + "cd" * 32)) is ConsentFailure.WRONG_SUBJECT
-    assert _failure(keyring, token(lifetime_seconds=400 * 86400)) is ConsentFailure.MALFORMED
+    assert _failure(keyring, token(subject_key=OTHER_PERSON)) is ConsentFailure.WRONG_SUBJECT
+    too_long = token(lifetime_seconds=31 * 86400)
+    assert _failure(keyring, too_long) is ConsentFailure.LIFETIME_TOO_LONG
+    assert _failure(keyring, token(purpose="anything")) is ConsentFailure.WRONG_PURPOSE
+    assert _failure(keyring, token(), home_city=None) is ConsentFailure.NO_HOME_CITY
     stranger = ConsentIssuer(SUZHOU, Ed25519PrivateKey.generate())
-    forged = stranger.issue(subject_key=PERSON, audience_city=WUXI, lifetime_seconds=60, now=NOW)
+    forged = stranger.issue(
+        subject_key=PERSON, audience_city=WUXI, lifetime_seconds=60, purpose="x", now=NOW
+    )
     assert _failure(keyring, forged) is ConsentFailure.UNKNOWN_ISSUER
 
 
@@ -117,7 +150,13 @@ def test_a_token_with_altered_claims_fails_its_signature(
     import base64
     import json
 
-    good = issuer.issue(subject_key=PERSON, audience_city=CHANGZHOU, lifetime_seconds=600, now=NOW)
+    good = issuer.issue(
+        subject_key=PERSON,
+        audience_city=CHANGZHOU,
+        lifetime_seconds=600,
+        purpose="credit-history",
+        now=NOW,
+    )
     head, body, signature = good.split(".")
     claims = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
     claims["aud"] = WUXI  # redirect the consent to another city
@@ -130,7 +169,9 @@ def test_issuer_claim_must_match_the_signing_key(keyring: ConsentKeyring) -> Non
     # would need Suzhou's private key; a kid of Suzhou's with iss=Wuxi is refused outright.
     impostor = ConsentIssuer(WUXI, Ed25519PrivateKey.generate())
     ring = ConsentKeyring({SUZHOU: impostor.private_key.public_key()})
-    token = impostor.issue(subject_key=PERSON, audience_city=WUXI, lifetime_seconds=60, now=NOW)
+    token = impostor.issue(
+        subject_key=PERSON, audience_city=WUXI, lifetime_seconds=60, purpose="x", now=NOW
+    )
     assert _failure(ring, token) is ConsentFailure.UNKNOWN_ISSUER
 
 
@@ -138,7 +179,14 @@ def test_issuer_claim_must_match_the_signing_key(keyring: ConsentKeyring) -> Non
 def test_arbitrary_strings_never_crash_verification(text: str) -> None:
     ring = ConsentKeyring({SUZHOU: Ed25519PrivateKey.generate().public_key()})
     with pytest.raises(ConsentError):
-        ring.verify(text, audience_city=WUXI, subject_key=PERSON, now=NOW)
+        ring.verify(
+            text,
+            audience_city=WUXI,
+            subject_key=PERSON,
+            home_city=SUZHOU,
+            purposes={"credit-history"},
+            now=NOW,
+        )
 
 
 # --- pseudonyms ---------------------------------------------------------------------------
@@ -150,7 +198,9 @@ def test_pseudonym_is_keyed_hmac_of_the_normalised_number() -> None:
     import hashlib
     import hmac
 
-    expected = hmac.new(DEV_REGION_KEY, RESIDENT_ID.encode(), hashlib.sha256).hexdigest()
+    digest = hmac.new(DEV_REGION_KEY, RESIDENT_ID.encode(), hashlib.sha256).hexdigest()
+    key_id = hashlib.sha256(DEV_REGION_KEY).hexdigest()[:8]
+    expected = f"110105.{key_id}.{digest}"
     assert pseudonym(RESIDENT_ID, DEV_REGION_KEY) == expected
     assert pseudonym(" 11010519491231002x ", DEV_REGION_KEY) == expected
     assert pseudonym("１１０１０５１９４９１２３１００２Ｘ", DEV_REGION_KEY) == expected
@@ -503,3 +553,93 @@ def test_long_purposes_are_worked_out_but_not_remembered() -> None:
             credit_check_pb2.CheckSubjectRequest(purpose=f"p{n}"), (), CHECK_METHOD
         )
     assert len(grpc_server._PURPOSES) <= grpc_server._REMEMBERED_PURPOSES
+
+
+# --- who may consent, and for what ----------------------------------------------------------
+
+
+def test_a_city_cannot_consent_for_another_citys_resident(
+    issuer: ConsentIssuer, keyring: ConsentKeyring
+) -> None:
+    """Wuxi's own, genuine consent key, a Suzhou resident, Wuxi as the audience: refused,
+    because only Suzhou (the division in the key) may consent for its resident."""
+    wuxi = ConsentIssuer(WUXI, Ed25519PrivateKey.generate())
+    ring = ConsentKeyring(
+        {SUZHOU: issuer.private_key.public_key(), WUXI: wuxi.private_key.public_key()}
+    )
+    security = make_security(ring)
+    assert security.home_city(PERSON) == SUZHOU
+    assert security.home_city(WUXI_PERSON) == WUXI
+    assert security.home_city("N:" + "ab" * 32) is None  # a key that names no division
+    assert security.home_city("N:110105.0123abcd." + "ab" * 32) is None  # outside the region
+    self_issued = wuxi.issue(
+        subject_key=PERSON, audience_city=WUXI, lifetime_seconds=600, purpose="credit-history"
+    )
+    assert _failure(ring, self_issued, now=None) is ConsentFailure.WRONG_ISSUER
+    own_resident = wuxi.issue(
+        subject_key=WUXI_PERSON, audience_city=WUXI, lifetime_seconds=600, purpose="credit-history"
+    )
+    grant = ring.verify(
+        own_resident,
+        audience_city=WUXI,
+        subject_key=WUXI_PERSON,
+        home_city=security.home_city(WUXI_PERSON),
+        purposes={"credit-history"},
+    )
+    assert grant.issuer_city == WUXI
+
+
+def test_the_lifetime_cap_is_configurable_within_the_ceiling(issuer: ConsentIssuer) -> None:
+    week = ConsentKeyring({SUZHOU: issuer.private_key.public_key()}, max_lifetime_seconds=7 * 86400)
+    eight_days = issuer.issue(
+        subject_key=PERSON,
+        audience_city=WUXI,
+        lifetime_seconds=8 * 86400,
+        purpose="credit-history",
+        now=NOW,
+    )
+    assert _failure(week, eight_days) is ConsentFailure.LIFETIME_TOO_LONG
+    with pytest.raises(ValueError, match="lifetime cap"):
+        ConsentKeyring(max_lifetime_seconds=400 * 86400)
+
+
+def test_every_purpose_names_real_methods_and_scenarios() -> None:
+    from creditlink.peer.v1 import score_recognition_pb2
+
+    purposes = load_purposes()
+    files = (credit_check_pb2, score_recognition_pb2)
+    methods = {
+        f"/{service.full_name}/{method.name}"
+        for module in files
+        for service in module.DESCRIPTOR.services_by_name.values()
+        for method in service.methods
+    }
+    scenarios = set(credit_check_pb2.Scenario.keys())
+    for code in purposes.codes():
+        purpose = purposes[code]
+        assert purpose.methods <= methods, code
+        assert purpose.scenarios is None or purpose.scenarios <= scenarios, code
+    check = "/creditlink.peer.v1.CreditCheckService/CheckSubject"
+    assert purposes.covering(check, "SCENARIO_CIVIL_SERVICE_HIRING") == {
+        "credit-check.civil-service-hiring"
+    }
+    assert purposes.covering(check, "SCENARIO_UNSPECIFIED") == {"credit-history"}
+    recognize = "/creditlink.peer.v1.ScoreRecognitionService/RecognizeScore"
+    assert purposes.covering(recognize, None) == {"score-recognition"}
+
+
+def test_pseudonym_parts_are_parsed_and_malformed_keys_refused() -> None:
+    key = person_subject_key(RESIDENT_ID, DEV_REGION_KEY)
+    parts = parse_person_key(key)
+    assert parts is not None
+    assert (parts.division, parts.key_id) == ("110105", key_id_of(DEV_REGION_KEY))
+    for bad in (
+        "N:" + RESIDENT_ID,
+        "N:110105." + "ab" * 32,
+        "N:11010x.0123abcd." + "ab" * 32,
+        "N:110105.0123ABCD." + "ab" * 32,
+        "N:110105.0123abcd." + "ab" * 31,
+        "X:" + RESIDENT_ID,
+    ):
+        assert parse_person_key(bad) is None, bad
+        assert not is_valid_subject_key(bad), bad

@@ -98,7 +98,11 @@ class Node:
         lifetime: int = 3600,
     ) -> str:
         return self.consent.issuers[issuer].issue(
-            subject_key=subject, audience_city=CODES[audience], lifetime_seconds=lifetime, now=now
+            subject_key=subject,
+            audience_city=CODES[audience],
+            lifetime_seconds=lifetime,
+            purpose="score-recognition",
+            now=now,
         )
 
     async def recognize(self, caller: str = "wuxi", **fields: str) -> pb.RecognizeScoreResponse:
@@ -206,7 +210,7 @@ async def test_a_repeated_request_gets_the_first_answer_and_is_recorded_once(nod
         ("expired", "consent-expired", "expired"),
         ("wrong-city", "consent-wrong-city", "another city"),
         ("wrong-subject", "consent-wrong-subject", "another subject"),
-        ("wrong-issuer", "consent-wrong-issuer", "must be issued by 320500"),
+        ("wrong-issuer", "consent-wrong-issuer", "home city 320500 may consent, not 320200"),
         ("forged", "consent-bad-signature", "signature"),
     ],
 )

@@ -29,6 +29,17 @@ def _field(request: object, name: str) -> Any:
     return getattr(request, name) if name in names else None
 
 
+def _scenario_name(request: object) -> str | None:
+    """The name of the request's ``scenario`` (``SCENARIO_…``), or None when its message
+    has no scenario field."""
+    scenario = _field(request, "scenario")
+    if not isinstance(scenario, int) or not isinstance(request, Message):
+        return None
+    enum = request.DESCRIPTOR.fields_by_name["scenario"].enum_type
+    value = enum.values_by_number.get(scenario) if enum is not None else None
+    return value.name if value is not None else None
+
+
 def _metadata_value(metadata: Sequence[tuple[str, Any]], name: str) -> str | None:
     for key, value in metadata:
         if key == name and isinstance(value, str):

@@ -8,26 +8,31 @@ from pathlib import Path
 import grpc
 
 from services.common.certs import DEFAULT_OUT
-from services.common.consent import ConsentError, ConsentGrant, ConsentKeyring
+from services.common.consent import DAY_SECONDS, ConsentError, ConsentGrant, ConsentKeyring
+from services.common.consent_purposes import ConsentPurposes, load_purposes
 from services.common.memo import BoundedMemo
 from services.common.peer.call import Denied, PeerCall
 from services.common.peer.identity import PeerIdentity, _city_named, _pem_sha256, _text
 from services.common.peer.names import (
     _MAX_KNOWN_CERTIFICATES,
 )
+from services.common.peer.purpose import _scenario_name
 from services.common.policy import NATURAL_PERSON, Decision, Policy, data_class_of, load_policy
+from services.common.pseudonym import parse_person_key
 from services.common.region import Region
 from services.common.settings import Settings
 
 
 @dataclass(frozen=True, slots=True)
 class PeerSecurity:
-    """The serving city's policy and consent keyring, and the region that names the cities."""
+    """The serving city's policy, consent keyring and purposes, and the region that names the
+    cities."""
 
     city: str
     region: Region
     policy: Policy
     keyring: ConsentKeyring
+    purposes: ConsentPurposes = field(default_factory=load_purposes)
     # (caller, method) -> decision: the policy is fixed for the server's life.
     _decisions: dict[tuple[str, str], Decision] = field(
         default_factory=dict, init=False, repr=False, compare=False
@@ -47,13 +52,17 @@ class PeerSecurity:
         *,
         policy_file: Path | None = None,
         keys_dir: Path = DEFAULT_OUT,
+        purposes_file: Path | None = None,
     ) -> PeerSecurity:
         codes = {key: city.admin_code for key, city in region.cities.items()}
         return cls(
             city=settings.city,
             region=region,
             policy=load_policy(policy_file, cities=region.cities.keys()),
-            keyring=ConsentKeyring.from_directory(keys_dir, codes),
+            keyring=ConsentKeyring.from_directory(
+                keys_dir, codes, max_lifetime_seconds=settings.consent_max_days * DAY_SECONDS
+            ),
+            purposes=load_purposes(purposes_file),
         )
 
     @property
@@ -128,7 +137,20 @@ class PeerSecurity:
         assert call.identity is not None  # authorize() ran first
         try:
             return self.keyring.verify(
-                consent_token, audience_city=call.identity.city_code, subject_key=subject_key
+                consent_token,
+                audience_city=call.identity.city_code,
+                subject_key=subject_key,
+                home_city=self.home_city(subject_key),
+                purposes=self.purposes.covering(call.method, _scenario_name(call.request)),
             )
         except ConsentError as exc:
             raise Denied(grpc.StatusCode.PERMISSION_DENIED, exc.failure.value, str(exc)) from None
+
+    def home_city(self, subject_key: str) -> str | None:
+        """The code of the region city a natural person's key names as their home (the only
+        city whose consent is honoured for them), or None."""
+        person = parse_person_key(subject_key)
+        if person is None or person.division is None:
+            return None
+        city = self.region.by_admin_code(person.division)
+        return city.admin_code if city is not None else None

@@ -179,7 +179,7 @@ class ValidationContext:
     """What validation depends on besides the submission.
 
     ``pseudonymise`` turns a *valid, normalised* resident ID number into the region
-    pseudonym (64 hex), e.g. ``lambda n: pseudonym(n, region_key)``.
+    pseudonym (services.common.pseudonym), e.g. ``lambda n: pseudonym(n, region_key)``.
     """
 
     city_code: str
