@@ -96,7 +96,7 @@ async def scores(ctx: BenchContext) -> list[Comparison]:
     suzhou = config.scale_of("suzhou")
     rng = random.Random(6)
     # Suzhou residents (division 320505): Suzhou's consent is the one honoured for them.
-    residents = [f"320505.0123abcd.{i:064x}" for i in range(1, RESIDENTS + 1)]
+    residents = [f"320505.6a8f48cd.{i:064x}" for i in range(1, RESIDENTS + 1)]
     await publish_scores(
         settings,
         [

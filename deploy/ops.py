@@ -378,6 +378,18 @@ def audit_verify(city: str) -> int:
     )
 
 
+def pseudonym_key_id() -> int:
+    """Print the id of the pseudonym key the environment gives (for region.pseudonym_key_ids)."""
+    from services.common.pseudonym import PseudonymKeyError, key_id_of, load_region_key
+
+    try:
+        print(key_id_of(load_region_key()))
+    except PseudonymKeyError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def certs_issue() -> int:
     """Create or renew the dev CA and one certificate per city (deploy/local/certs)."""
     return _python_module("services.common.certs", "issue")
@@ -492,6 +504,9 @@ def _parser() -> argparse.ArgumentParser:
     verify = groups.add_parser("audit-verify", help=_first_line(audit_verify))
     _city(verify, "suzhou")
     verify.set_defaults(run=lambda a: audit_verify(a.city))
+
+    key_id = groups.add_parser("pseudonym-key-id", help=_first_line(pseudonym_key_id))
+    key_id.set_defaults(run=lambda a: pseudonym_key_id())
 
     certs = groups.add_parser("certs-issue", help=_first_line(certs_issue))
     certs.set_defaults(run=lambda a: certs_issue())

@@ -35,7 +35,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,6 +89,17 @@ def key_id_of(region_key: bytes) -> str:
     """The id a region key's pseudonyms carry: the first 8 hex characters of its SHA-256 (which
     says nothing about the key itself)."""
     return hashlib.sha256(region_key).hexdigest()[:KEY_ID_CHARS]
+
+
+def check_region_key(region_key: bytes, key_ids: Sequence[str]) -> None:
+    """Refuse a key the region does not use (``region.pseudonym_key_ids`` of the region
+    file): its pseudonyms would match no other city's, silently. Nothing is checked when the
+    region states no ids."""
+    if key_ids and key_id_of(region_key) not in key_ids:
+        raise PseudonymKeyError(
+            f"the pseudonym key given (id {key_id_of(region_key)}) is not one the region uses "
+            f"({', '.join(key_ids)}): check CREDITLINK_PSEUDONYM_KEY(_FILE)"
+        )
 
 
 def pseudonym(resident_id: str, region_key: bytes) -> str:

@@ -48,6 +48,9 @@ class Region:
     id: str
     name: str
     cities: Mapping[str, City]
+    #: Ids of the pseudonym keys the region uses (the current one first, an older one while
+    #: keys rotate); empty: not stated, nothing is checked (services/common/pseudonym.py).
+    pseudonym_key_ids: tuple[str, ...] = ()
 
     def city(self, key: str) -> City:
         try:
@@ -116,4 +119,17 @@ def load_region(path: Path) -> Region:
             endpoints={str(k): str(v) for k, v in endpoints.items()},
             ops={str(k): str(v) for k, v in (entry.get("ops") or {}).items()},
         )
-    return Region(id=str(meta.get("id", "region")), name=str(meta.get("name", "")), cities=cities)
+    key_ids = meta.get("pseudonym_key_ids") or []
+    if not isinstance(key_ids, list) or not all(
+        isinstance(k, str) and len(k) == 8 and all(c in "0123456789abcdef" for c in k)
+        for k in key_ids
+    ):
+        raise RegionConfigError(
+            f"{path}: region.pseudonym_key_ids must list 8-hex-character key ids"
+        )
+    return Region(
+        id=str(meta.get("id", "region")),
+        name=str(meta.get("name", "")),
+        cities=cities,
+        pseudonym_key_ids=tuple(key_ids),
+    )

@@ -16,7 +16,7 @@ from datetime import UTC, date, datetime
 
 from services.common.avro import AvroSerde
 from services.common.clock import china_today
-from services.common.pseudonym import load_region_key
+from services.common.pseudonym import check_region_key, load_region_key
 from services.common.region import load_region
 from services.common.settings import Settings
 from services.common.workdays import WorkdayCalendar, default_calendar
@@ -59,8 +59,10 @@ async def intake_node(
     ``preparers`` > 1 also starts that many processes for preparing imports' chunks, while
     the node connects and catches up, and keeps them until the node stops.
     """
-    city_code = load_region(settings.region_file).city(settings.city).admin_code
+    region = load_region(settings.region_file)
+    city_code = region.city(settings.city).admin_code
     key = region_key if region_key is not None else load_region_key()
+    check_region_key(key, region.pseudonym_key_ids)
     serde = AvroSerde()
     ledger = Ledger()
     publisher = TransactionalPublisher(settings, writer=writer)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from services.common.logging import configure_logging
 from services.common.observability import OpsServer
-from services.common.pseudonym import PseudonymKeyError, load_region_key
+from services.common.pseudonym import PseudonymKeyError, check_region_key, load_region_key
 from services.common.region import load_region
 from services.common.settings import SettingsError, load_settings
 from services.scores.config import ScoresConfigError, load_scores_config
@@ -48,7 +48,9 @@ def _import(path: Path) -> int:
     settings = load_settings()
     region = load_region(settings.region_file)
     definition = load_scores_config(region=region).scale_of(settings.city)
-    updates, problems = read_score_file(path, definition=definition, region_key=load_region_key())
+    region_key = load_region_key()
+    check_region_key(region_key, region.pseudonym_key_ids)
+    updates, problems = read_score_file(path, definition=definition, region_key=region_key)
     if problems:
         for problem in problems:
             print(f"{path}: {problem}", file=sys.stderr)

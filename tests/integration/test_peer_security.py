@@ -508,3 +508,17 @@ async def test_grpc_latency_is_measured_by_method_and_status(node: Node) -> None
     )
     assert calls("OK") == ok_before + 1
     assert calls("PERMISSION_DENIED") == denied_before
+
+
+async def test_a_subject_key_under_another_pseudonym_key_is_refused(node: Node) -> None:
+    """A caller whose pseudonym key is not the region's learns it, instead of reading "no
+    entries" for every person it asks about."""
+    foreign = "N:320505.0123abcd." + "ab" * 32
+    token = node.consent.issuers["suzhou"].issue(
+        purpose=CHECK_PURPOSE, subject_key=foreign, audience_city=WUXI, lifetime_seconds=600
+    )
+    error = await _refusal(node, "wuxi", subject_key=foreign, consent_token=token, purpose="x")
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert _denial(error) == "pseudonym-key-unknown"
+    last = (await node.audit_records())[-1]
+    assert last["status_code"] == "INVALID_ARGUMENT"

@@ -51,8 +51,8 @@ CONFIG = load_scores_config(REPO_ROOT / "deploy/config/score-incentives.yaml", r
 CITIES = ("suzhou", "wuxi")
 RESIDENTS = 300
 # Pseudonyms (without "N:") of a Suzhou and a Wuxi resident: the division names the home city.
-SUZHOU_RESIDENT = "320505.0123abcd." + "1" * 64
-WUXI_RESIDENT = "320211.0123abcd." + "2" * 64
+SUZHOU_RESIDENT = "320505.6a8f48cd." + "1" * 64
+WUXI_RESIDENT = "320211.6a8f48cd." + "2" * 64
 
 
 def _scores(city: str, seed: int, shift: float = 0.0) -> list[ScoreUpdate]:

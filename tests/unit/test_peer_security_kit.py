@@ -643,3 +643,25 @@ def test_pseudonym_parts_are_parsed_and_malformed_keys_refused() -> None:
     ):
         assert parse_person_key(bad) is None, bad
         assert not is_valid_subject_key(bad), bad
+
+
+def test_a_key_made_under_another_pseudonym_key_is_found_out() -> None:
+    from services.common.pseudonym import PseudonymKeyError, check_region_key
+
+    assert REGION.pseudonym_key_ids == (key_id_of(DEV_REGION_KEY),)
+    check_region_key(DEV_REGION_KEY, REGION.pseudonym_key_ids)
+    with pytest.raises(PseudonymKeyError, match="not one the region uses"):
+        check_region_key(b"k" * 32, REGION.pseudonym_key_ids)
+    check_region_key(b"k" * 32, ())  # a region that states no ids checks nothing
+
+
+def test_the_operator_reads_the_key_id_never_the_key(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from deploy.ops import main as ops_main
+
+    monkeypatch.setenv("CREDITLINK_PSEUDONYM_KEY", (b"k" * 32).hex())
+    assert ops_main(["pseudonym-key-id"]) == 0
+    out = capsys.readouterr().out
+    assert out.strip() == key_id_of(b"k" * 32)
+    assert (b"k" * 32).hex() not in out

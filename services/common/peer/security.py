@@ -134,6 +134,17 @@ class PeerSecurity:
             )
         if data_class != NATURAL_PERSON:
             return None
+        key_ids = self.region.pseudonym_key_ids
+        person = parse_person_key(subject_key)
+        if key_ids and person is not None and person.key_id not in (None, *key_ids):
+            # Made under a key this region does not use: it matches nobody here, and the
+            # caller should know its key is wrong rather than read "no entries".
+            raise Denied(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "pseudonym-key-unknown",
+                f"the subject key was made under pseudonym key {person.key_id}, "
+                f"which the region does not use",
+            )
         assert call.identity is not None  # authorize() ran first
         try:
             return self.keyring.verify(
