@@ -3,9 +3,19 @@
 A peer city points it at its own implementation (or ours) with the certificate of a city the
 endpoint's policy lets call it::
 
-    python -m contracts.conformance --target 127.0.0.1:24151 \\
+    python -m contracts.conformance --target 127.0.0.1:24151 --caller wuxi --serving suzhou \\
         --ca deploy/local/certs/ca.crt --cert deploy/local/certs/wuxi.crt \\
-        --key deploy/local/certs/wuxi.key [--server-name localhost] [--only list-sync]
+        --key deploy/local/certs/wuxi.key --consent-key deploy/local/certs/wuxi.consent.key \\
+        --denied-cert deploy/local/certs/jiashan.crt --denied-key deploy/local/certs/jiashan.key \\
+        [--region deploy/config/region.yaml] [--server-name localhost] [--only list-sync]
+
+``--consent-key`` is the calling city's own consent signing key: with it the runner makes a
+genuine token for one of the caller's residents (which the endpoint must honour), the same token
+with a broken signature, and a token for one of the serving city's residents (which the endpoint
+must refuse: only a person's home city may consent). ``--denied-cert`` is the certificate of a
+region city the endpoint's policy names for nothing: every call with it must be refused. Without
+them those cases FAIL: the runner cannot show the endpoint checks who gave consent or applies a
+policy, and a pass would claim what was not tested.
 
 It prints one line per case — ``PASS``, ``FAIL`` (with the reason) or ``SKIP`` (the endpoint
 does not serve that service, or has no data the case needs) — then a summary line
@@ -20,6 +30,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
+import json
 import sys
 import tempfile
 import uuid
@@ -43,13 +55,17 @@ from creditlink.peer.v1 import (
     score_recognition_pb2,
     score_recognition_pb2_grpc,
 )
-from services.common.list_digest import DigestLine, bucket_digests
+from services.common.consent import ConsentIssuer, load_private_key
+from services.common.list_digest import DigestLine, bucket_digests, bucket_of
+from services.common.region import load_region
 
 DENIAL_TRAILER = "creditlink-denial"
 TIMEOUT = 10.0
 ORG_KEY = "L:91320500MA1W8XY409"
 UNKNOWN_PERSON = "N:" + "0" * 63 + "1"
 PACKAGE = "creditlink.peer.v1."
+HISTORY_PURPOSE = "credit-history"  # deploy/config/consent-purposes.yaml: a plain check
+DIGEST_VECTORS = Path(__file__).resolve().parent / "vectors" / "list-digest.json"
 
 
 class CaseFailed(AssertionError):
@@ -67,6 +83,16 @@ class Endpoint:
     cert: Path
     key: Path
     server_name: str | None = None
+    #: The calling and serving cities' codes and the region's pseudonym key id, which the
+    #: consent cases need to name a resident of either city.
+    caller_code: str = ""
+    serving_code: str = ""
+    pseudonym_key_id: str = ""
+    #: The calling city's consent signing key (PEM, Ed25519).
+    consent_key: Path | None = None
+    #: A certificate and key of a region city the endpoint's policy names for nothing.
+    denied_cert: Path | None = None
+    denied_key: Path | None = None
 
     def credentials(
         self, *, cert: Path | None = None, key: Path | None = None, with_client_cert: bool = True
@@ -353,6 +379,119 @@ async def _check_oversized(session: Session) -> None:
 # --- ListSyncService ----------------------------------------------------------------------
 
 
+def _resident_of(session: Session, city_code: str, seed: str) -> str:
+    """The subject key of a (made-up) resident whose number was issued in ``city_code``: the
+    division in the key names their home city."""
+    key_id = session.endpoint.pseudonym_key_id or "0" * 8
+    digest = hashlib.sha256(f"conformance {seed}".encode()).hexdigest()
+    return f"N:{city_code}.{key_id}.{digest}"
+
+
+def _caller_issuer(session: Session) -> ConsentIssuer:
+    endpoint = session.endpoint
+    if endpoint.consent_key is None or not endpoint.caller_code or not endpoint.serving_code:
+        raise CaseFailed(
+            "not shown: give --consent-key (the calling city's consent key), --caller and "
+            "--serving, so that the runner can test who may consent"
+        )
+    return ConsentIssuer(endpoint.caller_code, load_private_key(endpoint.consent_key))
+
+
+def _check_person(
+    session: Session, subject_key: str, token: str
+) -> Awaitable[credit_check_pb2.CheckSubjectResponse]:
+    call: Awaitable[credit_check_pb2.CheckSubjectResponse] = _check_stub(session).CheckSubject(
+        credit_check_pb2.CheckSubjectRequest(
+            subject_key=subject_key, purpose="conformance", consent_token=token
+        ),
+        timeout=TIMEOUT,
+    )
+    return call
+
+
+def _home_token(session: Session, issuer: ConsentIssuer, subject_key: str) -> str:
+    return issuer.issue(
+        subject_key=subject_key,
+        audience_city=session.endpoint.caller_code,
+        lifetime_seconds=600,
+        purpose=HISTORY_PURPOSE,
+    )
+
+
+@case("consent.home-city-consent-answered")
+async def _consent_home(session: Session) -> None:
+    issuer = _caller_issuer(session)
+    resident = _resident_of(session, session.endpoint.caller_code, "caller resident")
+    response = await _check_person(session, resident, _home_token(session, issuer, resident))
+    expect(response.subject_key == resident, "subject_key not echoed")
+
+
+@case("consent.well-formed-token-with-a-broken-signature-permission-denied")
+async def _consent_forged(session: Session) -> None:
+    issuer = _caller_issuer(session)
+    resident = _resident_of(session, session.endpoint.caller_code, "caller resident")
+    head, body, signature = _home_token(session, issuer, resident).split(".")
+    # Every claim is right and the key id is the caller's own: only the signature is not.
+    broken = ("A" if signature[0] != "A" else "B") + signature[1:]
+    await expect_status(
+        _check_person(session, resident, f"{head}.{body}.{broken}"),
+        grpc.StatusCode.PERMISSION_DENIED,
+        denial_prefix="consent-",
+    )
+
+
+@case("consent.caller-consenting-for-the-serving-citys-resident-permission-denied")
+async def _consent_self_issued(session: Session) -> None:
+    issuer = _caller_issuer(session)
+    resident = _resident_of(session, session.endpoint.serving_code, "serving resident")
+    await expect_status(
+        _check_person(session, resident, _home_token(session, issuer, resident)),
+        grpc.StatusCode.PERMISSION_DENIED,
+        denial_prefix="consent-",
+    )
+
+
+@case("policy.caller-the-policy-names-for-nothing-permission-denied")
+async def _policy_denied(session: Session) -> None:
+    session.require("CreditCheckService")
+    endpoint = session.endpoint
+    if endpoint.denied_cert is None or endpoint.denied_key is None:
+        raise CaseFailed(
+            "not shown: give --denied-cert/--denied-key (a region city the endpoint's policy "
+            "names for nothing), so that the runner can test the policy denies by default"
+        )
+    credentials = endpoint.credentials(cert=endpoint.denied_cert, key=endpoint.denied_key)
+    async with endpoint.channel(credentials) as channel:
+        await expect_status(
+            credit_check_pb2_grpc.CreditCheckServiceStub(channel).CheckSubject(
+                credit_check_pb2.CheckSubjectRequest(subject_key=ORG_KEY, purpose="conformance"),
+                timeout=TIMEOUT,
+            ),
+            grpc.StatusCode.PERMISSION_DENIED,
+        )
+
+
+@case("credit-check.listed-subject-has-its-membership")
+async def _check_listed(session: Session) -> None:
+    check = _check_stub(session)
+    entries = await _all_entries(_sync_stub(session), 16, 500)
+    listed = [e for e in entries if e.subject_key.startswith("L:")]
+    if not listed:
+        raise CaseSkipped("the endpoint lists no organisation to check")
+    for entry in listed[:3]:
+        response = await check.CheckSubject(
+            credit_check_pb2.CheckSubjectRequest(
+                subject_key=entry.subject_key, purpose="conformance", include_removed=True
+            ),
+            timeout=TIMEOUT,
+        )
+        expect(
+            entry.entry_key in {m.entry_key for m in response.memberships},
+            f"{entry.entry_key} is listed (ListEntries) but CheckSubject of "
+            f"{entry.subject_key} does not return it",
+        )
+
+
 def _sync_stub(session: Session) -> list_sync_pb2_grpc.ListSyncServiceStub:
     session.require("ListSyncService")
     return list_sync_pb2_grpc.ListSyncServiceStub(session.channel)
@@ -375,6 +514,23 @@ async def _all_entries(
         if not token:
             return entries
     raise CaseFailed("ListEntries paging never ended")
+
+
+@case("list-sync.digest-algorithm-matches-published-vectors")
+async def _digest_vectors(session: Session) -> None:
+    """The runner's own digest against contracts/vectors/list-digest.json, so a peer and this
+    runner cannot agree on a wrong algorithm."""
+    vectors = json.loads(DIGEST_VECTORS.read_text(encoding="utf-8"))
+    lines = [DigestLine(e["entry_key"], e["version"], e["status"]) for e in vectors["entries"]]
+    for vector in vectors["cases"]:
+        count = vector["bucket_count"]
+        for key, bucket in vector["bucket_of"].items():
+            expect(bucket_of(key, count) == bucket, f"bucket of {key} at {count} buckets")
+        got = [
+            {"bucket": b.bucket, "entry_count": b.entry_count, "sha256": b.sha256.hex()}
+            for b in bucket_digests(lines, count)
+        ]
+        expect(got == vector["buckets"], f"digest at {count} buckets differs from the vectors")
 
 
 @case("list-sync.digest-shape")
@@ -654,8 +810,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--only", action="append", default=[], help="run only cases whose name starts with this"
     )
+    parser.add_argument("--caller", help="city key of --cert in the region file")
+    parser.add_argument("--serving", help="city key of the endpoint in the region file")
+    parser.add_argument(
+        "--region",
+        type=Path,
+        default=Path(__file__).resolve().parents[1] / "deploy/config/region.yaml",
+        help="the region file (city codes, pseudonym key ids)",
+    )
+    parser.add_argument("--consent-key", type=Path, help="the calling city's consent key (PEM)")
+    parser.add_argument(
+        "--denied-cert", type=Path, help="certificate of a city the policy names for nothing"
+    )
+    parser.add_argument("--denied-key", type=Path, help="its private key")
     args = parser.parse_args(argv)
-    endpoint = Endpoint(args.target, args.ca, args.cert, args.key, args.server_name)
+    region = load_region(args.region)
+    endpoint = Endpoint(
+        args.target,
+        args.ca,
+        args.cert,
+        args.key,
+        args.server_name,
+        caller_code=region.city(args.caller).admin_code if args.caller else "",
+        serving_code=region.city(args.serving).admin_code if args.serving else "",
+        pseudonym_key_id=next(iter(region.pseudonym_key_ids), ""),
+        consent_key=args.consent_key,
+        denied_cert=args.denied_cert,
+        denied_key=args.denied_key,
+    )
     results = asyncio.run(run(endpoint, args.only))
     for result in results:
         print(result.line())

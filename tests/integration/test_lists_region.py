@@ -20,6 +20,8 @@ from typing import Any
 import grpc
 import pytest
 
+from contracts.conformance import Endpoint
+from contracts.conformance import run as conformance_run
 from creditlink.peer.v1 import (
     common_pb2,
     credit_check_pb2,
@@ -29,6 +31,7 @@ from creditlink.peer.v1 import (
     record_intake_pb2_grpc,
 )
 from services.common.audit import AUDIT_TOPIC, AuditMessage, verify_chain
+from services.common.certs import issue_dev_certificates
 from services.common.consent import ConsentKeyring
 from services.common.peer import (
     PeerSecurity,
@@ -503,3 +506,43 @@ async def test_peer_calls_are_audited_on_an_intact_chain(region: Region) -> None
     methods = {region.harness.serde.decode(v)["method"] for _, v in audit if v}
     assert "/creditlink.peer.v1.ListSyncService/StreamListChanges" in methods
     assert "/creditlink.peer.v1.CreditCheckService/CheckSubject" in methods
+
+
+async def test_the_conformance_runner_passes_against_a_real_lists_node(region: Region) -> None:
+    """The runner, as Wuxi, against Suzhou's real lists node (ListSyncService and
+    CreditCheckService): every case it can run passes; only scores and alerts, which this
+    endpoint does not serve, are skipped."""
+    harness = region.harness
+    # Enough of Suzhou's own entries and changes for the paging and resume cases.
+    subjects = [organisation_key(9_000_100 + n) for n in range(2)]
+    await harness.publish(
+        "suzhou",
+        [
+            list_decision(subject, decision_number=f"苏市监信〔2024〕{950 + n}号")
+            for n, subject in enumerate(subjects)
+        ],
+    )
+    for subject in subjects:
+        await eventually(lambda subject=subject: _listed_in(region, "suzhou", subject))
+    issue_dev_certificates(harness.tls_dir, ["jiashan"])  # a city the policy names for nothing
+    certs = harness.tls_dir
+    endpoint = Endpoint(
+        f"127.0.0.1:{harness.ports['suzhou']}",
+        certs / "ca.crt",
+        certs / "wuxi.crt",
+        certs / "wuxi.key",
+        caller_code=WUXI,
+        serving_code=SUZHOU,
+        pseudonym_key_id=harness.region.pseudonym_key_ids[0],
+        consent_key=certs / "wuxi.consent.key",
+        denied_cert=certs / "jiashan.crt",
+        denied_key=certs / "jiashan.key",
+    )
+    results = await conformance_run(endpoint)
+    failed = [r.line() for r in results if r.outcome == "FAIL"]
+    assert failed == []
+    skipped = {r.name for r in results if r.outcome == "SKIP"}
+    assert all(name.startswith(("score", "alerts")) for name in skipped), skipped
+    assert any(r.name == "credit-check.listed-subject-has-its-membership" for r in results)
+    passed = {r.name for r in results if r.outcome == "PASS"}
+    assert "credit-check.listed-subject-has-its-membership" in passed
