@@ -53,12 +53,9 @@ from services.lists.store import ListStore
 from services.lists.sync_server import ListSyncServicer
 
 SERVICE: Final = "lists"
-SERVER_OPTIONS: Final = (
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
-)
 PRUNE_EVERY_SECONDS: Final = 3600.0
-#: Keep-alive pings let a follower notice a dead peer connection (half-open TCP) quickly.
+#: Keep-alive pings let a follower notice a dead peer connection (half-open TCP) quickly;
+#: peer servers accept them every 5 s and more (services/common/peer/limits.py).
 CHANNEL_OPTIONS: Final = (
     ("grpc.keepalive_time_ms", 10_000),
     ("grpc.keepalive_timeout_ms", 5_000),
@@ -172,7 +169,6 @@ class ListsNode:
             ),
             security=self.security,
             audit=self.audit,
-            options=SERVER_OPTIONS,
         )
         self._spawn("records", self._feed)
         for mirror in self.mirrors:
