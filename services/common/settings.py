@@ -121,7 +121,7 @@ class PeerLimits:
     #: Largest request message a peer may send; larger ones end in RESOURCE_EXHAUSTED.
     max_message_bytes: int = 4 * 1024 * 1024
     #: HTTP/2 streams (calls) one connection may have open at a time; more wait client-side.
-    max_streams_per_connection: int = 64
+    max_streams_per_connection: int = 256
     #: A connection is asked to go away (GOAWAY) after this age, so no peer keeps one for ever
     #: and reconnects are spread; open calls get ``connection_age_grace`` to finish.
     max_connection_age: float = 1800.0
@@ -141,7 +141,7 @@ class PeerLimits:
     #: … and how many it may start at once after being quiet.
     caller_burst: int = 1000
     #: Calls one calling city may have in progress at a time, over all its connections.
-    max_calls_per_caller: int = 128
+    max_calls_per_caller: int = 512
     #: A follow stream (``StreamListChanges`` with ``follow``, ``SubscribeAlerts``) ends after
     #: this long, after its latest cursor; the peer resumes from that cursor.
     follow_stream_max_age: float = 600.0
