@@ -49,7 +49,7 @@ from services.common.peer import (
 )
 from services.common.policy import load_policy
 from services.common.region import load_region
-from services.common.settings import REPO_ROOT, load_settings
+from services.common.settings import REPO_ROOT, PeerLimits, load_settings
 from services.common.topics import load_catalogue, provision
 from tests.kit.lists import list_decision, organisation_key
 from tests.kit.lists_region import ListsRegion, free_port
@@ -131,6 +131,8 @@ async def serve_kit_echo(
         ],
         security=security,
         audit=audit,
+        # One city's callers on purpose: the per-city rate would cap the figure measured.
+        limits=PeerLimits(caller_rate=1e9, caller_burst=10**9, max_calls_per_caller=10**6),
     )
     await server.server.wait_for_termination()
 

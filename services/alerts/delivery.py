@@ -4,8 +4,9 @@ The outbox (``out/<city>/<alert_id>`` in the store, written by the book in the s
 the alert) survives restarts. Per target city, due entries go out in one call of up to 500
 alerts; each result settles its entry: accepted or duplicate removes it (the peer is
 idempotent by alert id and escalation level), a refusal with reasons removes it and records
-why under ``undelivered/<city>/<alert_id>``, and a failed call retries it with exponential
-backoff — for ever: a peer down for a day gets its alerts when it is back.
+why under ``undelivered/<city>/<alert_id>``, and a failed call — or an answer without a
+result for that alert id — retries it with exponential backoff capped at the retry policy's
+maximum, for ever: a peer down for a day gets its alerts when it is back.
 """
 
 from __future__ import annotations
@@ -141,14 +142,13 @@ class PeerDelivery:
                 log.error("alert_undeliverable", city=city, key=key, reason="city-not-connected")
                 self._settle(key, int(entry["level"]), "city-not-connected: no alerts endpoint")
             return
-        alerts: list[tuple[str, int, Alert]] = []
+        alerts: list[tuple[str, dict[str, Any], Alert]] = []
         for key, entry in entries:
             held = self._store.get(f"alert/{key.split('/', 2)[2]}")
             if held is None:
                 self._settle(key, int(entry["level"]), None)
                 continue
-            alert = Alert.from_json(held["alert"])
-            alerts.append((key, alert.escalation_level, alert))
+            alerts.append((key, entry, Alert.from_json(held["alert"])))
         if not alerts:
             return
         request = alert_exchange_pb2.DeliverAlertsRequest(
@@ -159,11 +159,21 @@ class PeerDelivery:
         except grpc.aio.AioRpcError as exc:
             error = f"{exc.code().name}: {exc.details()}"
             log.warning("alert_delivery_failed", city=city, alerts=len(alerts), error=error)
-            for key, entry in entries:
+            for key, entry, _ in alerts:
                 self._backoff(key, entry, error)
             return
-        for (key, level, alert), result in zip(alerts, response.results, strict=False):
-            if result.accepted:
+        # Matched by alert id, never by position: a peer that answers fewer (or reordered)
+        # results must not settle the wrong alert, and an alert it did not answer for is
+        # retried with backoff like a failed call, not sent again at once.
+        results = {result.alert_id: result for result in response.results}
+        missing = 0
+        for key, entry, alert in alerts:
+            result = results.get(alert.alert_id)
+            level = alert.escalation_level
+            if result is None:
+                missing += 1
+                self._backoff(key, entry, "no result for this alert in the peer's answer")
+            elif result.accepted:
                 self.delivered += 1
                 self._settle(key, level, None)
             else:
@@ -172,6 +182,8 @@ class PeerDelivery:
                     "alert_delivery_refused", city=city, alert_id=alert.alert_id, reasons=reasons
                 )
                 self._settle(key, level, reasons or "refused")
+        if missing:
+            log.warning("alert_delivery_unanswered", city=city, alerts=missing)
 
     async def run(self) -> None:
         while True:

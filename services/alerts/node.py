@@ -43,7 +43,7 @@ from services.common.peer import (
     start_peer_server,
 )
 from services.common.region import Region
-from services.common.settings import Settings
+from services.common.settings import PeerLimits, Settings, load_peer_limits
 from services.common.signals import until_signalled
 
 SERVICE = "alerts"
@@ -63,6 +63,7 @@ class NodeOptions:
     webhooks: Sequence[Webhook] = ()
     audit: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
+    limits: PeerLimits = field(default_factory=load_peer_limits)
 
     @classmethod
     def from_environment(cls, settings: Settings, region: Region) -> NodeOptions:
@@ -159,6 +160,7 @@ class AlertsNode:
             store=store,
             security=self.options.security,
             clients=self.clients,
+            follow_max_age=self.options.limits.follow_stream_max_age,
         )
         self.server = await start_peer_server(
             bind=self.options.bind,
@@ -172,6 +174,7 @@ class AlertsNode:
             ],
             security=self.options.security,
             audit=audit,
+            limits=self.options.limits,
         )
         self._spawn(engine.run, "engine")
         self._spawn(self.delivery.run, "delivery")

@@ -7,7 +7,8 @@ always the one its certificate names (``current_call().identity``).
   we are a target, the subject may cross the border), republished on our own domain topic
   for local regulators, and answered accepted / duplicate / refused with reasons.
 * ``SubscribeAlerts``: our regulators' feed (alerts raised or received here and their status
-  changes) from the store, resumable from an opaque cursor.
+  changes) from the store, resumable from an opaque cursor; a stream ends after
+  ``follow_max_age`` (docs/design.md §3.3) and the regulator resumes from its last cursor.
 * ``UpdateAlertStatus``: at the origin it applies the change; at a target, for the city's own
   regulators, it relays the change to the origin (same ``change_id``) and records the
   origin's answer locally, so both cities show the same history.
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Final
@@ -32,6 +34,7 @@ from services.alerts.model import REGULATOR_STATUSES, Alert, Domain, Severity, S
 from services.alerts.store import AlertStore
 from services.common.peer import Denied, PeerSecurity, current_call, deny
 from services.common.pseudonym import is_valid_subject_key
+from services.common.settings import PeerLimits
 
 MAX_DELIVER: Final = 500
 CURSOR_VERSION: Final = 1
@@ -78,8 +81,10 @@ class AlertExchangeServicer(alert_exchange_pb2_grpc.AlertExchangeServiceServicer
         store: AlertStore,
         security: PeerSecurity,
         clients: PeerClients,
+        follow_max_age: float = PeerLimits().follow_stream_max_age,
     ) -> None:
         self._city = city_code
+        self._follow_max_age = follow_max_age
         self._book = book
         self._engine = engine
         self._store = store
@@ -221,6 +226,7 @@ class AlertExchangeServicer(alert_exchange_pb2_grpc.AlertExchangeServiceServicer
                 "invalid-argument",
                 "unknown domain or severity",
             )
+        ends_at = time.monotonic() + self._follow_max_age
         while True:
             changed = self._store.feed_changed
             entries = self._store.feed_after(seq, FEED_BATCH)
@@ -241,10 +247,13 @@ class AlertExchangeServicer(alert_exchange_pb2_grpc.AlertExchangeServiceServicer
                         cursor=cursor,
                     )
             if not entries:
+                remaining = ends_at - time.monotonic()
+                if remaining <= 0:
+                    return  # the regulator resumes from the last cursor it got
                 with contextlib.suppress(TimeoutError):
                     # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
                     # that races the event, and the node would never stop.
-                    async with asyncio.timeout(FEED_POLL_S):
+                    async with asyncio.timeout(min(FEED_POLL_S, remaining)):
                         await changed.wait()
 
     # --- UpdateAlertStatus --------------------------------------------------------------------

@@ -16,19 +16,43 @@ V = TypeVar("V")
 
 
 class BoundedMemo(dict[K, V]):
-    """A dict of at most ``limit`` entries; :meth:`remember` is the only way in."""
+    """A dict of at most ``limit`` entries and, when ``max_bytes`` is given, of at most that
+    many bytes as :meth:`remember` is told them; :meth:`remember` is the only way in.
 
-    __slots__ = ("limit",)
+    The byte bound is for answers whose size the caller decides (a credit check's memberships
+    grow with the subject's entries): an entry limit alone would let a few large answers pin
+    memory. A value larger than ``max_bytes`` by itself is not kept.
+    """
 
-    def __init__(self, limit: int) -> None:
+    __slots__ = ("held_bytes", "limit", "max_bytes")
+
+    def __init__(self, limit: int, *, max_bytes: int | None = None) -> None:
         if limit < 1:
             raise ValueError(f"a memo holds at least one entry, not {limit}")
+        if max_bytes is not None and max_bytes < 1:
+            raise ValueError(f"a memo holds at least one byte, not {max_bytes}")
         super().__init__()
         self.limit = limit
+        self.max_bytes = max_bytes
+        self.held_bytes = 0
 
-    def remember(self, key: K, value: V) -> V:
-        """Keep ``value`` for ``key`` (forgetting everything first if full); return it."""
+    def remember(self, key: K, value: V, size: int = 0) -> V:
+        """Keep ``value`` for ``key`` (forgetting everything first if full); return it.
+        ``size`` is what the entry costs in bytes, counted against ``max_bytes``."""
+        bound = self.max_bytes
+        if bound is not None:
+            if size > bound:
+                return value
+            if self.held_bytes + size > bound:
+                self.clear()
         if len(self) >= self.limit:
             self.clear()
+        # A key remembered again counts again until the next clear: an overestimate, so the
+        # bound still holds.
+        self.held_bytes += size
         self[key] = value
         return value
+
+    def clear(self) -> None:
+        super().clear()
+        self.held_bytes = 0

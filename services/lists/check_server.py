@@ -27,9 +27,14 @@ from services.lists.measures import MeasuresCatalogue
 from services.lists.model import ChinaDay, ListEntry
 
 MAX_BATCH: Final = 1000
+#: Longer than any catalogue code (deploy/config/measures.yaml); a longer one is refused
+#: before it is looked at, so a peer cannot make the node hash or echo megabytes.
+MAX_SCENARIO_CODE: Final = 64
 _CACHED_ANSWERS: Final = 100_000
-#: (subject key, scenario, scenario code, include removed) as the request gives them.
-_AnswerKey = tuple[str, int, str, bool]
+_CACHED_ANSWER_BYTES: Final = 64 * 1024 * 1024
+#: What an answer depends on: the subject key (validated), the catalogue's scenario code
+#: (None for no scenario) and include removed — never the request's own spelling of them.
+_AnswerKey = tuple[str, str | None, bool]
 #: Scenario enum value -> the catalogue's code (``SCENARIO_GOVERNMENT_PROCUREMENT`` ->
 #: ``GOVERNMENT_PROCUREMENT``); UNSPECIFIED and OTHER are handled apart.
 _SCENARIO_CODES: Final = {
@@ -54,7 +59,7 @@ class CreditCheckServicer(credit_check_pb2_grpc.CreditCheckServiceServicer):
         self._peers = list(peers)
         self._answers: BoundedMemo[
             _AnswerKey, tuple[int, date, credit_check_pb2.CheckSubjectResponse]
-        ] = BoundedMemo(_CACHED_ANSWERS)
+        ] = BoundedMemo(_CACHED_ANSWERS, max_bytes=_CACHED_ANSWER_BYTES)
         self._day = ChinaDay()
         self._freshness_of: tuple[int, int] = (-1, -1)
         self._freshness_answer: list[credit_check_pb2.MirrorFreshness] = []
@@ -63,6 +68,8 @@ class CreditCheckServicer(credit_check_pb2_grpc.CreditCheckServiceServicer):
         self, scenario: credit_check_pb2.Scenario.ValueType, scenario_code: str
     ) -> str | None:
         """The catalogue's scenario code; None for no scenario; ValueError if unknown."""
+        if len(scenario_code) > MAX_SCENARIO_CODE:
+            raise ValueError(f"scenario_code is longer than {MAX_SCENARIO_CODE} characters")
         if scenario == credit_check_pb2.SCENARIO_UNSPECIFIED:
             return None
         if scenario == credit_check_pb2.SCENARIO_OTHER:
@@ -87,20 +94,18 @@ class CreditCheckServicer(credit_check_pb2_grpc.CreditCheckServiceServicer):
             return cached[2]
         return None
 
-    def _answer(
-        self, key: _AnswerKey, scenario: str | None, today: date
-    ) -> credit_check_pb2.CheckSubjectResponse:
+    def _answer(self, key: _AnswerKey, today: date) -> credit_check_pb2.CheckSubjectResponse:
         """A response carrying the subject's key, memberships and measures, and nothing else.
 
-        Kept, under the request's own (subject, scenario, scenario code, include removed),
-        until the store changes or the day does (measures depend on the date): building the
-        messages is most of a check's own cost, and the same subjects are checked again and
-        again. Callers copy from it and never change it.
+        Kept, under (subject, scenario, include removed), until the store changes or the day
+        does (measures depend on the date): building the messages is most of a check's own
+        cost, and the same subjects are checked again and again. The memo is bounded by
+        entries and by the answers' encoded size. Callers copy from it and never change it.
         """
         cached = self._cached(key, today)
         if cached is not None:
             return cached
-        subject_key, include_removed = key[0], key[3]
+        subject_key, scenario, include_removed = key
         entries = self._entries(subject_key, include_removed)
         measures = (
             self._catalogue.measures_for(scenario, entries, today=today)
@@ -112,7 +117,10 @@ class CreditCheckServicer(credit_check_pb2_grpc.CreditCheckServiceServicer):
             memberships=[membership(e) for e in entries],
             measures=measures_to_proto(measures),
         )
-        self._answers.remember(key, (self._store.generation, today, answer))
+        # The encoded size stands for the message's memory (a few times more in objects, the
+        # same for every answer), plus the key.
+        size = answer.ByteSize() + len(subject_key) + len(scenario or "")
+        self._answers.remember(key, (self._store.generation, today, answer), size)
         return answer
 
     def _freshness(self) -> list[credit_check_pb2.MirrorFreshness]:
@@ -135,15 +143,14 @@ class CreditCheckServicer(credit_check_pb2_grpc.CreditCheckServiceServicer):
             await deny(
                 context, grpc.StatusCode.INVALID_ARGUMENT, "purpose-required", "purpose is required"
             )
+        try:
+            scenario = self._scenario(request.scenario, request.scenario_code)
+        except ValueError as exc:
+            await deny(context, grpc.StatusCode.INVALID_ARGUMENT, "unknown-scenario", str(exc))
         now = self._book.now()
         today = self._day.of(now)
-        key = (
-            request.subject_key,
-            request.scenario,
-            request.scenario_code,
-            request.include_removed,
-        )
-        # A request answered before is valid: only a new one is checked and worked out.
+        key = (request.subject_key, scenario, request.include_removed)
+        # Only valid subject keys are ever kept, so a key answered before needs no check.
         answer = self._cached(key, today)
         if answer is None:
             if not is_valid_subject_key(request.subject_key):
@@ -153,11 +160,7 @@ class CreditCheckServicer(credit_check_pb2_grpc.CreditCheckServiceServicer):
                     "invalid-subject-key",
                     "subject_key must be L:<18-character code> or N:<pseudonym>",
                 )
-            try:
-                scenario = self._scenario(request.scenario, request.scenario_code)
-            except ValueError as exc:
-                await deny(context, grpc.StatusCode.INVALID_ARGUMENT, "unknown-scenario", str(exc))
-            answer = self._answer(key, scenario, today)
+            answer = self._answer(key, today)
         response = credit_check_pb2.CheckSubjectResponse()
         response.CopyFrom(answer)
         response.checked_at.CopyFrom(timestamp(now))
@@ -204,11 +207,7 @@ class CreditCheckServicer(credit_check_pb2_grpc.CreditCheckServiceServicer):
                     _failed(key, f"subjects[{index}].consent_token", denied.denial, denied.details)
                 )
                 continue
-            answer = self._answer(
-                (key, request.scenario, request.scenario_code, request.include_removed),
-                scenario,
-                today,
-            )
+            answer = self._answer((key, scenario, request.include_removed), today)
             results.append(
                 credit_check_pb2.SubjectCheckResult(
                     subject_key=key, memberships=answer.memberships, measures=answer.measures

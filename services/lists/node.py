@@ -35,7 +35,7 @@ from services.common.peer import (
     start_peer_server,
 )
 from services.common.region import City, Region
-from services.common.settings import Settings
+from services.common.settings import PeerLimits, Settings, load_peer_limits
 from services.common.signals import until_signalled
 from services.lists.book import BookView, ListBook
 from services.lists.check_server import CreditCheckServicer
@@ -53,12 +53,9 @@ from services.lists.store import ListStore
 from services.lists.sync_server import ListSyncServicer
 
 SERVICE: Final = "lists"
-SERVER_OPTIONS: Final = (
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
-)
 PRUNE_EVERY_SECONDS: Final = 3600.0
-#: Keep-alive pings let a follower notice a dead peer connection (half-open TCP) quickly.
+#: Keep-alive pings let a follower notice a dead peer connection (half-open TCP) quickly;
+#: peer servers accept them every 5 s and more (services/common/peer/limits.py).
 CHANNEL_OPTIONS: Final = (
     ("grpc.keepalive_time_ms", 10_000),
     ("grpc.keepalive_timeout_ms", 5_000),
@@ -70,12 +67,16 @@ log = structlog.get_logger()
 
 
 def peer_services(
-    book: BookView, catalogue: MeasuresCatalogue, security: PeerSecurity, peers: Sequence[City]
+    book: BookView,
+    catalogue: MeasuresCatalogue,
+    security: PeerSecurity,
+    peers: Sequence[City],
+    limits: PeerLimits,
 ) -> list[ServiceBinding]:
     """The peer-facing services of a lists node, answered from ``book``."""
     return [
         ServiceBinding(
-            ListSyncServicer(book),
+            ListSyncServicer(book, follow_max_age=limits.follow_stream_max_age),
             list_sync_pb2_grpc.add_ListSyncServiceServicer_to_server,
             "creditlink.peer.v1.ListSyncService",
         ),
@@ -98,6 +99,7 @@ class ListsNode:
         self.settings = settings
         self.region = region
         self.config = config
+        self.limits = load_peer_limits()  # fails fast, before anything is started
         self.city: City = region.city(settings.city)
         self.serde = AvroSerde()
         self.catalogue = load_measures(config.measures_file)
@@ -168,11 +170,15 @@ class ListsNode:
             bind=self.config.bind,
             tls=self.tls,
             services=peer_services(
-                self.book, self.catalogue, self.security, self.region.peers_of(self.settings.city)
+                self.book,
+                self.catalogue,
+                self.security,
+                self.region.peers_of(self.settings.city),
+                self.limits,
             ),
+            limits=self.limits,
             security=self.security,
             audit=self.audit,
-            options=SERVER_OPTIONS,
         )
         self._spawn("records", self._feed)
         for mirror in self.mirrors:

@@ -11,6 +11,7 @@ import base64
 import binascii
 import hashlib
 import json
+import time
 from collections.abc import AsyncIterator
 from typing import Final
 
@@ -19,6 +20,7 @@ import grpc
 from creditlink.peer.v1 import common_pb2, list_sync_pb2, list_sync_pb2_grpc
 from services.common.list_digest import bucket_count_or_default, bucket_digests, bucket_of
 from services.common.peer import deny
+from services.common.settings import PeerLimits
 from services.lists.book import BookView
 from services.lists.convert import LIST_TYPE_FROM_PROTO, change_to_proto, entry_to_proto
 from services.lists.cursor import InvalidCursor
@@ -41,8 +43,15 @@ def _list_type_name(value: common_pb2.ListType.ValueType) -> str | None:
 
 
 class ListSyncServicer(list_sync_pb2_grpc.ListSyncServiceServicer):
-    def __init__(self, book: BookView) -> None:
+    """``follow_max_age`` (``PeerLimits.follow_stream_max_age``) ends a followed stream, after
+    the cursor last sent, so no peer holds one for ever; the peer resumes from that cursor
+    (``services/lists/mirror.py`` does at once)."""
+
+    def __init__(
+        self, book: BookView, *, follow_max_age: float = PeerLimits().follow_stream_max_age
+    ) -> None:
         self._book = book
+        self._follow_max_age = follow_max_age
         self._store = book.store
         self._city = book.own_city
 
@@ -74,6 +83,7 @@ class ListSyncServicer(list_sync_pb2_grpc.ListSyncServiceServicer):
                 "and ListEntries, then resume from the digest's cursor",
             )
         wanted = {LIST_TYPE_FROM_PROTO[t] for t in request.list_types if t in LIST_TYPE_FROM_PROTO}
+        ends_at = time.monotonic() + self._follow_max_age
         sent = 0
         caught_up = False
         while True:
@@ -96,7 +106,10 @@ class ListSyncServicer(list_sync_pb2_grpc.ListSyncServiceServicer):
                 )
                 if not request.follow:
                     return
-            await self._book.wait_for_own_change(position, FOLLOW_RECHECK_SECONDS)
+            remaining = ends_at - time.monotonic()
+            if remaining <= 0:
+                return  # docs/design.md §3.3: the peer resumes from the last cursor it got
+            await self._book.wait_for_own_change(position, min(FOLLOW_RECHECK_SECONDS, remaining))
 
     async def GetListDigest(
         self, request: list_sync_pb2.GetListDigestRequest, context: grpc.aio.ServicerContext

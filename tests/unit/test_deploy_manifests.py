@@ -62,6 +62,23 @@ NOT_DEPLOYED = {
     "CREDITLINK_SCORES_PEER_SYNC_SECONDS": "tuning; the default is the production value",
     "CREDITLINK_SCORES_MIN_POPULATION": "tuning; the default is the production value",
     "CREDITLINK_CONSENT_MAX_DAYS": "policy; the default (30 days) is the production value",
+    **{
+        f"CREDITLINK_PEER_{name}": "peer limits; the default is the production value"
+        for name in (
+            "MAX_MESSAGE_BYTES",
+            "MAX_STREAMS_PER_CONNECTION",
+            "MAX_CONNECTION_AGE_S",
+            "CONNECTION_AGE_GRACE_S",
+            "MAX_CONNECTION_IDLE_S",
+            "KEEPALIVE_S",
+            "KEEPALIVE_TIMEOUT_S",
+            "MIN_PING_INTERVAL_S",
+            "CALLER_RATE",
+            "CALLER_BURST",
+            "MAX_CALLS_PER_CALLER",
+            "FOLLOW_MAX_AGE_S",
+        )
+    },
 }
 # Never set on a deployed node, whatever the reason above.
 FORBIDDEN = {"CREDITLINK_DEV", "CREDITLINK_PSEUDONYM_KEY"}

@@ -69,7 +69,14 @@ class City:
         return f"127.0.0.1:{self.server.port}"
 
 
-async def _serve(book: ListBook, key: str, pki: PeerPki, bind: str = "127.0.0.1:0") -> PeerServer:
+async def _serve(
+    book: ListBook,
+    key: str,
+    pki: PeerPki,
+    bind: str = "127.0.0.1:0",
+    *,
+    follow_max_age: float = 600.0,
+) -> PeerServer:
     security = PeerSecurity(
         city=key,
         region=REGION,
@@ -81,7 +88,7 @@ async def _serve(book: ListBook, key: str, pki: PeerPki, bind: str = "127.0.0.1:
         tls=pki.tls(key),
         services=[
             ServiceBinding(
-                ListSyncServicer(book),
+                ListSyncServicer(book, follow_max_age=follow_max_age),
                 list_sync_pb2_grpc.add_ListSyncServiceServicer_to_server,
                 "creditlink.peer.v1.ListSyncService",
             ),
@@ -325,6 +332,39 @@ async def test_mirror_converges_through_a_cut_stream_without_applying_twice(pair
     assert pair.wuxi.book.mirrored_applied[SUZHOU] == 600
     mirrored = [c.sequence for c in pair.wuxi.changelog.changes if c.issuing_city == SUZHOU]
     assert mirrored == list(range(1, 601))
+
+
+async def test_a_followed_stream_ends_at_its_age_and_the_mirror_resumes_from_its_cursor(
+    pair: Pair,
+) -> None:
+    """docs/design.md §3.3: a follow stream ends (OK) after its maximum age, after the last
+    cursor; the mirror opens the next one from that cursor, with no gap and nothing twice."""
+    port = pair.suzhou.server.port
+    await pair.suzhou.server.stop(0)
+    pair.suzhou.server = await _serve(
+        pair.suzhou.book, "suzhou", pair.pki, f"127.0.0.1:{port}", follow_max_age=0.3
+    )
+    await designate(pair.suzhou, 2)
+    channel, stub = pair.sync()
+    async with channel:
+        started = asyncio.get_running_loop().time()
+        async with asyncio.timeout(5):
+            responses = await _stream(stub, follow=True)
+        lasted = asyncio.get_running_loop().time() - started
+    assert [r.WhichOneof("event") for r in responses] == ["change", "change", "caught_up"]
+    assert 0.3 <= lasted < 3
+    mirror = pair.mirror()
+    follow = asyncio.create_task(mirror.follow())
+    try:
+        await _until(lambda: pair.wuxi.book.mirrored_applied.get(SUZHOU, 0) >= 2)
+        await asyncio.sleep(1.0)  # three streams or so ended meanwhile
+        await designate(pair.suzhou, 3, start=2)
+        await _until(lambda: pair.wuxi.book.mirrored_applied.get(SUZHOU, 0) >= 5)
+    finally:
+        follow.cancel()
+        await mirror.close()
+    mirrored = [c.sequence for c in pair.wuxi.changelog.changes if c.issuing_city == SUZHOU]
+    assert mirrored == [1, 2, 3, 4, 5]
 
 
 async def test_mirror_repairs_when_the_history_it_needs_is_gone(pair: Pair) -> None:

@@ -33,6 +33,9 @@ class PeerCall:
     consent: ConsentGrant | None = None
     request: object = None
     metadata: Sequence[tuple[str, Any]] = ()
+    #: The calling city whose slot of calls in progress this call holds
+    #: (``services/common/peer/limits.py``), until the guard hands it back.
+    limited_as: str | None = None
     _purpose: str | None = None
     _traceparent: tuple[str | None] | None = None
 

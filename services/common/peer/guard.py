@@ -16,6 +16,7 @@ import grpc
 from services.common.audit import AuditEntry, AuditUnavailable, QueuedAuditLog
 from services.common.observability import GRPC_LATENCY
 from services.common.peer.call import Denied, PeerCall, _current_call
+from services.common.peer.limits import CallerLimits
 from services.common.peer.names import LatencySink
 from services.common.peer.purpose import _default_purpose, _field
 from services.common.peer.security import PeerSecurity
@@ -41,10 +42,10 @@ class PeerCallGuard:
 
     In order, for every call: refuse with UNAVAILABLE when the audit chain cannot be extended
     (a node does not serve peer calls it cannot account for); identity from the certificate,
-    the policy decision, the subject's class and consent (refusals abort with their denial
-    code); the servicer's behaviour; then, whatever the outcome (refusals too), the latency
-    by method and status (``creditlink_grpc_latency_seconds``) and one hash-chained audit
-    record.
+    the caller's rate and calls in progress (``limits.py``), the policy decision, the
+    subject's class and consent (refusals abort with their denial code); the servicer's
+    behaviour; then, whatever the outcome (refusals too), the latency by method and status
+    (``creditlink_grpc_latency_seconds``) and one hash-chained audit record.
 
     The guard wraps each method handler once, when :func:`start_peer_server` registers the
     servicer, rather than being a ``grpc.aio.ServerInterceptor``: grpc.aio runs interceptors
@@ -58,11 +59,13 @@ class PeerCallGuard:
         security: PeerSecurity,
         audit: QueuedAuditLog | None,
         latency: LatencySink | None = None,
+        limits: CallerLimits | None = None,
     ) -> None:
         self._security = security
         self._audit = audit
         self._node = security.city_code
         self._latency_sink = latency
+        self._limits = limits
 
     def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         """``handler`` (of the full method name ``/package.Service/Method``) behind the guard."""
@@ -157,6 +160,8 @@ class PeerCallGuard:
         call.metadata = context.invocation_metadata() or ()
         try:
             call.identity = security.identify(context)
+            if self._limits is not None:
+                self._limits.admit(call, call.identity.city_code)
             call.decision = security.authorize(call.identity, method)
             subject_key = _field(request, "subject_key")
             if isinstance(subject_key, str) and subject_key:
@@ -179,6 +184,8 @@ class PeerCallGuard:
         """Record the latency and append the audit record; what to await before answering
         (a durable audit writer's delivery), if anything."""
         elapsed = time.monotonic() - call.started
+        if call.limited_as is not None and self._limits is not None:
+            self._limits.release(call)
         latency(status, elapsed)
         if self._audit is None:
             return None

@@ -11,10 +11,12 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from services.common.audit import QueuedAuditLog
 from services.common.peer.guard import PeerCallGuard, _Registrar
+from services.common.peer.limits import CallerLimits, transport_options
 from services.common.peer.names import DEFAULT_GRACE_SECONDS, LatencySink
 from services.common.peer.security import PeerSecurity
 from services.common.peer.tls import TlsFiles
 from services.common.reflection import serve_reflection
+from services.common.settings import PeerLimits, load_peer_limits
 from services.common.signals import until_signalled
 
 
@@ -66,6 +68,7 @@ async def start_peer_server(
     audit: QueuedAuditLog | None,
     options: Sequence[tuple[str, Any]] = (),
     latency: LatencySink | None = None,
+    limits: PeerLimits | None = None,
 ) -> PeerServer:
     """Build, bind (mTLS only) and start a server. ``bind`` may use port 0 for a free port.
 
@@ -73,11 +76,20 @@ async def start_peer_server(
     reflection are not (they carry no credit data and load balancers call them). Call
     latencies go to ``creditlink_grpc_latency_seconds``, or to ``latency`` when given (a
     process that serves beside a node hands them to the node's metrics).
+
+    ``limits`` (default: :func:`load_peer_limits` from the environment, which fails fast on
+    a bad value) bound what each peer may take: message size, streams per connection,
+    connection age, keep-alive (gRPC options; an entry of ``options`` with the same name
+    wins) and each calling city's rate and calls in progress (the guard). See
+    docs/design.md §3.3.
     """
-    server = grpc.aio.server(options=list(options))
+    limits = load_peer_limits() if limits is None else limits
+    merged = dict(transport_options(limits))
+    merged.update(options)
+    server = grpc.aio.server(options=list(merged.items()))
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    guard = PeerCallGuard(security, audit, latency)
+    guard = PeerCallGuard(security, audit, latency, CallerLimits(limits))
     names = [binding.service_name for binding in services]
     for binding in services:
         registrar = _Registrar()

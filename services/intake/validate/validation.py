@@ -314,6 +314,8 @@ _CLEAN_TEXT: BoundedMemo[str, str] = BoundedMemo(8192)
 _DAYS: BoundedMemo[str, date] = BoundedMemo(4096)
 #: Penalty-type lists (text) read before without a problem → their symbols, in order.
 _PENALTY_TYPES: BoundedMemo[str, tuple[str, ...]] = BoundedMemo(1024)
+#: Longer lists (types repeated) are checked each time rather than kept.
+_REMEMBERED_PENALTY_CHARS = 200
 
 
 class _Form:
@@ -391,7 +393,8 @@ class _Form:
                         f"{path} contained an ID-number-shaped value; it was masked",
                     )
                     text = masked
-        elif type(value) is str and text.isprintable():
+        elif type(value) is str and len(value) <= limit and text.isprintable():
+            # Not a value padded beyond the field's limit: the key would pin its megabytes.
             _CLEAN_TEXT.remember(value, text)
         return text
 
@@ -661,7 +664,12 @@ def _penalty_types(form: _Form, node: Mapping[str, Any], path: str) -> list[str]
             types.append(symbol)
     if not types and not form.errors:
         form.fail(path, REQUIRED, f"{path} needs at least one penalty type")
-    elif types and type(raw) is str and len(form.errors) == errors:
+    elif (
+        types
+        and type(raw) is str
+        and len(form.errors) == errors
+        and len(raw) <= _REMEMBERED_PENALTY_CHARS  # a kept key is kept in full
+    ):
         _PENALTY_TYPES.remember(raw, tuple(types))
     return types
 
