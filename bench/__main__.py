@@ -29,6 +29,12 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="short runs (smoke check)")
     args = parser.parse_args()
     _load_suites()
+    # The benches measure what a node can serve, mostly from one calling city: the per-city
+    # rate limit (a policy knob, tested in tests/integration/test_peer_limits.py) would cap
+    # the figure instead. Every node a bench starts inherits this.
+    os.environ.setdefault("CREDITLINK_PEER_CALLER_RATE", "1000000")
+    os.environ.setdefault("CREDITLINK_PEER_CALLER_BURST", "1000000")
+    os.environ.setdefault("CREDITLINK_PEER_MAX_CALLS_PER_CALLER", "100000")
     chosen = args.suites or sorted(REGISTRY)
     unknown = [s for s in chosen if s not in REGISTRY]
     if unknown:
