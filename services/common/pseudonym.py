@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from services.common.identifiers import check_resident_id, normalize_identifier
+from services.common.policy import subject_key_problem
 
 MIN_KEY_BYTES = 32
 # A published key for the demo and the tests only: its pseudonyms protect nothing.
@@ -90,11 +91,5 @@ def is_natural_person(subject_key: str) -> bool:
 
 
 def is_valid_subject_key(subject_key: str) -> bool:
-    """Shape check of a subject key: ``L:`` + 18 characters, or ``N:`` + 64 lowercase hex."""
-    if subject_key.startswith(ORGANISATION_PREFIX):
-        code = subject_key[2:]
-        return len(code) == 18 and code.isascii() and code.isalnum() and code.upper() == code
-    if subject_key.startswith(NATURAL_PERSON_PREFIX):
-        value = subject_key[2:]
-        return len(value) == 64 and all(c in "0123456789abcdef" for c in value)
-    return False
+    """Whether ``subject_key`` is well formed: see :func:`policy.subject_key_problem`."""
+    return subject_key_problem(subject_key) is None

@@ -236,6 +236,51 @@ async def test_data_class_not_granted_is_denied(node: Node) -> None:
     assert _denial(error) == "data-class-denied"
 
 
+# --- subject keys -------------------------------------------------------------------------
+
+RESIDENT = "32050519900307123X"  # a valid GB 11643 number
+
+
+@pytest.mark.parametrize(
+    "key",
+    [RESIDENT, "X:" + RESIDENT, "N:" + RESIDENT, "L:" + RESIDENT, "N:" + "ab" * 40],
+    ids=["bare", "other-prefix", "person-prefix", "organisation-prefix", "overlong"],
+)
+async def test_malformed_subject_key_is_refused_and_audited_without_it(
+    node: Node, key: str
+) -> None:
+    error = await _refusal(node, "wuxi", subject_key=key, purpose="x")
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert _denial(error) == "invalid-subject-key"
+    assert key not in (error.details() or "")
+    last = (await node.audit_records())[-1]
+    assert (last["status_code"], last["subject_key"]) == ("INVALID_ARGUMENT", None)
+    assert RESIDENT[6:14] not in repr(last)
+
+
+async def test_batch_refuses_malformed_subject_keys_item_by_item(node: Node) -> None:
+    channel, stub = node.stub(node.pki.tls("wuxi"))
+    async with channel:
+        response = await stub.CheckSubjects(
+            credit_check_pb2.CheckSubjectsRequest(
+                subjects=[
+                    credit_check_pb2.SubjectQuery(subject_key=ORG),
+                    credit_check_pb2.SubjectQuery(subject_key="N:" + RESIDENT),
+                    credit_check_pb2.SubjectQuery(subject_key="L:" + RESIDENT),
+                ],
+                purpose="bulk",
+            ),
+            timeout=10,
+        )
+    assert [r.error.code for r in response.results] == [
+        "",
+        "invalid-subject-key",
+        "invalid-subject-key",
+    ]
+    last = (await node.audit_records())[-1]
+    assert (last["status_code"], last["subject_key"]) == ("OK", None)
+
+
 # --- consent ------------------------------------------------------------------------------
 
 

@@ -15,7 +15,14 @@ from services.common.peer.identity import PeerIdentity, _city_named, _pem_sha256
 from services.common.peer.names import (
     _MAX_KNOWN_CERTIFICATES,
 )
-from services.common.policy import NATURAL_PERSON, Decision, Policy, data_class_of, load_policy
+from services.common.policy import (
+    NATURAL_PERSON,
+    Decision,
+    Policy,
+    data_class_of,
+    load_policy,
+    subject_key_problem,
+)
 from services.common.region import Region
 from services.common.settings import Settings
 
@@ -107,16 +114,11 @@ class PeerSecurity:
     ) -> ConsentGrant | None:
         """Check one subject of a call: its data class and, for a person, the consent token.
 
-        Raises :class:`Denied` (PERMISSION_DENIED; INVALID_ARGUMENT for a malformed key).
-        Servicers of batch methods call this per item and turn a refusal into an item error.
+        Raises :class:`Denied` (PERMISSION_DENIED; INVALID_ARGUMENT for a malformed key, see
+        :func:`check_subject_key`). Servicers of batch methods call this per item and turn a
+        refusal into an item error.
         """
-        data_class = data_class_of(subject_key)
-        if data_class is None:
-            raise Denied(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                "invalid-subject-key",
-                "subject_key must start with L: or N:",
-            )
+        data_class = data_class_of(check_subject_key(subject_key))
         if call.decision is None or not call.decision.permits(data_class):
             raise Denied(
                 grpc.StatusCode.PERMISSION_DENIED,
@@ -132,3 +134,13 @@ class PeerSecurity:
             )
         except ConsentError as exc:
             raise Denied(grpc.StatusCode.PERMISSION_DENIED, exc.failure.value, str(exc)) from None
+
+
+def check_subject_key(subject_key: str) -> str:
+    """``subject_key`` if it is well formed; else :class:`Denied` INVALID_ARGUMENT
+    ``invalid-subject-key``, whose details never repeat the key (it may be a raw ID number,
+    which must reach no log or topic, docs/design.md §4.8)."""
+    problem = subject_key_problem(subject_key)
+    if problem is not None:
+        raise Denied(grpc.StatusCode.INVALID_ARGUMENT, "invalid-subject-key", problem)
+    return subject_key
