@@ -190,6 +190,21 @@ async def test_certificate_naming_no_city_of_the_region_is_unauthenticated(node:
     assert _denial(error) == "unknown-city"
 
 
+@pytest.mark.parametrize(
+    ("certificate", "denial"), [("cn-only", "no-city-name"), ("two-cities", "several-city-names")]
+)
+async def test_certificate_must_name_exactly_one_city_in_a_uri_san(
+    node: Node, certificate: str, denial: str
+) -> None:
+    """The CN is not an identity, and a certificate naming two cities names none of them."""
+    error = await _refusal(node, certificate, subject_key=ORG, purpose="x")
+    assert error.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert _denial(error) == denial
+    last = (await node.audit_records())[-1]
+    assert (last["caller_city"], last["status_code"]) == ("unknown", "UNAUTHENTICATED")
+    assert last["peer_certificate_sha256"] is None
+
+
 async def test_health_and_reflection_are_served_over_mtls(node: Node) -> None:
     async with secure_channel(node.target, node.pki.tls("jiashan")) as channel:
         health = health_pb2_grpc.HealthStub(channel)

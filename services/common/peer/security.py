@@ -7,11 +7,11 @@ from pathlib import Path
 
 import grpc
 
-from services.common.certs import DEFAULT_OUT
+from services.common.certs import CITY_URI_PREFIX, DEFAULT_OUT
 from services.common.consent import ConsentError, ConsentGrant, ConsentKeyring
 from services.common.memo import BoundedMemo
 from services.common.peer.call import Denied, PeerCall
-from services.common.peer.identity import PeerIdentity, _city_named, _pem_sha256, _text
+from services.common.peer.identity import PeerIdentity, _cities_named, _pem_sha256, _text
 from services.common.peer.names import (
     _MAX_KNOWN_CERTIFICATES,
 )
@@ -82,8 +82,21 @@ class PeerSecurity:
         known = self._identities.get(pems[0])
         if known is not None:
             return known
-        city = _city_named(auth)
-        if city is None or city not in self.region.cities:
+        cities = _cities_named(auth)
+        if not cities:
+            raise Denied(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "no-city-name",
+                f"the client certificate has no {CITY_URI_PREFIX}<city> URI SAN",
+            )
+        if len(cities) > 1:
+            raise Denied(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "several-city-names",
+                f"the client certificate has more than one {CITY_URI_PREFIX}<city> URI SAN",
+            )
+        city = cities[0]
+        if city not in self.region.cities:
             raise Denied(
                 grpc.StatusCode.UNAUTHENTICATED,
                 "unknown-city",
