@@ -135,7 +135,7 @@ class ScoreRecognitionServicer(pb_grpc.ScoreRecognitionServiceServicer):
             raise _refuse(
                 grpc.StatusCode.INVALID_ARGUMENT,
                 "invalid-subject-key",
-                "subject_key must be N: followed by a 64-character lowercase hex pseudonym",
+                "subject_key must be N: followed by a pseudonym",
             )
         purpose = request.purpose.strip()
         if not purpose or len(purpose) > MAX_PURPOSE_CHARS:
