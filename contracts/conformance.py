@@ -63,6 +63,9 @@ DENIAL_TRAILER = "creditlink-denial"
 TIMEOUT = 10.0
 ORG_KEY = "L:91320500MA1W8XY409"
 UNKNOWN_PERSON = "N:" + "0" * 63 + "1"
+# Malformed without being personal data: the case must not send a resident ID number, which
+# the endpoint would have to keep out of its audit records (docs/design.md §4.8).
+MALFORMED_KEY = "X:not-a-subject-key"
 PACKAGE = "creditlink.peer.v1."
 HISTORY_PURPOSE = "credit-history"  # deploy/config/consent-purposes.yaml: a plain check
 DIGEST_VECTORS = Path(__file__).resolve().parent / "vectors" / "list-digest.json"
@@ -291,12 +294,11 @@ async def _check_no_purpose(session: Session) -> None:
 async def _check_bad_key(session: Session) -> None:
     await expect_status(
         _check_stub(session).CheckSubject(
-            credit_check_pb2.CheckSubjectRequest(
-                subject_key="X:320500199001011234", purpose="conformance"
-            ),
+            credit_check_pb2.CheckSubjectRequest(subject_key=MALFORMED_KEY, purpose="conformance"),
             timeout=TIMEOUT,
         ),
         grpc.StatusCode.INVALID_ARGUMENT,
+        denial_prefix="invalid-subject-key",
     )
 
 

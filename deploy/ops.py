@@ -22,11 +22,13 @@ from rich.table import Table
 
 from deploy import region as supervisor
 from deploy.broker import REPO_ROOT, Broker, broker_answers
+from services.common.pseudonym import DEV_REGION_KEY, PseudonymKeyError, load_region_key
 from services.common.region import Region
 from services.common.settings import load_settings
 from services.common.topic_names import AUDIT_TOPIC
 
 console = Console()
+errors = Console(stderr=True)
 DEFAULT_BOOTSTRAP = "127.0.0.1:19092"
 
 
@@ -57,7 +59,6 @@ def _city_env(city: str) -> dict[str, str]:
         "CREDITLINK_CITY": node.key,
         "KAFKA_BOOTSTRAP": _bootstrap(),
         "CREDITLINK_TOPIC_PREFIX": node.topic_prefix,
-        "CREDITLINK_DEV": os.environ.get("CREDITLINK_DEV", "1"),
     }
 
 
@@ -272,9 +273,28 @@ def topics_apply(city: str, check: bool, fix_config: bool) -> int:
 
 
 # --- records, lists, scores, alerts, audit, certs ------------------------------------------
-def records_import(files: list[Path], city: str) -> int:
-    """Import departments' record files into a city's intake (progress bar; safe to re-run)."""
-    return _python_module("services.intake", "import", *map(str, files), env=_city_env(city))
+def records_import(files: list[Path], city: str, dev: bool = False) -> int:
+    """Import departments' record files into a city's intake (progress bar; safe to re-run).
+
+    Subjects who are persons are pseudonymised under the region key
+    (``CREDITLINK_PSEUDONYM_KEY`` or ``CREDITLINK_PSEUDONYM_KEY_FILE``). The published
+    development key is used only when asked for (``--dev`` or ``CREDITLINK_DEV=1``): its
+    pseudonyms can be reversed by anyone, so a real import without the key stops here.
+    """
+    env = _city_env(city)
+    if dev:
+        env["CREDITLINK_DEV"] = "1"
+    try:
+        key = load_region_key(env)
+    except PseudonymKeyError as exc:
+        errors.print(f"records-import: {exc}", markup=False, highlight=False)
+        return 2
+    if key == DEV_REGION_KEY:
+        errors.print(
+            "[bold red]WARNING: the published development pseudonym key is in use; anyone can"
+            " reverse these pseudonyms. Never import real records this way.[/bold red]"
+        )
+    return _python_module("services.intake", "import", *map(str, files), env=env)
 
 
 def _channel(caller: str, city: str, service: str) -> Any:
@@ -472,7 +492,12 @@ def _parser() -> argparse.ArgumentParser:
     records = groups.add_parser("records-import", help=_first_line(records_import))
     records.add_argument("files", nargs="+", type=Path, help="CSV or JSON Lines, UTF-8 or GB18030")
     _city(records, "suzhou")
-    records.set_defaults(run=lambda a: records_import(a.files, a.city))
+    records.add_argument(
+        "--dev",
+        action="store_true",
+        help="use the published development pseudonym key (demo data only)",
+    )
+    records.set_defaults(run=lambda a: records_import(a.files, a.city, a.dev))
 
     check = groups.add_parser("lists-check", help=_first_line(lists_check))
     check.add_argument("subject_key", help="L:<USCC> or N:<pseudonym>")

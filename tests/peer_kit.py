@@ -24,7 +24,7 @@ from creditlink.peer.v1 import (
     list_sync_pb2_grpc,
 )
 from services.common.audit import AUDIT_TOPIC
-from services.common.certs import CertifiedKey, issue_city_certificate, new_ca
+from services.common.certs import CertifiedKey, city_uri, issue_city_certificate, new_ca
 from services.common.consent import ConsentIssuer, ConsentKeyring
 from services.common.list_digest import (
     DigestLine,
@@ -115,6 +115,13 @@ def make_pki(
     # A certificate of the right CA naming a city that is not in the region.
     issue_city_certificate(ca, "atlantis").write(
         directory / "atlantis.crt", directory / "atlantis.key"
+    )
+    # Certificates of the right CA that name no city in a URI SAN (only in the CN), or two.
+    issue_city_certificate(ca, "wuxi", uris=()).write(
+        directory / "cn-only.crt", directory / "cn-only.key"
+    )
+    issue_city_certificate(ca, "wuxi", uris=(city_uri("wuxi"), city_uri("changzhou"))).write(
+        directory / "two-cities.crt", directory / "two-cities.key"
     )
     return PeerPki(directory, ca)
 

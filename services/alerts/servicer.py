@@ -33,7 +33,7 @@ from services.alerts.engine import RuleEngine
 from services.alerts.model import REGULATOR_STATUSES, Alert, Domain, Severity, Status, StatusChange
 from services.alerts.store import AlertStore
 from services.common.peer import Denied, PeerSecurity, current_call, deny
-from services.common.pseudonym import is_valid_subject_key
+from services.common.policy import subject_key_problem
 from services.common.settings import PeerLimits
 
 MAX_DELIVER: Final = 500
@@ -122,14 +122,8 @@ class AlertExchangeServicer(alert_exchange_pb2_grpc.AlertExchangeServiceServicer
                     f"{where}.target_cities",
                 )
             )
-        if not is_valid_subject_key(message.subject_key):
-            reasons.append(
-                _violation(
-                    "invalid-subject-key",
-                    "subject_key is not L:<USCC> or N:<pseudonym>",
-                    f"{where}.subject_key",
-                )
-            )
+        if (problem := subject_key_problem(message.subject_key)) is not None:
+            reasons.append(_violation("invalid-subject-key", problem, f"{where}.subject_key"))
         else:
             try:
                 self._security.check_subject(current_call(), message.subject_key, None)

@@ -124,11 +124,17 @@ def issue_city_certificate(
     hosts: Sequence[str] = DEFAULT_HOSTS,
     not_before: dt.datetime | None = None,
     not_after: dt.datetime | None = None,
+    uris: Sequence[str] | None = None,
 ) -> CertifiedKey:
-    """A certificate naming ``city`` (CN and URI SAN), usable as TLS server and client."""
+    """A certificate naming ``city`` (CN and URI SAN), usable as TLS server and client.
+
+    ``uris`` replaces the URI SANs (default: ``city``'s one), for certificates a peer must
+    refuse: none, or several cities (services/common/peer/security.py).
+    """
     key = ec.generate_private_key(ec.SECP256R1())
     start = not_before or _now() - dt.timedelta(minutes=5)
-    names: list[x509.GeneralName] = [x509.UniformResourceIdentifier(city_uri(city))]
+    chosen = (city_uri(city),) if uris is None else tuple(uris)
+    names: list[x509.GeneralName] = [x509.UniformResourceIdentifier(uri) for uri in chosen]
     for host in (*hosts, f"{city}.creditlink.local"):
         try:
             names.append(x509.IPAddress(ipaddress.ip_address(host)))

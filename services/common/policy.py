@@ -25,6 +25,7 @@ does not mean what it says.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,8 @@ from typing import Any
 
 import yaml
 
+from services.common.identifiers import check_resident_id
+from services.common.pseudonym import parse_person_key
 from services.common.settings import REPO_ROOT
 
 DEFAULT_POLICY_FILE = REPO_ROOT / "deploy" / "config" / "peer-policy.yaml"
@@ -42,6 +45,42 @@ NATURAL_PERSON = "natural_person"
 
 class PolicyError(ValueError):
     """The policy file is malformed; the message names the file and the rule."""
+
+
+# GB 32100-2015: 18 characters of the code alphabet (no I, O, S, V, Z). The check character
+# is not verified: early pilot codes are legal but fail it (services/common/identifiers.py).
+_USCC_SHAPE = re.compile(r"[0-9A-HJ-NPQRTUWXY]{18}")
+# Longer than any well-formed key; a longer value is refused without being read.
+_MAX_SUBJECT_KEY = 2 + 6 + 1 + 8 + 1 + 64
+
+
+def subject_key_problem(subject_key: str) -> str | None:
+    """Why ``subject_key`` is not a well-formed subject key, or ``None`` when it is one.
+
+    Well formed: ``L:`` + the shape of a unified social credit code, or ``N:`` + a pseudonym
+    (``<64 lowercase hex>`` or ``<6-digit division>.<8 lowercase hex key id>.<64 lowercase
+    hex>``). A raw resident ID number is refused in every form, also behind ``L:``. The
+    answer never repeats the key: a malformed key may be personal data.
+    """
+    if len(subject_key) > _MAX_SUBJECT_KEY:
+        return "subject_key is longer than any subject key"
+    prefix, value = subject_key[:2], subject_key[2:]
+    if prefix == "L:":
+        if not _USCC_SHAPE.fullmatch(value):
+            return "an L: subject key is L: and 18 characters of a unified social credit code"
+        if value[:17].isdigit() and check_resident_id(value).valid:
+            return "an L: subject key holds a unified social credit code, not an ID number"
+        return None
+    if prefix == "N:":
+        # docs/design.md §4.8, services/common/pseudonym.py: the pseudonym's one definition.
+        if parse_person_key(subject_key) is None:
+            return "an N: subject key is N: and a pseudonym, never an ID number"
+        return None
+    return "subject_key must start with L: or N:"
+
+
+def is_valid_subject_key(subject_key: str) -> bool:
+    return subject_key_problem(subject_key) is None
 
 
 def data_class_of(subject_key: str) -> str | None:

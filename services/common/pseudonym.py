@@ -160,11 +160,3 @@ def _is_hex(value: str, length: int) -> bool:
 
 def is_natural_person(subject_key: str) -> bool:
     return subject_key.startswith(NATURAL_PERSON_PREFIX)
-
-
-def is_valid_subject_key(subject_key: str) -> bool:
-    """Shape check of a subject key: ``L:`` + 18 characters, or ``N:`` + a pseudonym."""
-    if subject_key.startswith(ORGANISATION_PREFIX):
-        code = subject_key[2:]
-        return len(code) == 18 and code.isascii() and code.isalnum() and code.upper() == code
-    return parse_person_key(subject_key) is not None

@@ -19,7 +19,7 @@ from creditlink.peer.v1 import common_pb2, credit_check_pb2, credit_check_pb2_gr
 from services.common.clock import china_today
 from services.common.memo import BoundedMemo
 from services.common.peer import Denied, PeerSecurity, current_call, deny
-from services.common.pseudonym import is_valid_subject_key
+from services.common.policy import subject_key_problem
 from services.common.region import City
 from services.lists.book import BookView
 from services.lists.convert import measures_to_proto, membership, timestamp
@@ -153,12 +153,9 @@ class CreditCheckServicer(credit_check_pb2_grpc.CreditCheckServiceServicer):
         # Only valid subject keys are ever kept, so a key answered before needs no check.
         answer = self._cached(key, today)
         if answer is None:
-            if not is_valid_subject_key(request.subject_key):
+            if (problem := subject_key_problem(request.subject_key)) is not None:
                 await deny(
-                    context,
-                    grpc.StatusCode.INVALID_ARGUMENT,
-                    "invalid-subject-key",
-                    "subject_key must be L:<18-character code> or N:<pseudonym>",
+                    context, grpc.StatusCode.INVALID_ARGUMENT, "invalid-subject-key", problem
                 )
             answer = self._answer(key, today)
         response = credit_check_pb2.CheckSubjectResponse()
@@ -190,14 +187,9 @@ class CreditCheckServicer(credit_check_pb2_grpc.CreditCheckServiceServicer):
         results = []
         for index, query in enumerate(request.subjects):
             key = query.subject_key
-            if not is_valid_subject_key(key):
+            if (problem := subject_key_problem(key)) is not None:
                 results.append(
-                    _failed(
-                        key,
-                        f"subjects[{index}].subject_key",
-                        "invalid-subject-key",
-                        "subject_key must be L:<18-character code> or N:<pseudonym>",
-                    )
+                    _failed(key, f"subjects[{index}].subject_key", "invalid-subject-key", problem)
                 )
                 continue
             try:

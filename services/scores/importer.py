@@ -28,7 +28,8 @@ from typing import Any, Final
 from services.common.avro import AvroSerde
 from services.common.cloudevents import build_headers, source_for
 from services.common.kafka import EventPublisher, make_producer
-from services.common.pseudonym import InvalidResidentId, is_valid_subject_key, pseudonym
+from services.common.policy import is_valid_subject_key
+from services.common.pseudonym import InvalidResidentId, pseudonym
 from services.common.region import city_code
 from services.common.settings import Settings
 from services.common.topic_names import SCORES_TOPIC

@@ -24,7 +24,7 @@ from creditlink.peer.v1 import score_recognition_pb2 as pb
 from creditlink.peer.v1 import score_recognition_pb2_grpc as pb_grpc
 from services.common.logging import get_logger
 from services.common.peer import Denied, ServiceBinding, current_call
-from services.common.pseudonym import is_valid_subject_key
+from services.common.policy import is_valid_subject_key
 from services.scores.recognition import Recognition, recognize
 from services.scores.scales import ScaleCatalogue
 
@@ -134,7 +134,7 @@ class ScoreRecognitionServicer(pb_grpc.ScoreRecognitionServiceServicer):
             raise _refuse(
                 grpc.StatusCode.INVALID_ARGUMENT,
                 "invalid-subject-key",
-                "subject_key must be N: followed by a 64-character lowercase hex pseudonym",
+                "subject_key must be N: followed by a pseudonym",
             )
         purpose = request.purpose.strip()
         if not purpose or len(purpose) > MAX_PURPOSE_CHARS:

@@ -28,7 +28,7 @@ from aiokafka.errors import TopicAlreadyExistsError
 
 from services.common.faust_codec import register_avro_codec
 from services.common.logging import get_logger
-from services.common.pseudonym import is_valid_subject_key
+from services.common.policy import is_valid_subject_key
 from services.common.settings import Settings
 from services.common.topic_names import SCORES_TOPIC
 from services.scores.scales import ScaleDefinition, ScorePopulation

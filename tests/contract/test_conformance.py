@@ -3,11 +3,14 @@ through its Python API and through its command line, as a peer city would run it
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import hashlib
 import json
+import re
 import subprocess
 import sys
+import unicodedata
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -427,3 +430,16 @@ def test_cases_have_unique_names() -> None:
     names = [name for name, _ in conformance.CASES]
     assert len(names) == len(set(names))
     assert Path(conformance.__file__).is_file()
+
+
+def test_the_runner_sends_no_resident_id_number() -> None:
+    """A raw ID number sent as a subject key would land in the endpoint's permanent audit
+    topic; no text in the runner may hold one, in any spelling of its digits."""
+    source = Path(conformance.__file__).read_text(encoding="utf-8")
+    shaped = re.compile(r"(?<![0-9])[0-9]{17}[0-9X](?![0-9])")
+    texts = [
+        unicodedata.normalize("NFKC", node.value).upper()
+        for node in ast.walk(ast.parse(source))
+        if isinstance(node, ast.Constant) and isinstance(node.value, str)
+    ]
+    assert [text for text in texts if shaped.search(text)] == []

@@ -191,6 +191,21 @@ async def test_certificate_naming_no_city_of_the_region_is_unauthenticated(node:
     assert _denial(error) == "unknown-city"
 
 
+@pytest.mark.parametrize(
+    ("certificate", "denial"), [("cn-only", "no-city-name"), ("two-cities", "several-city-names")]
+)
+async def test_certificate_must_name_exactly_one_city_in_a_uri_san(
+    node: Node, certificate: str, denial: str
+) -> None:
+    """The CN is not an identity, and a certificate naming two cities names none of them."""
+    error = await _refusal(node, certificate, subject_key=ORG, purpose="x")
+    assert error.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert _denial(error) == denial
+    last = (await node.audit_records())[-1]
+    assert (last["caller_city"], last["status_code"]) == ("unknown", "UNAUTHENTICATED")
+    assert last["peer_certificate_sha256"] is None
+
+
 async def test_health_and_reflection_are_served_over_mtls(node: Node) -> None:
     async with secure_channel(node.target, node.pki.tls("jiashan")) as channel:
         health = health_pb2_grpc.HealthStub(channel)
@@ -235,6 +250,51 @@ async def test_data_class_not_granted_is_denied(node: Node) -> None:
     error = await _refusal(node, "changzhou", subject_key=PERSON, consent_token=token, purpose="x")
     assert error.code() == grpc.StatusCode.PERMISSION_DENIED
     assert _denial(error) == "data-class-denied"
+
+
+# --- subject keys -------------------------------------------------------------------------
+
+RESIDENT = "32050519900307123X"  # a valid GB 11643 number
+
+
+@pytest.mark.parametrize(
+    "key",
+    [RESIDENT, "X:" + RESIDENT, "N:" + RESIDENT, "L:" + RESIDENT, "N:" + "ab" * 40],
+    ids=["bare", "other-prefix", "person-prefix", "organisation-prefix", "overlong"],
+)
+async def test_malformed_subject_key_is_refused_and_audited_without_it(
+    node: Node, key: str
+) -> None:
+    error = await _refusal(node, "wuxi", subject_key=key, purpose="x")
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert _denial(error) == "invalid-subject-key"
+    assert key not in (error.details() or "")
+    last = (await node.audit_records())[-1]
+    assert (last["status_code"], last["subject_key"]) == ("INVALID_ARGUMENT", None)
+    assert RESIDENT[6:14] not in repr(last)
+
+
+async def test_batch_refuses_malformed_subject_keys_item_by_item(node: Node) -> None:
+    channel, stub = node.stub(node.pki.tls("wuxi"))
+    async with channel:
+        response = await stub.CheckSubjects(
+            credit_check_pb2.CheckSubjectsRequest(
+                subjects=[
+                    credit_check_pb2.SubjectQuery(subject_key=ORG),
+                    credit_check_pb2.SubjectQuery(subject_key="N:" + RESIDENT),
+                    credit_check_pb2.SubjectQuery(subject_key="L:" + RESIDENT),
+                ],
+                purpose="bulk",
+            ),
+            timeout=10,
+        )
+    assert [r.error.code for r in response.results] == [
+        "",
+        "invalid-subject-key",
+        "invalid-subject-key",
+    ]
+    last = (await node.audit_records())[-1]
+    assert (last["status_code"], last["subject_key"]) == ("OK", None)
 
 
 # --- consent ------------------------------------------------------------------------------

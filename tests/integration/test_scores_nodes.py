@@ -33,7 +33,7 @@ from services.common.certs import issue_dev_certificates
 from services.common.consent import ConsentIssuer, load_private_key
 from services.common.kafka import make_consumer
 from services.common.peer import PeerSecurity, TlsFiles, secure_channel
-from services.common.pseudonym import is_valid_subject_key
+from services.common.policy import is_valid_subject_key
 from services.common.region import load_region
 from services.common.settings import REPO_ROOT, Settings, load_settings
 from services.common.topics import load_catalogue, provision

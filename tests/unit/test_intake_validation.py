@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import unicodedata
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -155,6 +156,34 @@ def test_an_id_number_in_free_text_is_masked_with_a_warning() -> None:
     assert number not in record.content["penalty"]["violation"]
     assert number[:6] + "************" in record.content["penalty"]["violation"]
     assert [w.code for w in record.warnings] == [v.PERSONAL_DATA_MASKED]
+
+
+def _spellings(number: str) -> list[str]:
+    """An ID number as people type it into free text."""
+    full_width = "".join(chr(ord(c) + 0xFEE0) for c in number)
+    return [
+        "ID" + number,
+        full_width,
+        f"{number[:6]} {number[6:14]} {number[14:]}",
+        f"{number[:6]}\u3000{number[6:14]}-{number[14:]}",
+    ]
+
+
+def test_an_id_number_in_any_spelling_is_masked_in_free_text() -> None:
+    number = make_resident_id(random.Random(6))
+    for spelling in [*_spellings(number), number[:17] + "Ｘ"]:
+        record = valid(penalty(violation=f"当事人（身份证号{spelling}）经营过期食品"))
+        text = unicodedata.normalize("NFKC", record.content["penalty"]["violation"])
+        assert number[6:17] not in "".join(c for c in text if c.isdigit()), spelling
+        assert [w.code for w in record.warnings] == [v.PERSONAL_DATA_MASKED], spelling
+
+
+def test_an_id_number_in_any_spelling_is_refused_as_an_attribute() -> None:
+    number = make_resident_id(random.Random(7))
+    for spelling in _spellings(number):
+        submission = penalty()
+        submission["attributes"] = {"holder": spelling}
+        assert invalid(submission)["attributes.holder"] == v.PERSONAL_DATA, spelling
 
 
 def test_an_early_pilot_code_is_flagged_not_dropped() -> None:

@@ -35,14 +35,15 @@ from services.common.policy import (
     DEFAULT_POLICY_FILE,
     PolicyError,
     data_class_of,
+    is_valid_subject_key,
     load_policy,
     parse_policy,
+    subject_key_problem,
 )
 from services.common.pseudonym import (
     DEV_REGION_KEY,
     InvalidResidentId,
     PseudonymKeyError,
-    is_valid_subject_key,
     key_id_of,
     load_region_key,
     parse_person_key,
@@ -332,6 +333,57 @@ def test_data_class_of_subject_keys() -> None:
     assert data_class_of("L:91320500MA1W8XY409") == "organisation"
     assert data_class_of(PERSON) == "natural_person"
     assert data_class_of("320500199001011234") is None
+
+
+RESIDENT = "32050519900307123X"  # a valid GB 11643 number (check character X)
+HMAC = "0123456789abcdef" * 4
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "L:91320500MA1W8XY409",
+        "L:91320500MA1W8XY408",  # an early pilot code: its check character fails, still legal
+        "L:913205001234567890",
+        "N:" + HMAC,
+        "N:320500." + "0a1b2c3d." + HMAC,  # home division, key id, HMAC
+    ],
+)
+def test_well_formed_subject_keys_have_no_problem(key: str) -> None:
+    assert subject_key_problem(key) is None
+    assert is_valid_subject_key(key)
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        RESIDENT,
+        "X:" + RESIDENT,
+        "N:" + RESIDENT,
+        "L:" + RESIDENT,  # the shape of a code, but a valid resident ID number
+        "L:" + RESIDENT.lower(),
+        "L:３２０５０５１９９００３０７１２３Ｘ",
+        "N: " + HMAC,
+        "N:" + HMAC.upper(),
+        "N:" + HMAC + "0",
+        "N:" + HMAC[:-1],
+        "N:320500." + "0A1B2C3D." + HMAC,
+        "N:32050." + "0a1b2c3d." + HMAC,
+        "N:320500." + "0a1b2c3d." + HMAC + "\n",
+        "L:91320500MA1W8XY40",
+        "L:91320500MA1W8XY4090",
+        "L:91320500MA1W8XYI09",  # I is not in the GB 32100 alphabet
+        "L:91320500ma1w8xy409",
+        "l:91320500MA1W8XY409",
+        "N:" + "0" * 10_000,
+        "",
+    ],
+)
+def test_malformed_subject_keys_are_named_without_being_repeated(key: str) -> None:
+    problem = subject_key_problem(key)
+    assert problem is not None
+    assert RESIDENT[6:14] not in problem
+    assert not is_valid_subject_key(key)
 
 
 # --- certificates -------------------------------------------------------------------------

@@ -24,21 +24,23 @@ Example::
     await server.serve_until_signalled()      # SIGTERM/SIGINT -> NOT_SERVING, stop(grace)
 
 **Who is calling.** The calling city comes only from the client certificate the TLS
-handshake verified against the region CA (``context.auth_context()``): the URI SAN
-``spiffe://creditlink/city/<key>``, or the CN when the certificate has no such SAN. It must be
-a city of the region registry. No request field or metadata can change it.
+handshake verified against the region CA (``context.auth_context()``): its one URI SAN
+``spiffe://creditlink/city/<key>`` (never the CN; a certificate with none or several is
+refused). It must be a city of the region registry. No request field or metadata can change it.
 
 **What a call may do.** :class:`PeerCallGuard` asks the policy
 (``policy.py``) whether the caller may call the method, and for a request about one subject
 (a top-level ``subject_key`` field) whether it may see that subject's data class. A
 natural-person subject also needs a valid consent token for the caller (the request's
 ``consent_token`` field). Refusals are ``PERMISSION_DENIED`` (``UNAUTHENTICATED`` when the
-certificate names no known city) with a ``creditlink-denial`` trailer carrying a stable code.
+certificate names no known city, ``INVALID_ARGUMENT`` for a malformed subject key) with a
+``creditlink-denial`` trailer carrying a stable code.
 Batch methods check each item in the servicer with :meth:`PeerSecurity.check_subject`.
 
 **What is audited.** :class:`PeerCallGuard` writes one hash-chained record per peer call,
 allowed or refused (``services/common/audit/``). The subject key is the request's top-level
-``subject_key`` (none for batch and stream requests); the purpose is, in this order: the
+``subject_key`` once it is known to be well formed (none for a malformed key, which may be a
+raw ID number, and none for batch and stream requests); the purpose is, in this order: the
 ``scenario`` enum name and/or the ``purpose`` text of the request (``"TENDERING: WXZB-2024-1"``),
 the ``creditlink-purpose`` metadata entry, or the method's default (``LIST_SYNC`` …).
 Health and reflection calls are neither authorized nor audited.

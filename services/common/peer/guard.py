@@ -19,7 +19,7 @@ from services.common.peer.call import Denied, PeerCall, _current_call
 from services.common.peer.limits import CallerLimits
 from services.common.peer.names import LatencySink
 from services.common.peer.purpose import _default_purpose, _field
-from services.common.peer.security import PeerSecurity
+from services.common.peer.security import PeerSecurity, check_subject_key
 
 
 def _status_of(context: grpc.aio.ServicerContext, error: BaseException | None) -> grpc.StatusCode:
@@ -165,7 +165,9 @@ class PeerCallGuard:
             call.decision = security.authorize(call.identity, method)
             subject_key = _field(request, "subject_key")
             if isinstance(subject_key, str) and subject_key:
-                call.subject_key = subject_key
+                # Checked before it is recorded: the audit topic keeps a malformed key (perhaps
+                # a raw ID number) forever, so its refusal is audited without it.
+                call.subject_key = check_subject_key(subject_key)
                 token = _field(request, "consent_token")
                 call.consent = security.check_subject(
                     call, subject_key, token if isinstance(token, str) else None

@@ -23,12 +23,14 @@ def _text(values: Sequence[Any]) -> list[str]:
     return [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in values]
 
 
-def _city_named(auth: Mapping[str, Sequence[Any]]) -> str | None:
-    for san in _text(auth.get("x509_subject_alternative_name", ())):
-        if san.startswith(CITY_URI_PREFIX):
-            return san.removeprefix(CITY_URI_PREFIX)
-    common_names = _text(auth.get("x509_common_name", ()))
-    return common_names[0] if common_names else None
+def _cities_named(auth: Mapping[str, Sequence[Any]]) -> list[str]:
+    """The city of every creditlink URI SAN of the certificate. Only these name the caller:
+    never the CN, and a certificate must have exactly one (``PeerSecurity.identify``)."""
+    return [
+        san.removeprefix(CITY_URI_PREFIX)
+        for san in _text(auth.get("x509_subject_alternative_name", ()))
+        if san.startswith(CITY_URI_PREFIX)
+    ]
 
 
 def _pem_sha256(pem: str) -> str:

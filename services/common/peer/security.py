@@ -7,17 +7,24 @@ from pathlib import Path
 
 import grpc
 
-from services.common.certs import DEFAULT_OUT
+from services.common.certs import CITY_URI_PREFIX, DEFAULT_OUT
 from services.common.consent import DAY_SECONDS, ConsentError, ConsentGrant, ConsentKeyring
 from services.common.consent_purposes import ConsentPurposes, load_purposes
 from services.common.memo import BoundedMemo
 from services.common.peer.call import Denied, PeerCall
-from services.common.peer.identity import PeerIdentity, _city_named, _pem_sha256, _text
+from services.common.peer.identity import PeerIdentity, _cities_named, _pem_sha256, _text
 from services.common.peer.names import (
     _MAX_KNOWN_CERTIFICATES,
 )
 from services.common.peer.purpose import _scenario_name
-from services.common.policy import NATURAL_PERSON, Decision, Policy, data_class_of, load_policy
+from services.common.policy import (
+    NATURAL_PERSON,
+    Decision,
+    Policy,
+    data_class_of,
+    load_policy,
+    subject_key_problem,
+)
 from services.common.pseudonym import parse_person_key
 from services.common.region import Region
 from services.common.settings import Settings
@@ -84,8 +91,21 @@ class PeerSecurity:
         known = self._identities.get(pems[0])
         if known is not None:
             return known
-        city = _city_named(auth)
-        if city is None or city not in self.region.cities:
+        cities = _cities_named(auth)
+        if not cities:
+            raise Denied(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "no-city-name",
+                f"the client certificate has no {CITY_URI_PREFIX}<city> URI SAN",
+            )
+        if len(cities) > 1:
+            raise Denied(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "several-city-names",
+                f"the client certificate has more than one {CITY_URI_PREFIX}<city> URI SAN",
+            )
+        city = cities[0]
+        if city not in self.region.cities:
             raise Denied(
                 grpc.StatusCode.UNAUTHENTICATED,
                 "unknown-city",
@@ -116,16 +136,11 @@ class PeerSecurity:
     ) -> ConsentGrant | None:
         """Check one subject of a call: its data class and, for a person, the consent token.
 
-        Raises :class:`Denied` (PERMISSION_DENIED; INVALID_ARGUMENT for a malformed key).
-        Servicers of batch methods call this per item and turn a refusal into an item error.
+        Raises :class:`Denied` (PERMISSION_DENIED; INVALID_ARGUMENT for a malformed key, see
+        :func:`check_subject_key`). Servicers of batch methods call this per item and turn a
+        refusal into an item error.
         """
-        data_class = data_class_of(subject_key)
-        if data_class is None:
-            raise Denied(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                "invalid-subject-key",
-                "subject_key must start with L: or N:",
-            )
+        data_class = data_class_of(check_subject_key(subject_key))
         if call.decision is None or not call.decision.permits(data_class):
             raise Denied(
                 grpc.StatusCode.PERMISSION_DENIED,
@@ -165,3 +180,13 @@ class PeerSecurity:
             return None
         city = self.region.by_admin_code(person.division)
         return city.admin_code if city is not None else None
+
+
+def check_subject_key(subject_key: str) -> str:
+    """``subject_key`` if it is well formed; else :class:`Denied` INVALID_ARGUMENT
+    ``invalid-subject-key``, whose details never repeat the key (it may be a raw ID number,
+    which must reach no log or topic, docs/design.md §4.8)."""
+    problem = subject_key_problem(subject_key)
+    if problem is not None:
+        raise Denied(grpc.StatusCode.INVALID_ARGUMENT, "invalid-subject-key", problem)
+    return subject_key

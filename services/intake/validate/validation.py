@@ -43,7 +43,7 @@ from services.common.identifiers import (
     check_uscc,
     normalize_identifier,
 )
-from services.common.logging import mask_resident_ids
+from services.common.logging import mask_resident_ids, might_hold_resident_id
 from services.common.memo import BoundedMemo
 from services.common.pseudonym import pseudonym
 from services.intake.encode.publicity import bounded_publicity, penalty_publicity
@@ -97,8 +97,6 @@ _ATTRIBUTE_KEY = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 _BAD_CHARACTERS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
 _BAD_CHARACTERS_ONE_LINE = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
 _ID_LENGTH: Final = 18
-# Pre-filter for the masking of logging.mask_resident_ids (which has the exact rule).
-_ID_SHAPED = re.compile(r"\d{17}[\dXx]")
 _PLAIN_YUAN = re.compile(r"^\s*([0-9]{1,15})(?:\.([0-9]{1,2}))?\s*$")
 _LIST_SEPARATORS = re.compile(r"[;；,，、|]")
 _CJK_DATE = re.compile(r"^(\d{4})\s*年\s*(\d{1,2})\s*月\s*(\d{1,2})\s*日$")
@@ -383,7 +381,7 @@ class _Form:
         if len(text) > limit:
             self.fail(path, TOO_LONG, f"{path} has {len(text)} characters, at most {limit}")
             return None
-        if len(text) >= _ID_LENGTH and _ID_SHAPED.search(text):
+        if len(text) >= _ID_LENGTH and might_hold_resident_id(text):
             if mask_ids:
                 masked = mask_resident_ids(text)
                 if masked != text:
