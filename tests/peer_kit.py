@@ -39,6 +39,7 @@ from services.common.peer import (
     ServiceBinding,
     TlsFiles,
     current_call,
+    deny,
     start_peer_server,
 )
 from services.common.policy import parse_policy
@@ -166,7 +167,9 @@ class FakeCreditCheck(credit_check_pb2_grpc.CreditCheckServiceServicer):
         self, request: credit_check_pb2.CheckSubjectRequest, context: grpc.aio.ServicerContext
     ) -> credit_check_pb2.CheckSubjectResponse:
         if not request.purpose:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "purpose is required")
+            await deny(
+                context, grpc.StatusCode.INVALID_ARGUMENT, "invalid-argument", "purpose is required"
+            )
         return credit_check_pb2.CheckSubjectResponse(
             subject_key=request.subject_key, memberships=self._memberships(request.subject_key)
         )
@@ -175,7 +178,12 @@ class FakeCreditCheck(credit_check_pb2_grpc.CreditCheckServiceServicer):
         self, request: credit_check_pb2.CheckSubjectsRequest, context: grpc.aio.ServicerContext
     ) -> credit_check_pb2.CheckSubjectsResponse:
         if len(request.subjects) > 1000:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "at most 1000 subjects")
+            await deny(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "invalid-argument",
+                "at most 1000 subjects",
+            )
         call = current_call()
         results = []
         for query in request.subjects:

@@ -197,6 +197,7 @@ class KafkaRefusals:
                 at=datetime.now(UTC),
                 subject_key=entry.subject_key,
                 direction="OUTBOUND",
+                denial_code=refusal.code,
             )
         )
 

@@ -17,8 +17,12 @@ from aiokafka import AIOKafkaProducer
 
 from services.common.audit import (
     AUDIT_TOPIC,
+    GENESIS_HASH,
+    SCHEMA,
     AuditChainWriter,
     AuditEntry,
+    chain_hash,
+    format_key,
     read_audit_topic,
     verify_chain,
 )
@@ -134,3 +138,55 @@ async def test_a_writer_started_again_continues_the_chain(
     await again.flush()
     records = await _records(settings)
     assert [r["seq"] for r in records] == list(range(1, 7))
+
+
+async def test_a_writer_continues_a_chain_written_with_schema_v1(
+    settings: Settings, producer: AIOKafkaProducer, writer_for: Writer
+) -> None:
+    """A node upgraded to PeerCallAudit v2 (the denial code) extends the chain its older
+    release wrote with v1; the whole chain verifies, each record under its own schema."""
+    serde = AvroSerde()
+    previous = GENESIS_HASH
+    for seq in (1, 2):
+        old: dict[str, object] = {
+            "seq": seq,
+            "node_city": SUZHOU,
+            "direction": "INBOUND",
+            "caller_city": "320400",
+            "callee_city": SUZHOU,
+            "method": "/creditlink.peer.v1.CreditCheckService/CheckSubjects",
+            "subject_key": None,
+            "purpose": "CREDIT_CHECK",
+            "consent_reference": None,
+            "status_code": "PERMISSION_DENIED",
+            "latency_ms": 1,
+            "trace_id": None,
+            "peer_certificate_sha256": None,
+            "at": datetime.now(UTC),
+            "prev_hash": previous,
+            "hash": "",
+        }
+        old["hash"] = previous = chain_hash(serde, old, version=1)
+        await producer.send_and_wait(
+            settings.topic(AUDIT_TOPIC),
+            key=format_key("lists", seq).encode(),
+            value=serde.encode(SCHEMA, old, version=1),
+            partition=0,
+        )
+    writer = writer_for()
+    await writer.start()
+    assert writer.head == (2, previous)
+    refused = _entry(3)
+    refused.status_code, refused.denial_code = "PERMISSION_DENIED", "policy-denied"
+    writer.append_nowait(refused)
+    writer.append_nowait(_entry(4))
+    await writer.flush()
+    messages = await read_audit_topic(settings, settings.topic(AUDIT_TOPIC))
+    assert [serde.writer_of(m.value).version for m in messages] == [1, 1, 2, 2]
+    records = await _records(settings)
+    assert [(r["seq"], r["status_code"], r["denial_code"]) for r in records] == [
+        (1, "PERMISSION_DENIED", None),  # written before the code was recorded
+        (2, "PERMISSION_DENIED", None),
+        (3, "PERMISSION_DENIED", "policy-denied"),
+        (4, "OK", None),
+    ]

@@ -477,7 +477,10 @@ async def test_a_change_to_suzhous_entry_streamed_by_wuxi_is_refused_and_audited
         region.wuxi_proxy.cut()
         await rogue.stop(0)
     assert (record["caller_city"], record["callee_city"]) == ("320400", WUXI)
-    assert record["status_code"] == "PERMISSION_DENIED"
+    assert (record["status_code"], record["denial_code"]) == (
+        "PERMISSION_DENIED",
+        "not-issuing-city",
+    )
     assert entry.entry_key in record["purpose"]
     assert record["subject_key"] == subject
     response = await region.check("wuxi", "changzhou", subject)

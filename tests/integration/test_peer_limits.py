@@ -261,14 +261,26 @@ async def test_a_flooding_peer_is_refused_and_audited_while_others_are_served(
     # kept; what remains is the allocator's and gRPC's buffers (30-50 MiB measured).
     assert grown < 64 * 2**20
 
-    # Every refusal by the guard is on the audit chain, as Changzhou's, with its status.
+    # Every refusal by the guard is on the audit chain, as Changzhou's, with its status and
+    # its denial code; so is every refusal by the servicer (an unknown scenario code).
     records = await node.audit_records()
     exhausted = [
         r
         for r in records
         if r["caller_city"] == CHANGZHOU and r["status_code"] == "RESOURCE_EXHAUSTED"
     ]
-    assert len(exhausted) == len(refused)
+    assert sorted(r["denial_code"] for r in exhausted) == sorted(str(o[1]) for o in refused)
     methods = {r["method"].rsplit("/", 1)[1] for r in exhausted}
     assert methods == {"StreamListChanges", "CheckSubject"}
-    assert all(r["status_code"] == "OK" for r in records if r["caller_city"] == WUXI)
+    unknown_scenario = [
+        r
+        for r in records
+        if r["caller_city"] == CHANGZHOU and r["status_code"] == "INVALID_ARGUMENT"
+    ]
+    expected = len(warmed) + rapid.count((grpc.StatusCode.INVALID_ARGUMENT, "unknown-scenario"))
+    assert len(unknown_scenario) == expected
+    assert {r["denial_code"] for r in unknown_scenario} == {"unknown-scenario"}
+    wuxi_outcomes = {
+        (r["status_code"], r["denial_code"]) for r in records if r["caller_city"] == WUXI
+    }
+    assert wuxi_outcomes == {("OK", None)}

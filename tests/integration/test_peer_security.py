@@ -74,6 +74,17 @@ class Node:
         messages = await read_audit_topic(self.settings, self.audit.topic)
         return [self.serde.decode(m.value) for m in messages]
 
+    async def audited_past(self, seq: int) -> None:
+        """Wait until the chain is past ``seq``. The guard records a call once it has ended,
+        and grpc.aio's ``abort`` sends the refusal before that: the caller can see a refusal
+        just before its record is queued."""
+        for _ in range(500):
+            await self.audit.flush()
+            if self.audit.head[0] > seq:
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError(f"no audit record after seq {seq}")
+
 
 @pytest.fixture(scope="module")
 async def node(
@@ -115,8 +126,12 @@ async def _check(node: Node, caller: str, **fields: Any) -> credit_check_pb2.Che
 
 
 async def _refusal(node: Node, caller: str, **fields: Any) -> grpc.aio.AioRpcError:
+    """The error a refused call ends with, once its audit record is on the chain."""
+    await node.audit.flush()
+    before = node.audit.head[0]
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await _check(node, caller, **fields)
+    await node.audited_past(before)
     return refused.value
 
 
@@ -143,7 +158,7 @@ async def test_city_with_valid_certificate_is_answered_and_audited(node: Node) -
     assert last["caller_city"] == WUXI
     assert last["callee_city"] == "320500"
     assert last["method"] == "/creditlink.peer.v1.CreditCheckService/CheckSubject"
-    assert last["status_code"] == "OK"
+    assert (last["status_code"], last["denial_code"]) == ("OK", None)
     assert last["subject_key"] == ORG
     assert last["purpose"] == "TENDERING: WXZB-2024-0031"
     assert len(last["peer_certificate_sha256"]) == 64
@@ -189,6 +204,8 @@ async def test_certificate_naming_no_city_of_the_region_is_unauthenticated(node:
     error = await _refusal(node, "atlantis", subject_key=ORG, purpose="x")
     assert error.code() == grpc.StatusCode.UNAUTHENTICATED
     assert _denial(error) == "unknown-city"
+    last = (await node.audit_records())[-1]
+    assert (last["status_code"], last["denial_code"]) == ("UNAUTHENTICATED", "unknown-city")
 
 
 @pytest.mark.parametrize(
@@ -203,6 +220,7 @@ async def test_certificate_must_name_exactly_one_city_in_a_uri_san(
     assert _denial(error) == denial
     last = (await node.audit_records())[-1]
     assert (last["caller_city"], last["status_code"]) == ("unknown", "UNAUTHENTICATED")
+    assert last["denial_code"] == denial
     assert last["peer_certificate_sha256"] is None
 
 
@@ -220,6 +238,8 @@ async def test_health_and_reflection_are_served_over_mtls(node: Node) -> None:
 
 
 async def test_method_denied_by_policy_is_permission_denied_and_audited(node: Node) -> None:
+    await node.audit.flush()
+    before = node.audit.head[0]
     channel, stub = node.stub(node.pki.tls("changzhou"))
     async with channel:
         with pytest.raises(grpc.aio.AioRpcError) as refused:
@@ -231,8 +251,10 @@ async def test_method_denied_by_policy_is_permission_denied_and_audited(node: No
             )
     assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
     assert _denial(refused.value) == "policy-denied"
+    await node.audited_past(before)
     last = (await node.audit_records())[-1]
     assert (last["caller_city"], last["status_code"]) == (CHANGZHOU, "PERMISSION_DENIED")
+    assert last["denial_code"] == "policy-denied"
     assert last["method"] == "/creditlink.peer.v1.CreditCheckService/CheckSubjects"
 
 
@@ -250,6 +272,19 @@ async def test_data_class_not_granted_is_denied(node: Node) -> None:
     error = await _refusal(node, "changzhou", subject_key=PERSON, consent_token=token, purpose="x")
     assert error.code() == grpc.StatusCode.PERMISSION_DENIED
     assert _denial(error) == "data-class-denied"
+    last = (await node.audit_records())[-1]
+    assert (last["caller_city"], last["denial_code"]) == (CHANGZHOU, "data-class-denied")
+
+
+async def test_a_refusal_by_the_servicer_is_audited_with_its_denial_code(node: Node) -> None:
+    """The guard let the call through; the servicer refused it (``deny``): the record names
+    the servicer's reason, as it names the guard's."""
+    error = await _refusal(node, "wuxi", subject_key=ORG)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert _denial(error) == "invalid-argument"
+    last = (await node.audit_records())[-1]
+    assert (last["caller_city"], last["subject_key"]) == (WUXI, ORG)
+    assert (last["status_code"], last["denial_code"]) == ("INVALID_ARGUMENT", "invalid-argument")
 
 
 # --- subject keys -------------------------------------------------------------------------
@@ -271,6 +306,7 @@ async def test_malformed_subject_key_is_refused_and_audited_without_it(
     assert key not in (error.details() or "")
     last = (await node.audit_records())[-1]
     assert (last["status_code"], last["subject_key"]) == ("INVALID_ARGUMENT", None)
+    assert last["denial_code"] == "invalid-subject-key"
     assert RESIDENT[6:14] not in repr(last)
 
 
@@ -294,7 +330,8 @@ async def test_batch_refuses_malformed_subject_keys_item_by_item(node: Node) -> 
         "invalid-subject-key",
     ]
     last = (await node.audit_records())[-1]
-    assert (last["status_code"], last["subject_key"]) == ("OK", None)
+    # The call was answered: the items it refused are in its response, not its record.
+    assert (last["status_code"], last["subject_key"], last["denial_code"]) == ("OK", None, None)
 
 
 # --- consent ------------------------------------------------------------------------------
@@ -310,7 +347,7 @@ async def test_natural_person_with_valid_consent_is_answered(node: Node) -> None
     assert [m.list_type for m in response.memberships] == [common_pb2.LIST_TYPE_WATCH]
     last = (await node.audit_records())[-1]
     assert last["consent_reference"] is not None
-    assert last["subject_key"] == PERSON
+    assert (last["subject_key"], last["denial_code"]) == (PERSON, None)
 
 
 def _tokens(kit: ConsentKit) -> dict[str, str]:
@@ -365,6 +402,7 @@ async def test_natural_person_without_valid_consent_is_refused(node: Node, reaso
         PERSON,
         None,
     )
+    assert last["denial_code"] == reason
 
 
 async def test_batch_refuses_only_the_items_without_consent(node: Node) -> None:
@@ -403,6 +441,7 @@ async def test_a_city_cannot_consent_for_another_citys_resident(node: Node) -> N
         PERSON,
         None,
     )
+    assert last["denial_code"] == "consent-wrong-issuer"
 
 
 @pytest.mark.parametrize(
@@ -437,7 +476,7 @@ async def test_consent_is_honoured_only_for_its_purpose_and_lifetime(
     assert error.code() == grpc.StatusCode.PERMISSION_DENIED
     assert _denial(error) == reason
     last = (await node.audit_records())[-1]
-    assert last["status_code"] == "PERMISSION_DENIED"
+    assert (last["status_code"], last["denial_code"]) == ("PERMISSION_DENIED", reason)
 
 
 async def test_consent_for_a_scenario_opens_that_scenario(node: Node) -> None:
@@ -581,4 +620,7 @@ async def test_a_subject_key_under_another_pseudonym_key_is_refused(node: Node) 
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert _denial(error) == "pseudonym-key-unknown"
     last = (await node.audit_records())[-1]
-    assert last["status_code"] == "INVALID_ARGUMENT"
+    assert (last["status_code"], last["denial_code"]) == (
+        "INVALID_ARGUMENT",
+        "pseudonym-key-unknown",
+    )

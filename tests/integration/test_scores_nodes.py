@@ -303,7 +303,11 @@ async def test_two_cities_recognise_each_others_scores(region2: Region2) -> None
     serde = AvroSerde()
     calls = [serde.decode(m.value) for m in audit]
     recognize_calls = [c for c in calls if c["method"].endswith("/RecognizeScore")]
-    assert [c["status_code"] for c in recognize_calls] == ["OK", "PERMISSION_DENIED", "OK"]
+    assert [(c["status_code"], c["denial_code"]) for c in recognize_calls] == [
+        ("OK", None),
+        ("PERMISSION_DENIED", "consent-wrong-subject"),
+        ("OK", None),
+    ]
     assert all(c["caller_city"] == "320200" for c in recognize_calls)
     assert recognize_calls[0]["consent_reference"]
     assert recognize_calls[0]["subject_key"] == f"N:{SUZHOU_RESIDENT}"

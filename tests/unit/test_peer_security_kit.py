@@ -6,8 +6,9 @@ from __future__ import annotations
 import dataclasses
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
+import grpc
 import pytest
 import yaml
 from cryptography import x509
@@ -30,7 +31,10 @@ from services.common.avro import AvroSerde
 from services.common.certs import city_uri, issue_dev_certificates
 from services.common.consent import ConsentError, ConsentFailure, ConsentIssuer, ConsentKeyring
 from services.common.consent_purposes import load_purposes
+from services.common.peer import DENIAL_TRAILER, Denied, PeerCall, deny
 from services.common.peer import purpose as grpc_server
+from services.common.peer.call import _current_call
+from services.common.peer.guard import _audit_entry
 from services.common.policy import (
     DEFAULT_POLICY_FILE,
     PolicyError,
@@ -424,6 +428,7 @@ def _record(seq: int, prev_hash: str, **overrides: Any) -> dict[str, Any]:
         "purpose": "TENDERING",
         "consent_reference": None,
         "status_code": "OK",
+        "denial_code": None,
         "latency_ms": 3,
         "trace_id": None,
         "peer_certificate_sha256": None,
@@ -546,6 +551,102 @@ def test_interleaved_chains_verify_independently() -> None:
     tampered = [m for m in interleaved if m.key != "alerts:2"]
     report = verify_chain(_renumber(tampered))
     assert [(p.kind, p.chain, p.seq) for p in report.problems] == [("removed", "alerts", 3)]
+
+
+def _versioned_chain(versions: list[int], **overrides: Any) -> list[AuditMessage]:
+    """A chain whose record ``n`` is written with schema version ``versions[n]``, as a node
+    upgraded midway writes it: v1 records have no ``denial_code``, v2 records carry
+    ``overrides``."""
+    messages = []
+    previous = GENESIS_HASH
+    for seq, version in enumerate(versions, start=1):
+        record = _record(seq, previous, latency_ms=seq)
+        if version == 1:
+            del record["denial_code"]
+        else:
+            record |= overrides
+        record["hash"] = chain_hash(SERDE, record, version)
+        previous = record["hash"]
+        value = SERDE.encode(SCHEMA, record, version)
+        messages.append(AuditMessage(offset=seq - 1, key=format_key(None, seq), value=value))
+    return messages
+
+
+def test_a_chain_written_with_v1_then_v2_verifies() -> None:
+    """Each record is hashed under its own writer schema, so upgrading the writer neither
+    breaks the chain nor rewrites what was written before."""
+    messages = _versioned_chain(
+        [1, 1, 2, 2], status_code="PERMISSION_DENIED", denial_code="policy-denied"
+    )
+    assert [SERDE.writer_of(m.value).version for m in messages] == [1, 1, 2, 2]
+    report = verify_chain(messages)
+    assert report.ok, [str(p) for p in report.problems]
+    assert [_decode(m)["denial_code"] for m in messages] == [None, None, *["policy-denied"] * 2]
+
+
+def test_a_changed_denial_code_is_named() -> None:
+    messages = _versioned_chain([1, 2, 2], status_code="NOT_FOUND", denial_code="unknown-alert")
+    record = _decode(messages[1]) | {"denial_code": "origin-refused"}
+    messages[1] = _replace(messages[1], record)
+    report = verify_chain(messages)
+    assert [(p.kind, p.seq) for p in report.problems] == [("changed", 2)]
+
+
+def test_readers_of_either_version_read_records_of_either_version() -> None:
+    """FULL_TRANSITIVE (schemas/topics.yaml): the audit topic is read from the beginning by
+    readers of every age."""
+    v1_record, v2_record = _versioned_chain([1, 2], denial_code="consent-missing")
+    v1 = SERDE.store.version(SCHEMA, 1)
+    assert SERDE.decode(v1_record.value)["denial_code"] is None
+    assert SERDE.decode(v2_record.value)["denial_code"] == "consent-missing"
+    old_reader = SERDE.decode(v2_record.value, reader=v1)
+    assert "denial_code" not in old_reader
+    assert old_reader["hash"] == _decode(v2_record)["hash"]
+
+
+class _Aborted(Exception):
+    """What ``context.abort`` raises in grpc.aio (``AbortError``), in these tests."""
+
+
+class _AbortingContext:
+    def __init__(self) -> None:
+        self.trailers: tuple[tuple[str, str], ...] = ()
+
+    async def abort(self, code: grpc.StatusCode, details: str, trailing_metadata: Any = ()) -> None:
+        self.trailers = tuple(trailing_metadata)
+        raise _Aborted(details)
+
+
+@pytest.mark.parametrize("refused_by", ["servicer", "guard"])
+async def test_the_audit_entry_carries_the_denial_code_of_the_refusal(refused_by: str) -> None:
+    context = _AbortingContext()
+    servicer_context = cast(grpc.aio.ServicerContext, context)
+    refusal = Denied(grpc.StatusCode.INVALID_ARGUMENT, "unknown-scenario", "no scenario X")
+    call = PeerCall(method=CHECK, started=0.0)
+    token = _current_call.set(call)
+    try:
+        refused = (
+            deny(servicer_context, refusal.code, refusal.denial, refusal.details)
+            if refused_by == "servicer"
+            else refusal.abort(servicer_context)
+        )
+        with pytest.raises(_Aborted):
+            await refused
+    finally:
+        _current_call.reset(token)
+    assert context.trailers == ((DENIAL_TRAILER, "unknown-scenario"),)
+    at = datetime(2025, 1, 2, tzinfo=UTC)
+    entry = _audit_entry(call, grpc.StatusCode.INVALID_ARGUMENT, 0.002, at, SUZHOU)
+    assert (entry.status_code, entry.denial_code) == ("INVALID_ARGUMENT", "unknown-scenario")
+    answered = _audit_entry(
+        PeerCall(method=CHECK, started=0.0), grpc.StatusCode.OK, 0.0, at, SUZHOU
+    )
+    assert answered.denial_code is None
+    # A call that failed without being refused (a servicer's bug) carries no denial code.
+    failed = _audit_entry(
+        PeerCall(method=CHECK, started=0.0), grpc.StatusCode.UNKNOWN, 0.0, at, SUZHOU
+    )
+    assert failed.denial_code is None
 
 
 # --- the purpose an audit record states ---------------------------------------------------

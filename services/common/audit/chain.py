@@ -54,3 +54,7 @@ class AuditEntry:
     traceparent: str | None = None
     peer_certificate_sha256: str | None = None
     direction: str = "INBOUND"
+    #: The stable code of the refusal that ended the call (the ``creditlink-denial`` trailer;
+    #: for an OUTBOUND record, of what this node refused from the peer); None when the call
+    #: was not refused.
+    denial_code: str | None = None

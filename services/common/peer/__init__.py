@@ -38,11 +38,13 @@ certificate names no known city, ``INVALID_ARGUMENT`` for a malformed subject ke
 Batch methods check each item in the servicer with :meth:`PeerSecurity.check_subject`.
 
 **What is audited.** :class:`PeerCallGuard` writes one hash-chained record per peer call,
-allowed or refused (``services/common/audit/``). The subject key is the request's top-level
-``subject_key`` once it is known to be well formed (none for a malformed key, which may be a
-raw ID number, and none for batch and stream requests); the purpose is, in this order: the
-``scenario`` enum name and/or the ``purpose`` text of the request (``"TENDERING: WXZB-2024-1"``),
-the ``creditlink-purpose`` metadata entry, or the method's default (``LIST_SYNC`` …).
+allowed or refused (``services/common/audit/``); a refused call's record carries the
+denial code :func:`deny` sent, whoever refused, the guard or the servicer. The subject key
+is the request's top-level ``subject_key`` once it is known to be well formed (none for a
+malformed key, which may be a raw ID number, and none for batch and stream requests); the
+purpose is, in this order: the ``scenario`` enum name and/or the ``purpose`` text of the
+request (``"TENDERING: WXZB-2024-1"``), the ``creditlink-purpose`` metadata entry, or the
+method's default (``LIST_SYNC`` …).
 Health and reflection calls are neither authorized nor audited.
 """
 

@@ -36,6 +36,9 @@ class PeerCall:
     #: The calling city whose slot of calls in progress this call holds
     #: (``services/common/peer/limits.py``), until the guard hands it back.
     limited_as: str | None = None
+    #: The denial code of the refusal that ended the call (:func:`deny`), for its audit
+    #: record: every refusal is audited with its reason (docs/design.md §3.2).
+    denial: str | None = None
     _purpose: str | None = None
     _traceparent: tuple[str | None] | None = None
 
@@ -75,7 +78,14 @@ async def deny(
 ) -> NoReturn:
     """End a peer call refused: the status ``code`` and ``details`` for people, and the
     contract's ``creditlink-denial`` trailer with ``denial``, the stable lower-kebab reason
-    a peer's code can act on. The one way every servicer refuses a call."""
+    a peer's code can act on. The one way every servicer refuses a call.
+
+    The code is also noted on the call being served, so that the guard's audit record of the
+    call carries it, whoever refused: the guard itself or the servicer.
+    """
+    call = _current_call.get()
+    if call is not None:
+        call.denial = denial
     await context.abort(code, details, trailing_metadata=((DENIAL_TRAILER, denial),))
     raise AssertionError("context.abort returned")  # abort always raises
 

@@ -45,7 +45,8 @@ class PeerCallGuard:
     the caller's rate and calls in progress (``limits.py``), the policy decision, the
     subject's class and consent (refusals abort with their denial code); the servicer's
     behaviour; then, whatever the outcome (refusals too), the latency by method and status
-    (``creditlink_grpc_latency_seconds``) and one hash-chained audit record.
+    (``creditlink_grpc_latency_seconds``) and one hash-chained audit record, which names
+    the denial code of a refusal.
 
     The guard wraps each method handler once, when :func:`start_peer_server` registers the
     servicer, rather than being a ``grpc.aio.ServerInterceptor``: grpc.aio runs interceptors
@@ -219,6 +220,8 @@ def _audit_entry(
         latency_ms=int(elapsed * 1000),
         at=at,
         subject_key=call.subject_key,
+        # A call that ended OK was not refused, whatever a servicer noted on the way.
+        denial_code=call.denial if status is not grpc.StatusCode.OK else None,
         consent_reference=call.consent.token_id if call.consent else None,
         traceparent=call.traceparent,
         peer_certificate_sha256=identity.certificate_sha256 if identity else None,
