@@ -23,6 +23,8 @@ import grpc
 import pytest
 import yaml
 
+from contracts.conformance import Endpoint
+from contracts.conformance import run as conformance_run
 from creditlink.peer.v1 import alert_exchange_pb2, alert_exchange_pb2_grpc, common_pb2
 from deploy.broker import free_port
 from services.alerts.config import Webhook, parse_rules
@@ -524,3 +526,41 @@ async def test_wuxi_subscribing_to_suzhous_alerts_is_refused_and_audited(
 
     records = await eventually(audited, within=20)
     assert [(r["status_code"], r["callee_city"]) for r in records] == [("PERMISSION_DENIED", SZ)]
+
+
+@pytest.mark.parametrize(
+    ("caller", "passed", "skipped"),
+    [
+        (
+            "wuxi",
+            {
+                "alerts.update-unknown-alert-not-found",
+                "alerts.subscribe-by-another-city-permission-denied",
+            },
+            {"alerts.subscribe-bad-cursor-invalid-argument"},
+        ),
+        (
+            "suzhou",
+            {
+                "alerts.update-unknown-alert-not-found",
+                "alerts.subscribe-bad-cursor-invalid-argument",
+            },
+            {"alerts.subscribe-by-another-city-permission-denied"},
+        ),
+    ],
+)
+async def test_the_conformance_runner_passes_against_a_real_alerts_node(
+    region: RegionUnderTest, caller: str, passed: set[str], skipped: set[str]
+) -> None:
+    tls = region.pki.tls(caller)
+    endpoint = Endpoint(
+        region.region.city("suzhou").endpoints["alerts"],
+        tls.ca,
+        tls.cert,
+        tls.key,
+        caller_code=region.region.city(caller).admin_code,
+        serving_code=SZ,
+    )
+    results = await conformance_run(endpoint, only=["alerts"])
+    assert {r.name for r in results if r.outcome == "PASS"} == passed, [r.line() for r in results]
+    assert {r.name for r in results if r.outcome == "SKIP"} == skipped
