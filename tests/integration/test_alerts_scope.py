@@ -13,7 +13,10 @@ test_alerts_region.py.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import os
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -86,6 +89,8 @@ class Suzhou:
     alerts: dict[str, str]
     #: Status changes applied at Suzhou, by the alert's name above.
     changes: dict[str, str]
+    #: A folder of the test's own.
+    scratch: Path
 
     def stub(self, as_city: str) -> tuple[grpc.aio.Channel, Any]:
         channel = secure_channel(
@@ -238,7 +243,7 @@ async def suzhou(
                     ),
                     timeout=10,
                 )
-        yield Suzhou(region, pki, node, alerts, changes)
+        yield Suzhou(region, pki, node, alerts, changes, scratch)
     finally:
         await producer.stop()
         await node.stop(0)
@@ -295,6 +300,44 @@ async def test_wuxi_resumes_without_gap_or_duplicate_over_filtered_entries(
     )
     after = await suzhou.read_feed("wuxi", cursor=feed[hidden - 1].cursor)
     assert after == [m for m in seen if seq_of(m) > seq_of(feed[hidden - 1])]
+
+
+async def test_alerts_tail_follows_suzhous_feed_as_its_regulator(suzhou: Suzhou) -> None:
+    """The operator CLI subscribes with the city's own certificate, which the policy admits."""
+    feed = await suzhou.read_feed("suzhou")
+    config = suzhou.scratch / "ops-config"
+    config.mkdir(exist_ok=True)
+    doc = yaml.safe_load((REPO_ROOT / "deploy/config/region.yaml").read_text(encoding="utf-8"))
+    doc["cities"]["suzhou"]["endpoints"]["alerts"] = suzhou.region.city("suzhou").endpoints[
+        "alerts"
+    ]
+    (config / "region.yaml").write_text(yaml.safe_dump(doc, allow_unicode=True), "utf-8")
+    tail = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "deploy.ops",
+        "alerts-tail",
+        "--city",
+        "suzhou",
+        "--limit",
+        str(len(feed)),
+        cwd=REPO_ROOT,
+        env={
+            **os.environ,
+            "CREDITLINK_CONFIG_DIR": str(config),
+            "CREDITLINK_TLS_DIR": str(suzhou.pki.directory),
+            "COLUMNS": "400",
+        },
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(tail.communicate(), timeout=60)
+    assert tail.returncode == 0, err.decode()
+    lines = [line.split()[:2] for line in out.decode().splitlines() if line.strip()]
+    assert lines == [
+        ["ALERT", m.alert.alert_id] if m.HasField("alert") else ["STATUS", m.status_change.alert_id]
+        for m in feed
+    ]
 
 
 async def test_status_answers_only_about_alerts_the_caller_may_see(suzhou: Suzhou) -> None:
