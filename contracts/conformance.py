@@ -742,17 +742,40 @@ async def _alert_missing(session: Session) -> None:
     )
 
 
+async def _first_alert(session: Session, cursor: bytes = b"") -> None:
+    call = _alert_stub(session).SubscribeAlerts(
+        alert_exchange_pb2.SubscribeAlertsRequest(cursor=cursor), timeout=TIMEOUT
+    )
+    async for _ in call:
+        break
+
+
+def _calls_as_serving_city(session: Session) -> bool:
+    endpoint = session.endpoint
+    if not endpoint.caller_code or not endpoint.serving_code:
+        raise CaseFailed(
+            "not shown: give --caller and --serving, so that the runner knows whether it may "
+            "subscribe (only the serving city's own regulators may)"
+        )
+    return endpoint.caller_code == endpoint.serving_code
+
+
+@case("alerts.subscribe-by-another-city-permission-denied")
+async def _alert_subscribe_peer(session: Session) -> None:
+    _alert_stub(session)
+    if _calls_as_serving_city(session):
+        raise CaseSkipped("the runner calls as the serving city, whose regulators may subscribe")
+    await expect_status(_first_alert(session), grpc.StatusCode.PERMISSION_DENIED)
+
+
 @case("alerts.subscribe-bad-cursor-invalid-argument")
 async def _alert_cursor(session: Session) -> None:
-    async def first() -> None:
-        call = _alert_stub(session).SubscribeAlerts(
-            alert_exchange_pb2.SubscribeAlertsRequest(cursor=b"\x00not-a-cursor-we-issued"),
-            timeout=TIMEOUT,
-        )
-        async for _ in call:
-            break
-
-    await expect_status(first(), grpc.StatusCode.INVALID_ARGUMENT)
+    _alert_stub(session)
+    if not _calls_as_serving_city(session):
+        raise CaseSkipped("only the serving city's own certificate may subscribe")
+    await expect_status(
+        _first_alert(session, b"\x00not-a-cursor-we-issued"), grpc.StatusCode.INVALID_ARGUMENT
+    )
 
 
 # --- running ------------------------------------------------------------------------------

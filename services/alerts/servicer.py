@@ -9,9 +9,12 @@ always the one its certificate names (``current_call().identity``).
 * ``SubscribeAlerts``: our regulators' feed (alerts raised or received here and their status
   changes) from the store, resumable from an opaque cursor; a stream ends after
   ``follow_max_age`` (docs/design.md §3.3) and the regulator resumes from its last cursor.
+  The policy admits only this city's own certificate; behind it, every caller gets only the
+  entries its :class:`~services.alerts.audience.Audience` sees.
 * ``UpdateAlertStatus``: at the origin it applies the change; at a target, for the city's own
   regulators, it relays the change to the origin (same ``change_id``) and records the
-  origin's answer locally, so both cities show the same history.
+  origin's answer locally, so both cities show the same history. An alert the caller may not
+  see answers as an unknown one.
 """
 
 from __future__ import annotations
@@ -21,12 +24,13 @@ import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator
-from typing import Final
+from typing import Any, Final
 
 import grpc
 import structlog
 
 from creditlink.peer.v1 import alert_exchange_pb2, alert_exchange_pb2_grpc, common_pb2
+from services.alerts.audience import Audience
 from services.alerts.book import AlertBook, AlertNotFound, StatusConflict
 from services.alerts.delivery import PeerClients
 from services.alerts.engine import RuleEngine
@@ -220,26 +224,24 @@ class AlertExchangeServicer(alert_exchange_pb2_grpc.AlertExchangeServiceServicer
                 "invalid-argument",
                 "unknown domain or severity",
             )
+        audience = Audience.of_call(serving_city=self._city, call=current_call())
         ends_at = time.monotonic() + self._follow_max_age
         while True:
             changed = self._store.feed_changed
             entries = self._store.feed_after(seq, FEED_BATCH)
             for entry_seq, entry in entries:
+                # A filtered entry moves the stream on too: the cursor of the next message sent
+                # is past it, and a resume from an earlier cursor filters it again.
                 seq = entry_seq
                 if domains and entry["domain"] not in domains:
                     continue
                 if Severity(entry["severity"]).rank < min_rank:
                     continue
-                cursor = encode_cursor(self._store.epoch, entry_seq)
-                if entry["kind"] == "alert":
-                    yield alert_exchange_pb2.SubscribeAlertsResponse(
-                        alert=Alert.from_json(entry["alert"]).to_proto(), cursor=cursor
-                    )
-                else:
-                    yield alert_exchange_pb2.SubscribeAlertsResponse(
-                        status_change=StatusChange.from_json(entry["change"]).to_proto(),
-                        cursor=cursor,
-                    )
+                message = self._feed_message(entry, audience)
+                if message is None:
+                    continue
+                message.cursor = encode_cursor(self._store.epoch, entry_seq)
+                yield message
             if not entries:
                 remaining = ends_at - time.monotonic()
                 if remaining <= 0:
@@ -249,6 +251,22 @@ class AlertExchangeServicer(alert_exchange_pb2_grpc.AlertExchangeServiceServicer
                     # that races the event, and the node would never stop.
                     async with asyncio.timeout(min(FEED_POLL_S, remaining)):
                         await changed.wait()
+
+    def _feed_message(
+        self, entry: dict[str, Any], audience: Audience
+    ) -> alert_exchange_pb2.SubscribeAlertsResponse | None:
+        """The feed entry as a message for ``audience``, or ``None`` if it may not see it."""
+        if entry["kind"] == "alert":
+            alert = Alert.from_json(entry["alert"])
+            if not audience.sees(alert):
+                return None
+            return alert_exchange_pb2.SubscribeAlertsResponse(alert=alert.to_proto())
+        change = StatusChange.from_json(entry["change"])
+        # The book appends a change to the feed only for an alert it holds (book._apply_change).
+        held = self._book.held(change.alert_id)
+        if held is None or not audience.sees(held.alert):
+            return None
+        return alert_exchange_pb2.SubscribeAlertsResponse(status_change=change.to_proto())
 
     # --- UpdateAlertStatus --------------------------------------------------------------------
 
@@ -273,26 +291,24 @@ class AlertExchangeServicer(alert_exchange_pb2_grpc.AlertExchangeServiceServicer
                 "invalid-argument",
                 "change_id must be a UUID",
             )
+        call = current_call()
+        audience = Audience.of_call(serving_city=self._city, call=call)
+        caller = audience.caller_city
         known = self._book.change(request.change_id)
         if known is not None:
-            return alert_exchange_pb2.UpdateAlertStatusResponse(change=known.to_proto())
+            known_alert = self._book.held(known.alert_id)
+            if known.by_city == caller or (
+                known_alert is not None and audience.sees(known_alert.alert)
+            ):
+                return alert_exchange_pb2.UpdateAlertStatusResponse(change=known.to_proto())
         held = self._book.held(request.alert_id)
-        if held is None:
+        # An alert the caller may not see answers as an unknown one: the answer tells a city
+        # nothing about alerts that do not concern it, not even that they exist.
+        if known is not None or held is None or not audience.sees(held.alert):
             await deny(
                 context, grpc.StatusCode.NOT_FOUND, "unknown-alert", f"no alert {request.alert_id}"
             )
-        call = current_call()
-        assert call.identity is not None
-        caller = call.identity.city_code
         if held.alert.origin_city == self._city:
-            concerned = {self._city, *held.alert.target_cities}
-            if caller not in concerned:
-                await deny(
-                    context,
-                    grpc.StatusCode.PERMISSION_DENIED,
-                    "not-concerned",
-                    f"{caller} is not a target of this alert",
-                )
             try:
                 change = await self._book.update_status(
                     alert_id=request.alert_id,

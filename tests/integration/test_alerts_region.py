@@ -23,12 +23,15 @@ import grpc
 import pytest
 import yaml
 
+from contracts.conformance import Endpoint
+from contracts.conformance import run as conformance_run
 from creditlink.peer.v1 import alert_exchange_pb2, alert_exchange_pb2_grpc, common_pb2
 from deploy.broker import free_port
 from services.alerts.config import Webhook, parse_rules
 from services.alerts.model import Domain, RetryPolicy, Severity
 from services.alerts.node import AlertsNode, NodeOptions
 from services.alerts.webhooks import IDEMPOTENCY_HEADER, verify
+from services.common.audit import AUDIT_TOPIC
 from services.common.avro import AvroSerde
 from services.common.kafka import EventPublisher, make_consumer, make_producer
 from services.common.peer import DENIAL_TRAILER, PeerSecurity, TlsFiles, secure_channel
@@ -37,11 +40,12 @@ from services.common.region import Region, load_region
 from services.common.settings import REPO_ROOT, Settings, load_settings
 from services.common.topics import load_catalogue, provision
 from tests.kit.alerts import org_key, penalty_record
+from tests.kit.lists_region import eventually
 from tests.peer_kit import PeerPki, make_consent_kit, make_pki
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(180)]
 
-SZ, CZ = "320500", "320400"
+SZ, WX, CZ = "320500", "320200", "320400"
 SECRET = b"suzhou-amr-secret"
 RECORD_SCHEMA = "creditlink.v1.CreditRecord"
 ACCEPTED = "cn.creditlink.credit.record.accepted.v1"
@@ -465,13 +469,6 @@ async def test_peers_are_held_to_the_contract(region: RegionUnderTest) -> None:
         (result,) = response.results
         assert not result.accepted
         assert "not-origin" in {r.code for r in result.reasons}
-        with pytest.raises(grpc.aio.AioRpcError) as bad_cursor:
-            async for _ in stub.SubscribeAlerts(
-                alert_exchange_pb2.SubscribeAlertsRequest(cursor=b"garbage")
-            ):
-                pass
-        assert bad_cursor.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        assert (DENIAL_TRAILER, "invalid-cursor") in tuple(bad_cursor.value.trailing_metadata())
         with pytest.raises(grpc.aio.AioRpcError) as unknown:
             await stub.UpdateAlertStatus(
                 alert_exchange_pb2.UpdateAlertStatusRequest(
@@ -483,6 +480,17 @@ async def test_peers_are_held_to_the_contract(region: RegionUnderTest) -> None:
             )
         assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
         assert (DENIAL_TRAILER, "unknown-alert") in tuple(unknown.value.trailing_metadata())
+    # A node's feed is for its own city's regulators: Suzhou's own certificate gets a
+    # cursor checked, and Wuxi's is refused by the policy before anything is read.
+    channel, stub = region.stub("suzhou", "suzhou")
+    async with channel:
+        with pytest.raises(grpc.aio.AioRpcError) as bad_cursor:
+            async for _ in stub.SubscribeAlerts(
+                alert_exchange_pb2.SubscribeAlertsRequest(cursor=b"garbage")
+            ):
+                pass
+        assert bad_cursor.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert (DENIAL_TRAILER, "invalid-cursor") in tuple(bad_cursor.value.trailing_metadata())
     # Without a certificate from the region's CA nobody gets in.
     foreign = TlsFiles(
         ca=region.pki.directory / "ca.crt",
@@ -495,3 +503,64 @@ async def test_peers_are_held_to_the_contract(region: RegionUnderTest) -> None:
             await alert_exchange_pb2_grpc.AlertExchangeServiceStub(channel).DeliverAlerts(
                 alert_exchange_pb2.DeliverAlertsRequest(alerts=[forged]), timeout=5
             )
+
+
+async def test_wuxi_subscribing_to_suzhous_alerts_is_refused_and_audited(
+    region: RegionUnderTest,
+) -> None:
+    channel, stub = region.stub("suzhou", "wuxi")
+    async with channel:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            async for _ in stub.SubscribeAlerts(alert_exchange_pb2.SubscribeAlertsRequest()):
+                pass
+    assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert (DENIAL_TRAILER, "policy-denied") in tuple(refused.value.trailing_metadata())
+    subscribe = "/creditlink.peer.v1.AlertExchangeService/SubscribeAlerts"
+
+    async def audited() -> list[dict[str, Any]]:
+        return [
+            record
+            for record in await region.topic_values("suzhou", AUDIT_TOPIC)
+            if (record["caller_city"], record["method"]) == (WX, subscribe)
+        ]
+
+    records = await eventually(audited, within=20)
+    assert [(r["status_code"], r["callee_city"]) for r in records] == [("PERMISSION_DENIED", SZ)]
+
+
+@pytest.mark.parametrize(
+    ("caller", "passed", "skipped"),
+    [
+        (
+            "wuxi",
+            {
+                "alerts.update-unknown-alert-not-found",
+                "alerts.subscribe-by-another-city-permission-denied",
+            },
+            {"alerts.subscribe-bad-cursor-invalid-argument"},
+        ),
+        (
+            "suzhou",
+            {
+                "alerts.update-unknown-alert-not-found",
+                "alerts.subscribe-bad-cursor-invalid-argument",
+            },
+            {"alerts.subscribe-by-another-city-permission-denied"},
+        ),
+    ],
+)
+async def test_the_conformance_runner_passes_against_a_real_alerts_node(
+    region: RegionUnderTest, caller: str, passed: set[str], skipped: set[str]
+) -> None:
+    tls = region.pki.tls(caller)
+    endpoint = Endpoint(
+        region.region.city("suzhou").endpoints["alerts"],
+        tls.ca,
+        tls.cert,
+        tls.key,
+        caller_code=region.region.city(caller).admin_code,
+        serving_code=SZ,
+    )
+    results = await conformance_run(endpoint, only=["alerts"])
+    assert {r.name for r in results if r.outcome == "PASS"} == passed, [r.line() for r in results]
+    assert {r.name for r in results if r.outcome == "SKIP"} == skipped

@@ -298,6 +298,20 @@ def test_malformed_policy_refuses_to_load(rule: dict[str, Any], message: str) ->
         parse_policy(raw, source="test", cities=CITIES)
 
 
+def test_deployed_policy_lets_only_the_serving_city_follow_its_alerts() -> None:
+    policy = load_policy(DEFAULT_POLICY_FILE, cities=CITIES)
+    alerts = "/creditlink.peer.v1.AlertExchangeService/"
+    for server in ("suzhou", "wuxi", "changzhou"):
+        for caller in ("suzhou", "wuxi", "changzhou"):
+            subscribe = policy.decide(
+                server=server, caller=caller, method=alerts + "SubscribeAlerts"
+            )
+            assert subscribe.allowed is (caller == server), (server, caller)
+            # Deliveries from the origin and the target's status relay back to it.
+            for method in ("DeliverAlerts", "UpdateAlertStatus"):
+                assert policy.decide(server=server, caller=caller, method=alerts + method).allowed
+
+
 def test_deployed_policy_loads_and_keeps_intake_internal() -> None:
     policy = load_policy(DEFAULT_POLICY_FILE, cities=CITIES)
     intake = "/creditlink.peer.v1.RecordIntakeService/SubmitRecords"

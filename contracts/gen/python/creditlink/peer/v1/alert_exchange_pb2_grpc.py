@@ -68,8 +68,11 @@ class AlertExchangeServiceServicer:
 
     def SubscribeAlerts(self, request, context):
         """SubscribeAlerts streams the alerts the serving city holds (raised or received) and their
-        status changes, oldest first, then new ones as they happen. Each message carries a
-        cursor; a subscriber resumes after a break by passing the last cursor it processed. An
+        status changes, oldest first, then new ones as they happen. It serves the serving city's
+        own regulators; the authorization policy refuses other cities with PERMISSION_DENIED,
+        and a caller never receives an alert that does not concern it (another city: one that
+        does not name it in target_cities) nor that alert's status changes. Each message carries
+        a cursor; a subscriber resumes after a break by passing the last cursor it processed. An
         invalid cursor fails with INVALID_ARGUMENT, an expired one with OUT_OF_RANGE.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -78,9 +81,10 @@ class AlertExchangeServiceServicer:
 
     def UpdateAlertStatus(self, request, context):
         """UpdateAlertStatus records a status change of an alert the serving city raised. An
-        unknown alert fails with NOT_FOUND; a change that does not follow the status order
-        (for example RESOLVED back to ACKNOWLEDGED) or a stale expected_status fails with
-        FAILED_PRECONDITION. Repeating an update with the same change_id is harmless.
+        unknown alert, or one that does not concern the caller, fails with NOT_FOUND; a change
+        that does not follow the status order (for example RESOLVED back to ACKNOWLEDGED) or a
+        stale expected_status fails with FAILED_PRECONDITION. Repeating an update with the same
+        change_id is harmless.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -49,15 +49,19 @@ class AlertExchangeServiceStub:
     """
     SubscribeAlerts: _grpc.UnaryStreamMultiCallable[_alert_exchange_pb2.SubscribeAlertsRequest, _alert_exchange_pb2.SubscribeAlertsResponse]
     """SubscribeAlerts streams the alerts the serving city holds (raised or received) and their
-    status changes, oldest first, then new ones as they happen. Each message carries a
-    cursor; a subscriber resumes after a break by passing the last cursor it processed. An
+    status changes, oldest first, then new ones as they happen. It serves the serving city's
+    own regulators; the authorization policy refuses other cities with PERMISSION_DENIED,
+    and a caller never receives an alert that does not concern it (another city: one that
+    does not name it in target_cities) nor that alert's status changes. Each message carries
+    a cursor; a subscriber resumes after a break by passing the last cursor it processed. An
     invalid cursor fails with INVALID_ARGUMENT, an expired one with OUT_OF_RANGE.
     """
     UpdateAlertStatus: _grpc.UnaryUnaryMultiCallable[_alert_exchange_pb2.UpdateAlertStatusRequest, _alert_exchange_pb2.UpdateAlertStatusResponse]
     """UpdateAlertStatus records a status change of an alert the serving city raised. An
-    unknown alert fails with NOT_FOUND; a change that does not follow the status order
-    (for example RESOLVED back to ACKNOWLEDGED) or a stale expected_status fails with
-    FAILED_PRECONDITION. Repeating an update with the same change_id is harmless.
+    unknown alert, or one that does not concern the caller, fails with NOT_FOUND; a change
+    that does not follow the status order (for example RESOLVED back to ACKNOWLEDGED) or a
+    stale expected_status fails with FAILED_PRECONDITION. Repeating an update with the same
+    change_id is harmless.
     """
 
 @_typing.type_check_only
@@ -73,15 +77,19 @@ class AlertExchangeServiceAsyncStub(AlertExchangeServiceStub):
     """
     SubscribeAlerts: _aio.UnaryStreamMultiCallable[_alert_exchange_pb2.SubscribeAlertsRequest, _alert_exchange_pb2.SubscribeAlertsResponse]  # type: ignore[assignment]
     """SubscribeAlerts streams the alerts the serving city holds (raised or received) and their
-    status changes, oldest first, then new ones as they happen. Each message carries a
-    cursor; a subscriber resumes after a break by passing the last cursor it processed. An
+    status changes, oldest first, then new ones as they happen. It serves the serving city's
+    own regulators; the authorization policy refuses other cities with PERMISSION_DENIED,
+    and a caller never receives an alert that does not concern it (another city: one that
+    does not name it in target_cities) nor that alert's status changes. Each message carries
+    a cursor; a subscriber resumes after a break by passing the last cursor it processed. An
     invalid cursor fails with INVALID_ARGUMENT, an expired one with OUT_OF_RANGE.
     """
     UpdateAlertStatus: _aio.UnaryUnaryMultiCallable[_alert_exchange_pb2.UpdateAlertStatusRequest, _alert_exchange_pb2.UpdateAlertStatusResponse]  # type: ignore[assignment]
     """UpdateAlertStatus records a status change of an alert the serving city raised. An
-    unknown alert fails with NOT_FOUND; a change that does not follow the status order
-    (for example RESOLVED back to ACKNOWLEDGED) or a stale expected_status fails with
-    FAILED_PRECONDITION. Repeating an update with the same change_id is harmless.
+    unknown alert, or one that does not concern the caller, fails with NOT_FOUND; a change
+    that does not follow the status order (for example RESOLVED back to ACKNOWLEDGED) or a
+    stale expected_status fails with FAILED_PRECONDITION. Repeating an update with the same
+    change_id is harmless.
     """
 
 class AlertExchangeServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -106,8 +114,11 @@ class AlertExchangeServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_alert_exchange_pb2.SubscribeAlertsResponse], _abc.AsyncIterator[_alert_exchange_pb2.SubscribeAlertsResponse]]:
         """SubscribeAlerts streams the alerts the serving city holds (raised or received) and their
-        status changes, oldest first, then new ones as they happen. Each message carries a
-        cursor; a subscriber resumes after a break by passing the last cursor it processed. An
+        status changes, oldest first, then new ones as they happen. It serves the serving city's
+        own regulators; the authorization policy refuses other cities with PERMISSION_DENIED,
+        and a caller never receives an alert that does not concern it (another city: one that
+        does not name it in target_cities) nor that alert's status changes. Each message carries
+        a cursor; a subscriber resumes after a break by passing the last cursor it processed. An
         invalid cursor fails with INVALID_ARGUMENT, an expired one with OUT_OF_RANGE.
         """
 
@@ -118,9 +129,10 @@ class AlertExchangeServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_alert_exchange_pb2.UpdateAlertStatusResponse, _abc.Awaitable[_alert_exchange_pb2.UpdateAlertStatusResponse]]:
         """UpdateAlertStatus records a status change of an alert the serving city raised. An
-        unknown alert fails with NOT_FOUND; a change that does not follow the status order
-        (for example RESOLVED back to ACKNOWLEDGED) or a stale expected_status fails with
-        FAILED_PRECONDITION. Repeating an update with the same change_id is harmless.
+        unknown alert, or one that does not concern the caller, fails with NOT_FOUND; a change
+        that does not follow the status order (for example RESOLVED back to ACKNOWLEDGED) or a
+        stale expected_status fails with FAILED_PRECONDITION. Repeating an update with the same
+        change_id is harmless.
         """
 
 def add_AlertExchangeServiceServicer_to_server(servicer: AlertExchangeServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
