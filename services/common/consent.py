@@ -85,6 +85,8 @@ class ConsentFailure(StrEnum):
     WRONG_PURPOSE = "consent-wrong-purpose"
     #: The token lives longer than the serving city accepts.
     LIFETIME_TOO_LONG = "consent-lifetime-too-long"
+    #: The home city has withdrawn the token (services/common/revocations.py).
+    REVOKED = "consent-revoked"
 
 
 class ConsentError(Exception):
@@ -201,23 +203,10 @@ class ConsentKeyring:
             keyring.add(city_codes[city], key)
         return keyring
 
-    def verify(
-        self,
-        token: str | None,
-        *,
-        audience_city: str,
-        subject_key: str,
-        home_city: str | None,
-        purposes: Collection[str],
-        now: int | None = None,
-    ) -> ConsentGrant:
-        """The grant of ``token`` for ``audience_city`` asking about ``subject_key``, whose home
-        city is ``home_city`` (None: outside the region), for a call that ``purposes`` cover.
-
-        Raises :class:`ConsentError` with a distinct :class:`ConsentFailure` per reason. The
-        signature is checked before any claim, so an attacker learns nothing from the claims
-        of a forged token.
-        """
+    def signed_claims(self, token: str | None) -> dict[str, Any]:
+        """The claims of ``token`` once its signature verifies under a known consent key of
+        the city its ``iss`` names; :class:`ConsentError` otherwise. The signature is checked
+        before any claim is believed."""
         if not token:
             raise ConsentError(ConsentFailure.MISSING, "no consent token")
         parts = token.split(".")
@@ -235,11 +224,31 @@ class ConsentKeyring:
         entry = self._keys.get(payload["kid"])
         if entry is None or entry[0] != payload["iss"]:
             raise ConsentError(ConsentFailure.UNKNOWN_ISSUER, "token signed by an unknown key")
-        issuer_city, key = entry
         try:
-            key.verify(signature, f"{parts[0]}.{parts[1]}".encode("ascii"))
+            entry[1].verify(signature, f"{parts[0]}.{parts[1]}".encode("ascii"))
         except InvalidSignature:
             raise ConsentError(ConsentFailure.BAD_SIGNATURE, "signature does not verify") from None
+        return payload
+
+    def verify(
+        self,
+        token: str | None,
+        *,
+        audience_city: str,
+        subject_key: str,
+        home_city: str | None,
+        purposes: Collection[str],
+        now: int | None = None,
+    ) -> ConsentGrant:
+        """The grant of ``token`` for ``audience_city`` asking about ``subject_key``, whose home
+        city is ``home_city`` (None: outside the region), for a call that ``purposes`` cover.
+
+        Raises :class:`ConsentError` with a distinct :class:`ConsentFailure` per reason. The
+        signature is checked before any claim, so an attacker learns nothing from the claims
+        of a forged token.
+        """
+        payload = self.signed_claims(token)
+        issuer_city = payload["iss"]
         current = int(time.time()) if now is None else now
         if payload["exp"] - payload["iat"] > self.max_lifetime_seconds:
             raise ConsentError(

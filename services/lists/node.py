@@ -22,10 +22,11 @@ from typing import Any, Final
 import grpc
 import structlog
 
-from creditlink.peer.v1 import credit_check_pb2_grpc, list_sync_pb2_grpc
+from creditlink.peer.v1 import consent_pb2_grpc, credit_check_pb2_grpc, list_sync_pb2_grpc
 from services.common.audit import AuditChainWriter
 from services.common.avro import AvroSerde
-from services.common.kafka import make_producer
+from services.common.consent import ConsentIssuer, load_private_key
+from services.common.kafka import EventPublisher, make_producer
 from services.common.peer import (
     PeerSecurity,
     PeerServer,
@@ -35,11 +36,13 @@ from services.common.peer import (
     start_peer_server,
 )
 from services.common.region import City, Region
+from services.common.revocations import follow_revocations
 from services.common.settings import PeerLimits, Settings, load_peer_limits
 from services.common.signals import until_signalled
 from services.lists.book import BookView, ListBook
 from services.lists.check_server import CreditCheckServicer
 from services.lists.config import ListsConfig
+from services.lists.consent_server import ConsentServicer
 from services.lists.kafka_io import (
     CHANGES_TOPIC,
     KafkaChangelog,
@@ -49,6 +52,7 @@ from services.lists.kafka_io import (
 )
 from services.lists.measures import MeasuresCatalogue, load_measures
 from services.lists.mirror import Backoff, PeerMirror
+from services.lists.revocation_mirror import RevocationMirror
 from services.lists.store import ListStore
 from services.lists.sync_server import ListSyncServicer
 
@@ -149,6 +153,21 @@ class ListsNode:
             for peer in region.peers_of(settings.city)
             if "lists" in peer.endpoints
         ]
+        # Consent: issued and revoked here for the city's residents, peers' revocations
+        # mirrored in, all enforced by the guard (services/common/revocations.py).
+        self.revocations = self.security.revocations
+        self.publisher = EventPublisher(self.producer, self.serde, settings, service=SERVICE)
+        consent_key = config.tls_dir / f"{settings.city}.consent.key"
+        self.consent_issuer = (
+            ConsentIssuer(self.city.admin_code, load_private_key(consent_key))
+            if consent_key.is_file()
+            else None
+        )
+        self.revocation_mirrors = [
+            RevocationMirror(peer, self._channel_factory(peer), self.revocations, self.publisher)
+            for peer in region.peers_of(settings.city)
+            if "lists" in peer.endpoints
+        ]
         self.server: PeerServer | None = None
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -166,16 +185,33 @@ class ListsNode:
         await self.mirror_audit.start()
         caught_up = await self.book.catch_up()
         await self.book.expire_due()
+        # No consent is honoured before every revocation written so far is known.
+        self._spawn("revocations", self._follow_revocations)
+        await self.revocations.caught_up.wait()
         self.server = await start_peer_server(
             bind=self.config.bind,
             tls=self.tls,
-            services=peer_services(
-                self.book,
-                self.catalogue,
-                self.security,
-                self.region.peers_of(self.settings.city),
-                self.limits,
-            ),
+            services=[
+                *peer_services(
+                    self.book,
+                    self.catalogue,
+                    self.security,
+                    self.region.peers_of(self.settings.city),
+                    self.limits,
+                ),
+                ServiceBinding(
+                    ConsentServicer(
+                        city_code=self.city.admin_code,
+                        issuer=self.consent_issuer,
+                        security=self.security,
+                        revocations=self.revocations,
+                        publisher=self.publisher,
+                        follow_max_age=self.limits.follow_stream_max_age,
+                    ),
+                    consent_pb2_grpc.add_ConsentServiceServicer_to_server,
+                    "creditlink.peer.v1.ConsentService",
+                ),
+            ],
             limits=self.limits,
             security=self.security,
             audit=self.audit,
@@ -184,6 +220,8 @@ class ListsNode:
         for mirror in self.mirrors:
             self._spawn(f"follow-{mirror.peer.key}", mirror.follow)
             self._spawn(f"reconcile-{mirror.peer.key}", mirror.reconcile_forever)
+        for revocation_mirror in self.revocation_mirrors:
+            self._spawn(f"revocations-{revocation_mirror.peer.key}", revocation_mirror.follow)
         self._spawn("expiry", self._expire_forever)
         self._spawn("prune", self._prune_forever)
         log.info(
@@ -218,6 +256,9 @@ class ListsNode:
         await feed_records(
             self.book, self.settings, self.serde, stopping=self._stopping, started=self.feed_started
         )
+
+    async def _follow_revocations(self) -> None:
+        await follow_revocations(self.settings, self.serde, self.revocations)
 
     async def _expire_forever(self) -> None:
         while not self._stopping.is_set():

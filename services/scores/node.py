@@ -49,6 +49,7 @@ from services.common.peer import (
     start_peer_server,
 )
 from services.common.region import Region, load_region
+from services.common.revocations import follow_revocations
 from services.common.settings import Settings, load_settings
 from services.common.topic_names import RECOGNITIONS_TOPIC, SCALES_TOPIC
 from services.scores.config import ScoresConfig, ScoresOptions, load_scores_config
@@ -283,6 +284,15 @@ class ScoresNode:
         await self._stream.start()
         await asyncio.wait_for(self._stream.recovered(), RECOVERY_TIMEOUT_SECONDS)
         await self.refresh_distribution()
+        # No consent is honoured before every revocation written so far is known
+        # (services/common/revocations.py; the lists node mirrors the peers' into the topic).
+        self._tasks.append(
+            asyncio.create_task(
+                follow_revocations(self.settings, self.serde, self.security.revocations),
+                name="revocations",
+            )
+        )
+        await self.security.revocations.caught_up.wait()
 
         servicer = ScoreRecognitionServicer(
             city_code=self.city_code,

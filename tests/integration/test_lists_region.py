@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import random
 import sys
+import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import date, timedelta
@@ -24,6 +25,8 @@ from contracts.conformance import Endpoint
 from contracts.conformance import run as conformance_run
 from creditlink.peer.v1 import (
     common_pb2,
+    consent_pb2,
+    consent_pb2_grpc,
     credit_check_pb2,
     list_sync_pb2,
     list_sync_pb2_grpc,
@@ -34,6 +37,7 @@ from services.common.audit import AUDIT_TOPIC, AuditMessage, verify_chain
 from services.common.certs import issue_dev_certificates
 from services.common.consent import ConsentKeyring
 from services.common.peer import (
+    DENIAL_TRAILER,
     PeerSecurity,
     ServiceBinding,
     secure_channel,
@@ -50,6 +54,8 @@ from tests.kit.lists_region import CityNode, ListsRegion, TcpProxy, eventually, 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(240)]
 
 PROCUREMENT = credit_check_pb2.SCENARIO_GOVERNMENT_PROCUREMENT
+# docs/trust.md: a revocation is enforced region-wide within this many seconds.
+REVOCATION_BOUND_SECONDS = 5.0
 
 
 class Region:
@@ -268,6 +274,59 @@ async def test_a_blacklisting_is_seen_region_wide_and_a_repair_removes_it_everyw
         [membership] = history.memberships
         assert membership.status == common_pb2.LIST_ENTRY_STATUS_REMOVED
         assert membership.removal_reason == common_pb2.REMOVAL_REASON_REPAIRED
+
+
+async def test_a_revoked_consent_is_refused_at_every_node_within_seconds(region: Region) -> None:
+    """Suzhou's consent service issues a token for its resident to Wuxi; Wuxi's checks are
+    answered at all three nodes; Suzhou revokes it; every node refuses it within the bound of
+    docs/trust.md (goal 5 s), Changzhou's through its mirror of Suzhou's revocations."""
+    harness = region.harness
+    resident = f"N:320505.{harness.region.pseudonym_key_ids[0]}." + "7e" * 32
+    async with harness.channel("suzhou", "suzhou") as channel:
+        consent = consent_pb2_grpc.ConsentServiceStub(channel)
+        issued = await consent.IssueConsent(
+            consent_pb2.IssueConsentRequest(
+                subject_key=resident,
+                audience_city=WUXI,
+                purpose="credit-history",
+                lifetime_seconds=3600,
+            ),
+            timeout=10,
+        )
+    for city in ("suzhou", "wuxi", "changzhou"):
+        answer = await region.check("wuxi", city, resident, consent_token=issued.token)
+        assert answer.subject_key == resident
+    # A peer may not sign for Suzhou's residents, nor revoke Suzhou's tokens.
+    async with harness.channel("wuxi", "suzhou") as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await consent_pb2_grpc.ConsentServiceStub(channel).RevokeConsent(
+                consent_pb2.RevokeConsentRequest(token=issued.token), timeout=10
+            )
+    assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+    async with harness.channel("suzhou", "suzhou") as channel:
+        started = time.monotonic()
+        revoked = await consent_pb2_grpc.ConsentServiceStub(channel).RevokeConsent(
+            consent_pb2.RevokeConsentRequest(token=issued.token), timeout=10
+        )
+    assert revoked.revocation.token_id == issued.token_id
+
+    async def refused_within(city: str) -> float:
+        while True:
+            try:
+                await region.check("wuxi", city, resident, consent_token=issued.token)
+            except grpc.aio.AioRpcError as exc:
+                refusal = (exc.code(), dict(exc.trailing_metadata() or ()).get(DENIAL_TRAILER))
+                break
+            await asyncio.sleep(0.05)
+        assert refusal == (grpc.StatusCode.PERMISSION_DENIED, "consent-revoked"), city
+        return time.monotonic() - started
+
+    cities = ("suzhou", "wuxi", "changzhou")
+    async with asyncio.timeout(30):
+        bounds = dict(zip(cities, await asyncio.gather(*map(refused_within, cities)), strict=True))
+    print(f"revocation refused after: {bounds}")
+    assert max(bounds.values()) <= REVOCATION_BOUND_SECONDS, bounds
 
 
 async def test_wuxi_removing_suzhous_entry_is_refused(region: Region) -> None:

@@ -47,6 +47,7 @@ EXPECTED_RECORDS = {
     "ListChange",
     "ListEntry",
     "PeerCallAudit",
+    "ConsentRevocation",
     "RejectedRecord",
     "ScoreEntry",
     "ScoreRecognition",

@@ -8,7 +8,13 @@ from pathlib import Path
 import grpc
 
 from services.common.certs import CITY_URI_PREFIX, DEFAULT_OUT
-from services.common.consent import DAY_SECONDS, ConsentError, ConsentGrant, ConsentKeyring
+from services.common.consent import (
+    DAY_SECONDS,
+    ConsentError,
+    ConsentFailure,
+    ConsentGrant,
+    ConsentKeyring,
+)
 from services.common.consent_purposes import ConsentPurposes, load_purposes
 from services.common.memo import BoundedMemo
 from services.common.peer.call import Denied, PeerCall
@@ -27,7 +33,11 @@ from services.common.policy import (
 )
 from services.common.pseudonym import parse_person_key
 from services.common.region import Region
+from services.common.revocations import Revocations
 from services.common.settings import Settings
+
+
+ISSUE_CONSENT = "/creditlink.peer.v1.ConsentService/IssueConsent"
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +50,9 @@ class PeerSecurity:
     policy: Policy
     keyring: ConsentKeyring
     purposes: ConsentPurposes = field(default_factory=load_purposes)
+    #: Tokens their home cities have withdrawn, kept current by the node
+    #: (services/common/revocations.py).
+    revocations: Revocations = field(default_factory=Revocations)
     # (caller, method) -> decision: the policy is fixed for the server's life.
     _decisions: dict[tuple[str, str], Decision] = field(
         default_factory=dict, init=False, repr=False, compare=False
@@ -160,9 +173,13 @@ class PeerSecurity:
                 f"the subject key was made under pseudonym key {person.key_id}, "
                 f"which the region does not use",
             )
+        if call.method == ISSUE_CONSENT:
+            # The call that makes a resident's consent cannot need it: the policy lets only the
+            # home city's own callers make it, and the servicer checks the subject is its own.
+            return None
         assert call.identity is not None  # authorize() ran first
         try:
-            return self.keyring.verify(
+            grant = self.keyring.verify(
                 consent_token,
                 audience_city=call.identity.city_code,
                 subject_key=subject_key,
@@ -171,6 +188,13 @@ class PeerSecurity:
             )
         except ConsentError as exc:
             raise Denied(grpc.StatusCode.PERMISSION_DENIED, exc.failure.value, str(exc)) from None
+        if grant.token_id in self.revocations:
+            raise Denied(
+                grpc.StatusCode.PERMISSION_DENIED,
+                ConsentFailure.REVOKED.value,
+                "the subject's home city has withdrawn this consent",
+            )
+        return grant
 
     def home_city(self, subject_key: str) -> str | None:
         """The code of the region city a natural person's key names as their home (the only
