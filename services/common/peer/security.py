@@ -36,7 +36,6 @@ from services.common.region import Region
 from services.common.revocations import Revocations
 from services.common.settings import Settings
 
-
 ISSUE_CONSENT = "/creditlink.peer.v1.ConsentService/IssueConsent"
 
 
