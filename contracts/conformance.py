@@ -34,6 +34,7 @@ import hashlib
 import json
 import sys
 import tempfile
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -41,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
@@ -67,7 +69,8 @@ UNKNOWN_PERSON = "N:" + "0" * 63 + "1"
 # the endpoint would have to keep out of its audit records (docs/design.md §4.8).
 MALFORMED_KEY = "X:not-a-subject-key"
 PACKAGE = "creditlink.peer.v1."
-HISTORY_PURPOSE = "credit-history"  # deploy/config/consent-purposes.yaml: a plain check
+HISTORY_PURPOSE = "credit-history"
+SCORE_PURPOSE = "score-recognition"  # deploy/config/consent-purposes.yaml: a plain check
 DIGEST_VECTORS = Path(__file__).resolve().parent / "vectors" / "list-digest.json"
 
 
@@ -719,6 +722,34 @@ async def _recognize(session: Session) -> None:
     )
 
 
+@case("score.recognize-with-home-city-consent-passes-the-consent-check")
+async def _recognize_home(session: Session) -> None:
+    """The caller's own resident, with the caller's own consent: the endpoint must get past
+    consent (answer, or NOT_FOUND without a score here, or FAILED_PRECONDITION without the
+    caller's scale), never refuse it as PERMISSION_DENIED."""
+    stub = _score_stub(session)
+    issuer = _caller_issuer(session)
+    resident = _resident_of(session, session.endpoint.caller_code, "caller resident")
+    token = issuer.issue(
+        subject_key=resident,
+        audience_city=session.endpoint.caller_code,
+        lifetime_seconds=600,
+        purpose=SCORE_PURPOSE,
+    )
+    try:
+        await stub.RecognizeScore(
+            score_recognition_pb2.RecognizeScoreRequest(
+                subject_key=resident, consent_token=token, purpose="conformance"
+            ),
+            timeout=TIMEOUT,
+        )
+    except grpc.aio.AioRpcError as error:
+        expect(
+            error.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION),
+            f"home-city consent refused: {error.code().name} {error.details()}",
+        )
+
+
 # --- AlertExchangeService -----------------------------------------------------------------
 
 
@@ -740,6 +771,81 @@ async def _alert_missing(session: Session) -> None:
         ),
         grpc.StatusCode.NOT_FOUND,
     )
+
+
+def _conformance_alert(
+    origin_city: str, target_city: str, *, alert_id: str | None = None
+) -> alert_exchange_pb2.Alert:
+    """A well-formed alert about an organisation, marked as the runner's, which a regulator
+    can tell apart and ignore."""
+    now = time.time()
+    raised, deadline = Timestamp(), Timestamp()
+    raised.FromSeconds(int(now))
+    deadline.FromSeconds(int(now) + 2 * 86400)
+    return alert_exchange_pb2.Alert(
+        alert_id=alert_id or f"{origin_city}-{uuid.uuid4()}",
+        rule_id="conformance",
+        domain=common_pb2.SUPERVISION_DOMAIN_FOOD_DRUG,
+        severity=alert_exchange_pb2.ALERT_SEVERITY_LOW,
+        origin_city=origin_city,
+        target_cities=[target_city],
+        subject_key=ORG_KEY,
+        explanation="联动监管协议一致性测试，无需处置 (conformance test, no action needed)",
+        raised_at=raised,
+        ack_deadline=deadline,
+    )
+
+
+def _deliver_stub(session: Session) -> alert_exchange_pb2_grpc.AlertExchangeServiceStub:
+    stub = _alert_stub(session)
+    endpoint = session.endpoint
+    if not endpoint.caller_code or not endpoint.serving_code:
+        raise CaseFailed("not shown: give --caller and --serving (an alert names both)")
+    if endpoint.caller_code == endpoint.serving_code:
+        raise CaseSkipped("alerts are delivered between cities; the runner calls as the server")
+    return stub
+
+
+@case("alerts.deliver-accepted-once")
+async def _alert_deliver(session: Session) -> None:
+    stub = _deliver_stub(session)
+    endpoint = session.endpoint
+    alert = _conformance_alert(endpoint.caller_code, endpoint.serving_code)
+    request = alert_exchange_pb2.DeliverAlertsRequest(alerts=[alert])
+    first = await stub.DeliverAlerts(request, timeout=TIMEOUT)
+    expect(
+        [(r.alert_id, r.accepted) for r in first.results] == [(alert.alert_id, True)],
+        f"a well-formed alert from the calling city was not accepted: {list(first.results)}",
+    )
+    again = await stub.DeliverAlerts(request, timeout=TIMEOUT)
+    expect(
+        [(r.alert_id, r.accepted, r.duplicate) for r in again.results]
+        == [(alert.alert_id, True, True)],
+        f"delivering the same alert again is not an accepted duplicate: {list(again.results)}",
+    )
+
+
+@case("alerts.deliver-with-another-citys-origin-refused")
+async def _alert_forged_origin(session: Session) -> None:
+    stub = _deliver_stub(session)
+    endpoint = session.endpoint
+    # The calling city claims the alert was raised by the serving city itself.
+    forged = _conformance_alert(endpoint.serving_code, endpoint.serving_code)
+    try:
+        answer = await stub.DeliverAlerts(
+            alert_exchange_pb2.DeliverAlertsRequest(alerts=[forged]), timeout=TIMEOUT
+        )
+    except grpc.aio.AioRpcError as error:
+        expect(
+            error.code() in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.INVALID_ARGUMENT),
+            f"a forged origin_city failed with {error.code().name}, not a refusal",
+        )
+        return
+    expect(
+        [(r.alert_id, r.accepted) for r in answer.results] == [(forged.alert_id, False)],
+        f"an alert whose origin_city is not the caller was accepted: {list(answer.results)}",
+    )
+    expect(bool(answer.results[0].reasons), "the refusal gives no reason")
 
 
 async def _first_alert(session: Session, cursor: bytes = b"") -> None:

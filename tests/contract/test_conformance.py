@@ -21,9 +21,24 @@ from cryptography.hazmat.primitives import serialization
 
 from contracts import conformance
 from contracts.conformance import DIGEST_VECTORS, CaseResult, Endpoint, run
-from creditlink.peer.v1 import common_pb2, credit_check_pb2, list_sync_pb2
+from creditlink.peer.v1 import (
+    alert_exchange_pb2,
+    alert_exchange_pb2_grpc,
+    common_pb2,
+    credit_check_pb2,
+    list_sync_pb2,
+)
 from services.common.consent import ConsentGrant, ConsentKeyring
-from services.common.peer import Denied, PeerCall, PeerSecurity, PeerServer, start_peer_server
+from services.common.peer import (
+    Denied,
+    PeerCall,
+    PeerSecurity,
+    PeerServer,
+    ServiceBinding,
+    current_call,
+    deny,
+    start_peer_server,
+)
 from services.common.policy import DEFAULT_POLICY_FILE, load_policy, parse_policy
 from services.common.settings import REPO_ROOT
 from tests.peer_kit import (
@@ -143,12 +158,68 @@ class SelfIssuedConsentSecurity(PeerSecurity):
             raise
 
 
+class FakeAlerts(alert_exchange_pb2_grpc.AlertExchangeServiceServicer):
+    """Enough of AlertExchangeService for the runner's alert cases: deliveries checked for
+    origin and target and idempotent by alert id; no alert to update; cursors refused."""
+
+    def __init__(self, city_code: str, *, check_origin: bool = True) -> None:
+        self._city = city_code
+        self._check_origin = check_origin
+        self._held: set[str] = set()
+
+    async def DeliverAlerts(
+        self,
+        request: alert_exchange_pb2.DeliverAlertsRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> alert_exchange_pb2.DeliverAlertsResponse:
+        caller = current_call().identity
+        assert caller is not None
+        results = []
+        for alert in request.alerts:
+            reasons = []
+            if self._check_origin and alert.origin_city != caller.city_code:
+                reasons.append(common_pb2.FieldViolation(field="origin_city", code="not-origin"))
+            if self._city not in alert.target_cities:
+                reasons.append(common_pb2.FieldViolation(field="target_cities", code="not-target"))
+            duplicate = alert.alert_id in self._held
+            if not reasons:
+                self._held.add(alert.alert_id)
+            results.append(
+                alert_exchange_pb2.AlertDeliveryResult(
+                    alert_id=alert.alert_id,
+                    accepted=not reasons,
+                    duplicate=duplicate and not reasons,
+                    reasons=reasons,
+                )
+            )
+        return alert_exchange_pb2.DeliverAlertsResponse(results=results)
+
+    async def UpdateAlertStatus(
+        self,
+        request: alert_exchange_pb2.UpdateAlertStatusRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> alert_exchange_pb2.UpdateAlertStatusResponse:
+        await deny(context, grpc.StatusCode.NOT_FOUND, "unknown-alert", "no such alert")
+        raise AssertionError("unreachable")
+
+    async def SubscribeAlerts(
+        self,
+        request: alert_exchange_pb2.SubscribeAlertsRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[alert_exchange_pb2.SubscribeAlertsResponse]:
+        if request.cursor:
+            await deny(context, grpc.StatusCode.INVALID_ARGUMENT, "invalid-cursor", "not ours")
+        return
+        yield
+
+
 async def _node(
     pki: PeerPki,
     list_sync: InMemoryListSync,
     *,
     consent: ConsentKit,
     check: type[ListBackedCheck] = ListBackedCheck,
+    alerts: FakeAlerts | None = None,
     security_class: type[PeerSecurity] = PeerSecurity,
     keyring: ConsentKeyring | None = None,
     open_policy: bool = False,
@@ -165,6 +236,7 @@ async def _node(
                         "methods": [
                             "/creditlink.peer.v1.CreditCheckService/*",
                             "/creditlink.peer.v1.ListSyncService/*",
+                            "/creditlink.peer.v1.AlertExchangeService/*",
                         ],
                         "data_classes": ["organisation", "natural_person", "aggregate"],
                     }
@@ -182,7 +254,15 @@ async def _node(
     return await start_peer_server(
         bind="127.0.0.1:0",
         tls=pki.tls("suzhou"),
-        services=[credit_check_binding(servicer), list_sync_binding(list_sync)],
+        services=[
+            credit_check_binding(servicer),
+            list_sync_binding(list_sync),
+            ServiceBinding(
+                alerts or FakeAlerts("320500"),
+                alert_exchange_pb2_grpc.add_AlertExchangeServiceServicer_to_server,
+                "creditlink.peer.v1.AlertExchangeService",
+            ),
+        ],
         security=security,
         audit=None,
     )
@@ -270,13 +350,18 @@ async def test_runner_passes_against_our_node_and_reports_every_case(
     assert failed == []
     outcomes = _by_name(results)
     # What the node serves is exercised, what it does not serve is skipped, not passed.
+    # Only the serving city's own certificate may subscribe: that case is for a run as Suzhou.
+    as_server_only = {"alerts.subscribe-bad-cursor-invalid-argument"}
     assert all(
         r.outcome == "PASS"
         for n, r in outcomes.items()
-        if n.startswith(("credit-check", "list-sync", "transport", "consent", "policy"))
+        if n.startswith(("credit-check", "list-sync", "transport", "consent", "policy", "alerts"))
+        and n not in as_server_only
     )
     assert all(
-        r.outcome == "SKIP" for n, r in outcomes.items() if n.startswith(("score", "alerts"))
+        r.outcome == "SKIP"
+        for n, r in outcomes.items()
+        if n.startswith("score") or n in as_server_only
     )
 
 
@@ -305,9 +390,14 @@ async def test_runner_fails_an_implementation_that_breaks_the_contract(
             "self-issued-consent-accepted",
             "consent.caller-consenting-for-the-serving-citys-resident-permission-denied",
         ),
-        ("no-policy", "policy.caller-the-policy-names-for-nothing-permission-denied"),
+        (
+            "no-policy",
+            "policy.caller-the-policy-names-for-nothing-permission-denied"
+            " alerts.subscribe-by-another-city-permission-denied",
+        ),
         ("always-empty-memberships", "credit-check.listed-subject-has-its-membership"),
         ("wrong-digest", "list-sync.entries-match-digest"),
+        ("forged-origin-accepted", "alerts.deliver-with-another-citys-origin-refused"),
     ],
 )
 async def test_runner_fails_each_wrong_implementation_naming_the_case(
@@ -323,6 +413,8 @@ async def test_runner_fails_each_wrong_implementation_naming_the_case(
         options["open_policy"] = True
     elif wrong == "always-empty-memberships":
         options["check"] = AlwaysEmptyCheck
+    elif wrong == "forged-origin-accepted":
+        options["alerts"] = FakeAlerts("320500", check_origin=False)
     elif wrong == "wrong-digest":
         list_sync = WrongDigestListSync("320500", _changes())
     node = await _node(pki, list_sync, **options)
@@ -331,8 +423,8 @@ async def test_runner_fails_each_wrong_implementation_naming_the_case(
     finally:
         await node.stop(0)
     failed = {r.name for r in results if r.outcome == "FAIL"}
-    assert failing in failed, [r.line() for r in results]
-    assert failed == {failing}, [r.line() for r in results if r.outcome == "FAIL"]
+    # Exactly the cases this wrong implementation breaks fail, each by name.
+    assert failed == set(failing.split()), [r.line() for r in results if r.outcome == "FAIL"]
 
 
 async def test_without_the_keys_to_test_consent_and_policy_those_cases_fail(

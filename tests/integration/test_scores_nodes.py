@@ -25,6 +25,8 @@ from typing import Any
 import grpc
 import pytest
 
+from contracts.conformance import Endpoint
+from contracts.conformance import run as conformance_run
 from creditlink.peer.v1 import score_recognition_pb2 as pb
 from creditlink.peer.v1 import score_recognition_pb2_grpc as pb_grpc
 from services.common.audit import read_audit_topic, verify_chain
@@ -323,6 +325,28 @@ async def test_two_cities_recognise_each_others_scores(region2: Region2) -> None
     assert restarted.catalogue.current("320200") is not None  # the mirrored Wuxi scale
     assert await restarted.refresh_distribution() is None
     assert restarted.stream.score_of(SUZHOU_RESIDENT) == 812.0
+
+    # The conformance runner, as Wuxi, against the real scores node: every score case passes
+    # (the services this endpoint does not serve are skipped).
+    issue_dev_certificates(world.certs, ["jiashan"])
+    results = await conformance_run(
+        Endpoint(
+            f"127.0.0.1:{restarted.server.port}",
+            world.certs / "ca.crt",
+            world.certs / "wuxi.crt",
+            world.certs / "wuxi.key",
+            caller_code="320200",
+            serving_code="320500",
+            pseudonym_key_id=REGION.pseudonym_key_ids[0],
+            consent_key=world.certs / "wuxi.consent.key",
+            denied_cert=world.certs / "jiashan.crt",
+            denied_key=world.certs / "jiashan.key",
+        )
+    )
+    assert [r.line() for r in results if r.outcome == "FAIL"] == []
+    scored = {r.name: r.outcome for r in results if r.name.startswith("score.")}
+    assert set(scored.values()) == {"PASS"}, scored
+    assert "score.recognize-with-home-city-consent-passes-the-consent-check" in scored
 
 
 async def test_import_scores_command(region2: Region2, tmp_path: Path) -> None:
