@@ -31,6 +31,8 @@ from creditlink.peer.v1 import (
     alert_exchange_pb2,
     alert_exchange_pb2_grpc,
     common_pb2,
+    consent_pb2,
+    consent_pb2_grpc,
     credit_check_pb2,
     credit_check_pb2_grpc,
     record_intake_pb2,
@@ -41,7 +43,6 @@ from creditlink.peer.v1 import (
 from deploy.region import Deployment
 from services.common.avro import AvroSerde
 from services.common.clock import china_today
-from services.common.consent import ConsentIssuer, load_private_key
 from services.common.identifiers import org_code_check_char, uscc_check_char
 from services.common.peer import TlsFiles, secure_channel
 from services.common.pseudonym import load_region_key, pseudonym
@@ -86,6 +87,8 @@ class Outcomes:
     recognition: dict[str, Any] = field(default_factory=dict)
     alert: dict[str, Any] = field(default_factory=dict)
     ack_seen_at_origin: bool = False
+    #: Wuxi's recognition request after the resident withdrew consent at Suzhou.
+    revocation: dict[str, Any] = field(default_factory=dict)
     #: Consumer lag of every group of the region once it is idle after the scenario.
     idle_lag: dict[str, int] = field(default_factory=dict)
 
@@ -100,6 +103,7 @@ class Outcomes:
             and bool(self.recognition.get("incentives"))
             and bool(self.alert)
             and self.ack_seen_at_origin
+            and self.revocation.get("denial") == "consent-revoked"
         )
 
 
@@ -556,14 +560,19 @@ class Scenario:
         # A Suzhou resident near the top of 桂花分 asks Wuxi to recognise their score.
         resident, _score = max(residents["suzhou"], key=lambda p: p[1])
         subject = f"N:{pseudonym(resident, key)}"
-        consent_key = load_private_key(self.deployment.cert_dir / "suzhou.consent.key")
-        issuer = ConsentIssuer(self.code_of("suzhou"), consent_key)
-        token = issuer.issue(
-            subject_key=subject,
-            audience_city=self.code_of("wuxi"),
-            lifetime_seconds=600,
-            purpose="score-recognition",
+        # The resident consents at Suzhou's counter: Suzhou's consent service signs the token
+        # (only the home city may), for Wuxi, for score recognition, for ten minutes.
+        consent = consent_pb2_grpc.ConsentServiceStub(self.channel("suzhou", "suzhou", "lists"))
+        issued = await consent.IssueConsent(
+            consent_pb2.IssueConsentRequest(
+                subject_key=subject,
+                audience_city=self.code_of("wuxi"),
+                purpose="score-recognition",
+                lifetime_seconds=600,
+            ),
+            timeout=10,
         )
+        token = issued.token
         stub = score_recognition_pb2_grpc.ScoreRecognitionServiceStub(
             self.channel("wuxi", "suzhou", "scores")
         )
@@ -609,6 +618,32 @@ class Scenario:
         )
         table.add_row("Wuxi grants", "; ".join(answer.incentives) or "-")
         self.console.print(table)
+
+        # The resident withdraws the consent at Suzhou; Wuxi's next request is refused.
+        started = time.monotonic()
+        await consent.RevokeConsent(consent_pb2.RevokeConsentRequest(token=token), timeout=10)
+
+        async def refused() -> str | None:
+            try:
+                await recognise()
+            except grpc.aio.AioRpcError as exc:
+                return dict(exc.trailing_metadata() or ()).get("creditlink-denial")
+            return None
+
+        denial = None
+        deadline = started + 30
+        while denial is None and time.monotonic() < deadline:
+            denial = await refused()
+            if denial is None:
+                await asyncio.sleep(0.1)
+        self.outcomes.revocation = {
+            "denial": denial,
+            "seconds": round(time.monotonic() - started, 2),
+        }
+        self.say(
+            f"consent withdrawn at Suzhou: Wuxi's next request refused ({denial}) after "
+            f"{self.outcomes.revocation['seconds']} s"
+        )
 
     # --- 4. alerts ---------------------------------------------------------------------------
     async def alert(self) -> None:

@@ -52,6 +52,10 @@ def test_demo_scenario_outcomes(kafka_broker: Broker, tmp_path: Path) -> None:
     assert recognition["incentives"]
     assert recognition["home_version"]
     assert recognition["requesting_version"]
+    # The resident withdraws the consent at Suzhou's consent service; Wuxi's next request is
+    # refused as revoked, within the bound of docs/trust.md.
+    assert outcomes.revocation["denial"] == "consent-revoked"
+    assert outcomes.revocation["seconds"] <= 5.0
 
     # The food-safety alert reaches Suzhou's regulator and the acknowledgement Changzhou.
     assert outcomes.alert["origin"] == "320400"
