@@ -143,7 +143,10 @@ class Region2:
         self, caller: str, home: str, subject: str, request_id: str
     ) -> pb.RecognizeScoreResponse:
         channel = secure_channel(
-            f"127.0.0.1:{self.nodes[home].server.port}", TlsFiles.for_city(caller, self.certs)
+            f"127.0.0.1:{self.nodes[home].server.port}",
+            TlsFiles.for_city(caller, self.certs),
+            expect_city=home,
+            service="scores",
         )
         async with channel:
             stub = pb_grpc.ScoreRecognitionServiceStub(channel)
@@ -256,7 +259,10 @@ async def test_two_cities_recognise_each_others_scores(region2: Region2) -> None
 
     # A peer presenting consent for somebody else is refused.
     channel = secure_channel(
-        f"127.0.0.1:{suzhou.server.port}", TlsFiles.for_city("wuxi", world.certs)
+        f"127.0.0.1:{suzhou.server.port}",
+        TlsFiles.for_city("wuxi", world.certs),
+        expect_city="suzhou",
+        service="scores",
     )
     async with channel:
         probe = pb.RecognizeScoreRequest(
