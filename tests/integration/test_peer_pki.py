@@ -20,6 +20,7 @@ import pytest
 from creditlink.peer.v1 import common_pb2, credit_check_pb2, credit_check_pb2_grpc
 from services.common.audit import AuditChainWriter, read_audit_topic
 from services.common.avro import AvroSerde
+from services.common.certs import issue_city_certificate, service_host
 from services.common.kafka import make_producer
 from services.common.peer import (
     DENIAL_TRAILER,
@@ -185,3 +186,45 @@ async def test_a_client_dialling_wuxi_refuses_a_server_presenting_suzhous_certif
     same client dialling Suzhou there is answered (the first test)."""
     error = await _refused(node, node.pki.tls("wuxi"), expect_city="wuxi")
     assert error.code() == grpc.StatusCode.UNAVAILABLE
+
+
+@pytest.mark.parametrize(
+    ("certificate", "service", "answered"),
+    [
+        # From Suzhou's own CA, naming only its lists service: answered as that ...
+        ("lists-only", "lists", True),
+        # ... and refused when dialled as another service.
+        ("lists-only", "scores", False),
+        # Names Suzhou in its URI SAN, from the rogue Wuxi CA: its host names are Wuxi's.
+        ("rogue", "lists", False),
+    ],
+)
+async def test_a_client_checks_the_server_certificate_for_the_city_and_service_it_dialled(
+    node: Node, certificate: str, service: str, answered: bool
+) -> None:
+    security = make_security(make_consent_kit().keyring)
+    issue_city_certificate(
+        node.pki.city_cas["suzhou"], "suzhou", hosts=(service_host("suzhou", "lists"),)
+    ).write(node.pki.directory / "lists-only.crt", node.pki.directory / "lists-only.key")
+    server = await start_peer_server(
+        bind="127.0.0.1:0",
+        tls=node.files(certificate),
+        services=[credit_check_binding(FakeCreditCheck(security, {ORG: [RED]}))],
+        security=security,
+        audit=None,
+    )
+    try:
+        async with secure_channel(
+            f"127.0.0.1:{server.port}", node.pki.tls("wuxi"), expect_city="suzhou", service=service
+        ) as channel:
+            call = credit_check_pb2_grpc.CreditCheckServiceStub(channel).CheckSubject(
+                credit_check_pb2.CheckSubjectRequest(subject_key=ORG, purpose="x"), timeout=5
+            )
+            if answered:
+                assert [m.list_type for m in (await call).memberships] == [RED]
+            else:
+                with pytest.raises(grpc.aio.AioRpcError) as refused:
+                    await call
+                assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        await server.stop(0)
