@@ -81,7 +81,7 @@ contracts-check: venv ## buf lint, buf breaking vs the released baseline, genera
 	$(PY) -m contracts.asyncapi check
 
 .PHONY: certs
-certs: venv ## dev CA and one server + client certificate per city into deploy/local/certs (idempotent)
+certs: venv ## dev root CA, a CA and a server + client certificate per city into deploy/local/certs (idempotent)
 	$(PY) -m services.common.certs issue
 
 # Checkers of the deploy/ manifests (tests/unit/test_deploy_manifests.py), cached in .cache/:

@@ -158,9 +158,9 @@ def _write_config(scratch: Path, ports: dict[str, int]) -> dict[str, str]:
     }
 
 
-async def _wait_serving(endpoint: str, tls: TlsFiles, within_s: float = 60) -> None:
+async def _wait_serving(city: str, endpoint: str, tls: TlsFiles, within_s: float = 60) -> None:
     deadline = time.perf_counter() + within_s
-    async with secure_channel(endpoint, tls) as channel:
+    async with secure_channel(endpoint, tls, expect_city=city, service="alerts") as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while True:
             try:
@@ -252,9 +252,11 @@ async def alerts_latency(ctx: BenchContext) -> list[Comparison]:
                     )
                 )
         for city in CITIES:
-            await _wait_serving(f"127.0.0.1:{ports[city]}", tls)
+            await _wait_serving(city, f"127.0.0.1:{ports[city]}", tls)
 
-        channel = secure_channel(f"127.0.0.1:{ports['suzhou']}", tls)
+        channel = secure_channel(
+            f"127.0.0.1:{ports['suzhou']}", tls, expect_city="suzhou", service="alerts"
+        )
         stream = alert_exchange_pb2_grpc.AlertExchangeServiceStub(channel).SubscribeAlerts(
             alert_exchange_pb2.SubscribeAlertsRequest()
         )

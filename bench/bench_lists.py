@@ -60,6 +60,8 @@ BATCH = 500
 #: to one target otherwise share a single connection.
 OWN_CONNECTION = (("grpc.use_local_subchannel_pool", 1),)
 ECHO_METHOD = "/creditlink.bench.v1.EchoService/Echo"
+#: The echo server, the in-process kit server and the node the checks go to are Wuxi's.
+SERVER_CITY = "wuxi"
 
 
 # --- the echo baseline servers --------------------------------------------------------------
@@ -233,7 +235,7 @@ class Load:
 
 async def _wait_for_echo(target: str, tls: TlsFiles) -> None:
     for _ in range(100):
-        async with secure_channel(target, tls) as channel:
+        async with secure_channel(target, tls, expect_city=SERVER_CITY, service="lists") as channel:
             try:
                 await channel.unary_unary(ECHO_METHOD)(b"ping", timeout=1)
                 return
@@ -380,7 +382,12 @@ async def _interleaved(
 
 def _connections(target: str, tls: TlsFiles) -> list[grpc.aio.Channel]:
     """One connection per caller."""
-    return [secure_channel(target, tls, options=OWN_CONNECTION) for _ in range(CALLERS)]
+    return [
+        secure_channel(
+            target, tls, expect_city=SERVER_CITY, service="lists", options=OWN_CONNECTION
+        )
+        for _ in range(CALLERS)
+    ]
 
 
 def _check_request(n: int) -> credit_check_pb2.CheckSubjectRequest:

@@ -160,8 +160,13 @@ async def scores(ctx: BenchContext) -> list[Comparison]:
         client_tls = TlsFiles.for_city("wuxi", certs)
 
         async with (
-            secure_channel(f"127.0.0.1:{node.server.port}", client_tls) as scores_channel,
-            secure_channel(f"127.0.0.1:{echo_port}", client_tls) as echo_channel,
+            # The echo server presents Suzhou's certificate too.
+            secure_channel(
+                f"127.0.0.1:{node.server.port}", client_tls, expect_city="suzhou", service="scores"
+            ) as scores_channel,
+            secure_channel(
+                f"127.0.0.1:{echo_port}", client_tls, expect_city="suzhou", service="scores"
+            ) as echo_channel,
         ):
             stub = pb_grpc.ScoreRecognitionServiceStub(scores_channel)
             echo = echo_channel.unary_unary(ECHO_METHOD)

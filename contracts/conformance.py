@@ -7,7 +7,8 @@ endpoint's policy lets call it::
         --ca deploy/local/certs/ca.crt --cert deploy/local/certs/wuxi.crt \\
         --key deploy/local/certs/wuxi.key --consent-key deploy/local/certs/wuxi.consent.key \\
         --denied-cert deploy/local/certs/jiashan.crt --denied-key deploy/local/certs/jiashan.key \\
-        [--region deploy/config/region.yaml] [--server-name localhost] [--only list-sync]
+        --server-name lists.suzhou.creditlink.local [--region deploy/config/region.yaml] \\
+        [--only list-sync]
 
 ``--consent-key`` is the calling city's own consent signing key: with it the runner makes a
 genuine token for one of the caller's residents (which the endpoint must honour), the same token
@@ -228,11 +229,12 @@ async def _no_cert(session: Session) -> None:
 
 @case("transport.foreign-ca-certificate-refused")
 async def _foreign(session: Session) -> None:
-    from services.common.certs import issue_city_certificate, new_ca
+    from services.common.certs import issue_city_certificate, new_ca, new_city_ca
 
     with tempfile.TemporaryDirectory() as tmp:
         cert, key = Path(tmp) / "foreign.crt", Path(tmp) / "foreign.key"
-        issue_city_certificate(new_ca("conformance foreign CA"), "wuxi").write(cert, key)
+        foreign = new_city_ca(new_ca("conformance foreign CA"), "wuxi")
+        issue_city_certificate(foreign, "wuxi").write(cert, key)
         async with session.endpoint.channel(
             session.endpoint.credentials(cert=cert, key=key)
         ) as channel:
@@ -938,7 +940,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--key", type=Path, required=True, help="its private key")
     parser.add_argument(
-        "--server-name", help="name to check in the endpoint's certificate instead of the host"
+        "--server-name",
+        help="name to check in the endpoint's certificate instead of the host: "
+        "<service>.<city>.creditlink.local of the city dialled",
     )
     parser.add_argument(
         "--only", action="append", default=[], help="run only cases whose name starts with this"

@@ -301,7 +301,12 @@ def _channel(caller: str, city: str, service: str) -> Any:
     from services.common.peer import TlsFiles, secure_channel
 
     target = _region().city(city).endpoint(service)
-    return secure_channel(target, TlsFiles.for_city(caller, _deployment().cert_dir))
+    return secure_channel(
+        target,
+        TlsFiles.for_city(caller, _deployment().cert_dir),
+        expect_city=city,
+        service=service,
+    )
 
 
 def lists_check(subject_key: str, city: str, scenario: str, consent_token: str) -> int:
@@ -411,7 +416,7 @@ def pseudonym_key_id() -> int:
 
 
 def certs_issue() -> int:
-    """Create or renew the dev CA and one certificate per city (deploy/local/certs)."""
+    """Create or renew the dev root CA, a CA and a certificate per city (deploy/local/certs)."""
     return _python_module("services.common.certs", "issue")
 
 

@@ -157,7 +157,7 @@ class Scenario:
         if key not in self._channels:
             target = self.region.city(city).endpoint(service)
             tls = TlsFiles.for_city(caller, self.deployment.cert_dir)
-            self._channels[key] = secure_channel(target, tls)
+            self._channels[key] = secure_channel(target, tls, expect_city=city, service=service)
         return self._channels[key]
 
     async def close(self) -> None:

@@ -24,7 +24,14 @@ from creditlink.peer.v1 import (
     list_sync_pb2_grpc,
 )
 from services.common.audit import AUDIT_TOPIC
-from services.common.certs import CertifiedKey, city_uri, issue_city_certificate, new_ca
+from services.common.certs import (
+    CertifiedKey,
+    city_host,
+    city_uri,
+    issue_city_certificate,
+    new_ca,
+    new_city_ca,
+)
 from services.common.consent import ConsentIssuer, ConsentKeyring
 from services.common.list_digest import (
     DigestLine,
@@ -82,10 +89,13 @@ TEST_POLICY = {
 
 @dataclass(frozen=True)
 class PeerPki:
-    """A region CA with certificates for some cities, plus a foreign CA and an expired cert."""
+    """A region root with a CA and a certificate per city, plus certificates a peer refuses:
+    from a foreign root, expired, of a city outside the region, naming no city or two, signed
+    by the root itself, and from a rogue Wuxi CA (real root) naming Suzhou."""
 
     directory: Path
     ca: CertifiedKey
+    city_cas: Mapping[str, CertifiedKey]
 
     def tls(self, name: str) -> TlsFiles:
         return TlsFiles(
@@ -101,30 +111,52 @@ def make_pki(
     directory.mkdir(parents=True, exist_ok=True)
     ca = new_ca("test region CA")
     ca.write(directory / "ca.crt", directory / "ca.key")
+    city_cas = {city: new_city_ca(ca, city) for city in {*cities, "wuxi", "atlantis"}}
     for city in cities:
-        issue_city_certificate(ca, city).write(directory / f"{city}.crt", directory / f"{city}.key")
-    # A certificate naming Wuxi, from a CA the server does not trust.
-    foreign = new_ca("someone else's CA")
+        city_cas[city].write(directory / f"{city}-ca.crt", directory / f"{city}-ca.key")
+        issue_city_certificate(city_cas[city], city).write(
+            directory / f"{city}.crt", directory / f"{city}.key"
+        )
+    wuxi_ca = city_cas["wuxi"]
+    # A certificate naming Wuxi, from a root the server does not trust.
+    foreign = new_city_ca(new_ca("someone else's CA"), "wuxi")
     issue_city_certificate(foreign, "wuxi").write(
         directory / "foreign.crt", directory / "foreign.key"
     )
-    # A certificate of the right CA that expired yesterday.
+    # A certificate of Wuxi's CA that expired yesterday.
     now = dt.datetime.now(dt.UTC)
     issue_city_certificate(
-        ca, "wuxi", not_before=now - dt.timedelta(days=30), not_after=now - dt.timedelta(days=1)
+        wuxi_ca,
+        "wuxi",
+        not_before=now - dt.timedelta(days=30),
+        not_after=now - dt.timedelta(days=1),
     ).write(directory / "expired.crt", directory / "expired.key")
-    # A certificate of the right CA naming a city that is not in the region.
-    issue_city_certificate(ca, "atlantis").write(
+    # A certificate of the region's hierarchy naming a city that is not in the region.
+    issue_city_certificate(city_cas["atlantis"], "atlantis").write(
         directory / "atlantis.crt", directory / "atlantis.key"
     )
-    # Certificates of the right CA that name no city in a URI SAN (only in the CN), or two.
-    issue_city_certificate(ca, "wuxi", uris=()).write(
+    # Certificates of Wuxi's CA that name no city in a URI SAN (only in the CN), or two.
+    issue_city_certificate(wuxi_ca, "wuxi", uris=()).write(
         directory / "cn-only.crt", directory / "cn-only.key"
     )
-    issue_city_certificate(ca, "wuxi", uris=(city_uri("wuxi"), city_uri("changzhou"))).write(
+    issue_city_certificate(wuxi_ca, "wuxi", uris=(city_uri("wuxi"), city_uri("changzhou"))).write(
         directory / "two-cities.crt", directory / "two-cities.key"
     )
-    return PeerPki(directory, ca)
+    # A certificate naming Suzhou signed by the root itself, with no city CA between.
+    issue_city_certificate(ca, "suzhou").write(
+        directory / "root-signed.crt", directory / "root-signed.key"
+    )
+    # A rogue CA for Wuxi that the real root signed, naming Suzhou in the URI SAN (its host
+    # names stay under Wuxi's, which its name constraints permit, so TLS alone accepts it) ...
+    rogue = new_city_ca(ca, "wuxi")
+    issue_city_certificate(rogue, "suzhou", hosts=(city_host("wuxi"),)).write(
+        directory / "rogue.crt", directory / "rogue.key"
+    )
+    # ... and naming Suzhou's host names too, which the name constraints refuse.
+    issue_city_certificate(rogue, "suzhou").write(
+        directory / "rogue-hosts.crt", directory / "rogue-hosts.key"
+    )
+    return PeerPki(directory, ca, city_cas)
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from creditlink.peer.v1 import alert_exchange_pb2, alert_exchange_pb2_grpc
 from services.alerts.model import Alert, RetryPolicy, now_ms, to_ms
 from services.alerts.store import AlertStore
 from services.common.peer import TlsFiles, secure_channel
-from services.common.region import Region
+from services.common.region import City, Region
 
 if TYPE_CHECKING:
     from creditlink.peer.v1.alert_exchange_pb2_grpc import AlertExchangeServiceAsyncStub
@@ -53,18 +53,25 @@ class PeerClients:
         self._channels: dict[str, Any] = {}
 
     def endpoint(self, city_code: str) -> str | None:
+        city = self._city(city_code)
+        return city.endpoints.get("alerts") if city is not None else None
+
+    def _city(self, city_code: str) -> City | None:
         for city in self._region.cities.values():
             if city.admin_code == city_code:
-                return city.endpoints.get("alerts")
+                return city
         return None
 
     def stub(self, city_code: str) -> AlertExchangeServiceAsyncStub | None:
-        endpoint = self.endpoint(city_code)
-        if endpoint is None:
+        city = self._city(city_code)
+        endpoint = city.endpoints.get("alerts") if city is not None else None
+        if city is None or endpoint is None:
             return None
         channel = self._channels.get(endpoint)
         if channel is None:
-            channel = secure_channel(endpoint, self._tls, options=CHANNEL_OPTIONS)
+            channel = secure_channel(
+                endpoint, self._tls, expect_city=city.key, service="alerts", options=CHANNEL_OPTIONS
+            )
             self._channels[endpoint] = channel
         return cast(
             "AlertExchangeServiceAsyncStub",

@@ -6,29 +6,38 @@
 ==========================  =====================================================================
 file                        what
 ==========================  =====================================================================
-``ca.crt``, ``ca.key``      the region's development CA
-``<city>.crt/.key``         the city's certificate, for its servers *and* as its client
+``ca.crt``, ``ca.key``      the region's development root CA: it signs city CAs only
+``<city>-ca.crt/.key``      the city's issuing CA, signed by the root and confined by X.509 name
+                            constraints to the city's host names (``<city>.creditlink.local`` and
+                            below) and to the ``creditlink`` trust domain
+``<city>.crt/.key``         the city's certificate, followed in ``.crt`` by its city CA (the chain a
+                            peer needs to reach the root), for its servers *and* as its client
                             certificate: CN ``<city>``, URI SAN ``spiffe://creditlink/city/<city>``,
-                            DNS SANs ``localhost`` and ``<city>.creditlink.local``, IP SAN 127.0.0.1
+                            DNS SANs ``<city>.creditlink.local`` and, per node service,
+                            ``<service>.<city>.creditlink.local``; no ``localhost``, no IP address
 ``<city>.consent.key/.pub`` the city consent service's Ed25519 signing key (see ``consent.py``)
 ==========================  =====================================================================
 
-It is idempotent: files that are present, signed by the current CA, name the right city and
-stay valid for at least :data:`RENEW_BEFORE` are kept; anything else is (re)issued. A new CA
-reissues every city certificate.
+It is idempotent: files that are present, signed by their current issuer, name the right
+city and host names and stay valid for at least :data:`RENEW_BEFORE` are kept; anything else is
+(re)issued. A new root reissues every city CA, and a new city CA its city's certificate.
 
-In production each city's certificate comes from the region's PKI; the server code only
-needs the three PEM paths (see ``services.common.peer.TlsFiles``).
+In production the region holds the root and signs each city's CA; the city keeps its CA's
+key and issues its own certificates, which the name constraints and the peers' check of the
+issuing CA's city (``services/common/peer/issuers.py``) keep to that city. The server code
+only needs the three PEM paths (see ``services.common.peer.TlsFiles``). docs/trust.md,
+"Certificates".
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import functools
 import ipaddress
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,21 +52,49 @@ from services.common.settings import REPO_ROOT
 
 DEFAULT_OUT = REPO_ROOT / "deploy" / "local" / "certs"
 CITY_URI_PREFIX = "spiffe://creditlink/city/"
+#: The host part of every creditlink URI SAN: what a URI name constraint can bind (RFC 5280
+#: §4.2.1.10 constrains a URI by its host, never by its path, so a city's CA cannot be confined
+#: to ``spiffe://creditlink/city/<city>`` by the constraint itself).
+TRUST_DOMAIN = "creditlink"
+#: Every city's host names end with this; a city CA may name hosts under its city's only.
+HOST_SUFFIX = ".creditlink.local"
+#: The node services a city's certificate names a host for (``<service>.<city>.creditlink.local``),
+#: as the region file names their endpoints.
+NODE_SERVICES = ("lists", "scores", "alerts", "intake")
 CA_NAME = "creditlink development region CA"
 CA_DAYS = 3650
+CITY_CA_DAYS = 1825
 CITY_DAYS = 825
 RENEW_BEFORE = dt.timedelta(days=30)
-DEFAULT_HOSTS = ("localhost", "127.0.0.1")
 
 
 def city_uri(city: str) -> str:
     return f"{CITY_URI_PREFIX}{city}"
 
 
+def city_host(city: str) -> str:
+    """The host name a city's certificates may name, and the hosts under it."""
+    return f"{city}{HOST_SUFFIX}"
+
+
+def service_host(city: str, service: str) -> str:
+    """The name a client checks in the certificate of ``city``'s ``service``."""
+    return f"{service}.{city_host(city)}"
+
+
+def city_hosts(city: str) -> tuple[str, ...]:
+    """The DNS SANs of a development city certificate."""
+    return (city_host(city), *(service_host(city, service) for service in NODE_SERVICES))
+
+
 @dataclass(frozen=True, slots=True)
 class CertifiedKey:
+    """A key, its certificate and the CA certificates between it and the root (not the root:
+    peers hold it), nearest first."""
+
     key: ec.EllipticCurvePrivateKey
     certificate: x509.Certificate
+    chain: tuple[x509.Certificate, ...] = ()
 
     def key_pem(self) -> bytes:
         return self.key.private_bytes(
@@ -67,7 +104,21 @@ class CertifiedKey:
         )
 
     def cert_pem(self) -> bytes:
-        return self.certificate.public_bytes(serialization.Encoding.PEM)
+        """The certificate followed by its chain: what TLS presents, and what peer tools
+        (grpcurl, ghz, the Go interop client) load as the certificate file."""
+        return b"".join(
+            certificate.public_bytes(serialization.Encoding.PEM)
+            for certificate in (self.certificate, *self.chain)
+        )
+
+    @property
+    def self_signed(self) -> bool:
+        return self.certificate.issuer == self.certificate.subject
+
+    def chain_below(self) -> tuple[x509.Certificate, ...]:
+        """The chain of a certificate this CA signs: this CA and its own chain, unless it is
+        a root (which peers hold, and which a chain does not carry)."""
+        return () if self.self_signed else (self.certificate, *self.chain)
 
     def write(self, cert_path: Path, key_path: Path) -> None:
         _write_private(key_path, self.key_pem())
@@ -84,7 +135,8 @@ def new_ca(
     not_before: dt.datetime | None = None,
     not_after: dt.datetime | None = None,
 ) -> CertifiedKey:
-    """A self-signed CA that may sign end-entity certificates only (path length 0)."""
+    """A self-signed region root CA. It signs city CAs (:func:`new_city_ca`), which sign
+    end-entity certificates: path length 1."""
     key = ec.generate_private_key(ec.SECP256R1())
     start = not_before or _now() - dt.timedelta(minutes=5)
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
@@ -96,46 +148,126 @@ def new_ca(
         .serial_number(x509.random_serial_number())
         .not_valid_before(start)
         .not_valid_after(not_after or start + dt.timedelta(days=CA_DAYS))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=1), critical=True)
+        .add_extension(_ca_key_usage(), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )
     return CertifiedKey(key, certificate)
 
 
+def _ca_key_usage() -> x509.KeyUsage:
+    return x509.KeyUsage(
+        digital_signature=True,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=True,
+        crl_sign=True,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
+def new_city_ca(
+    root: CertifiedKey,
+    city: str,
+    *,
+    not_before: dt.datetime | None = None,
+    not_after: dt.datetime | None = None,
+) -> CertifiedKey:
+    """``city``'s issuing CA, signed by the region ``root``: it signs end-entity certificates
+    only (path length 0), and its name constraints (critical, RFC 5280 §4.2.1.10) permit the
+    hosts under ``<city>.creditlink.local`` and URIs of the ``creditlink`` trust domain only.
+
+    TLS enforces the constraints (a certificate of this CA naming another city's host fails
+    the handshake); the city in the URI SAN's path is beyond what a constraint can say, so
+    every peer also refuses a certificate whose city is not its CA's
+    (``services/common/peer/issuers.py``), reading the CA's city from the DNS constraint
+    (:func:`ca_city`).
+    """
+    key = ec.generate_private_key(ec.SECP256R1())
+    start = not_before or _now() - dt.timedelta(minutes=5)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(
+            x509.Name(
+                [
+                    x509.NameAttribute(NameOID.ORGANIZATION_NAME, "creditlink"),
+                    x509.NameAttribute(NameOID.COMMON_NAME, f"creditlink {city} CA"),
+                ]
+            )
+        )
+        .issuer_name(root.certificate.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(not_after or start + dt.timedelta(days=CITY_CA_DAYS))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(_ca_key_usage(), critical=True)
+        .add_extension(
+            x509.NameConstraints(
+                permitted_subtrees=[
+                    x509.DNSName(city_host(city)),
+                    x509.UniformResourceIdentifier(TRUST_DOMAIN),
+                ],
+                excluded_subtrees=None,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(root.key.public_key()),
+            critical=False,
+        )
+        .sign(root.key, hashes.SHA256())
+    )
+    return CertifiedKey(key, certificate, root.chain_below())
+
+
+def ca_city(certificate: x509.Certificate) -> str | None:
+    """The city a city CA may issue for: the one host subtree ``<city>.creditlink.local`` its
+    name constraints permit. None for a certificate that is no such CA (a root, a leaf, a CA
+    permitted several cities' hosts or none)."""
+    try:
+        if not certificate.extensions.get_extension_for_class(x509.BasicConstraints).value.ca:
+            return None
+        constraints = certificate.extensions.get_extension_for_class(x509.NameConstraints)
+    except x509.ExtensionNotFound:
+        return None
+    permitted = [
+        name.value
+        for name in constraints.value.permitted_subtrees or ()
+        if isinstance(name, x509.DNSName)
+    ]
+    if len(permitted) != 1 or not permitted[0].endswith(HOST_SUFFIX):
+        return None
+    city = permitted[0].removesuffix(HOST_SUFFIX)
+    return city if city and "." not in city else None
+
+
 def issue_city_certificate(
     ca: CertifiedKey,
     city: str,
     *,
-    hosts: Sequence[str] = DEFAULT_HOSTS,
+    hosts: Sequence[str] | None = None,
     not_before: dt.datetime | None = None,
     not_after: dt.datetime | None = None,
     uris: Sequence[str] | None = None,
 ) -> CertifiedKey:
-    """A certificate naming ``city`` (CN and URI SAN), usable as TLS server and client.
+    """A certificate naming ``city`` (CN and URI SAN), usable as TLS server and client, signed
+    by ``ca`` (``city``'s CA from :func:`new_city_ca`) and carrying its chain.
 
-    ``uris`` replaces the URI SANs (default: ``city``'s one), for certificates a peer must
-    refuse: none, or several cities (services/common/peer/security.py).
+    ``hosts`` replaces the DNS (or IP) SANs (default: :func:`city_hosts`); ``uris`` the URI
+    SANs (default: ``city``'s one), for certificates a peer must refuse: none, or several
+    cities (services/common/peer/security.py), or issued by another city's CA.
     """
     key = ec.generate_private_key(ec.SECP256R1())
     start = not_before or _now() - dt.timedelta(minutes=5)
     chosen = (city_uri(city),) if uris is None else tuple(uris)
     names: list[x509.GeneralName] = [x509.UniformResourceIdentifier(uri) for uri in chosen]
-    for host in (*hosts, f"{city}.creditlink.local"):
+    for host in city_hosts(city) if hosts is None else hosts:
         try:
             names.append(x509.IPAddress(ipaddress.ip_address(host)))
         except ValueError:
@@ -169,7 +301,7 @@ def issue_city_certificate(
         )
         .sign(ca.key, hashes.SHA256())
     )
-    return CertifiedKey(key, certificate)
+    return CertifiedKey(key, certificate, ca.chain_below())
 
 
 def _write_private(path: Path, data: bytes) -> None:
@@ -181,13 +313,13 @@ def _write_private(path: Path, data: bytes) -> None:
 
 def _load(cert_path: Path, key_path: Path) -> CertifiedKey | None:
     try:
-        certificate = x509.load_pem_x509_certificate(cert_path.read_bytes())
+        certificate, *chain = x509.load_pem_x509_certificates(cert_path.read_bytes())
         key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
     except (OSError, ValueError):
         return None
     if not isinstance(key, ec.EllipticCurvePrivateKey):
         return None
-    return CertifiedKey(key, certificate)
+    return CertifiedKey(key, certificate, tuple(chain))
 
 
 def _fresh(certificate: x509.Certificate) -> bool:
@@ -195,11 +327,20 @@ def _fresh(certificate: x509.Certificate) -> bool:
 
 
 def _names_city(certificate: x509.Certificate, city: str) -> bool:
+    """Names ``city`` and exactly its development host names (a certificate of an older
+    layout, with ``localhost`` or without the service hosts, is reissued)."""
     try:
         san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName)
     except x509.ExtensionNotFound:
         return False
-    return city_uri(city) in san.value.get_values_for_type(x509.UniformResourceIdentifier)
+    return city_uri(city) in san.value.get_values_for_type(x509.UniformResourceIdentifier) and (
+        sorted(san.value.get_values_for_type(x509.DNSName)) == sorted(city_hosts(city))
+        and not san.value.get_values_for_type(x509.IPAddress)
+    )
+
+
+def _confined_to(certificate: x509.Certificate, city: str) -> bool:
+    return ca_city(certificate) == city
 
 
 def _signed_by(certificate: x509.Certificate, ca: CertifiedKey) -> bool:
@@ -210,30 +351,48 @@ def _signed_by(certificate: x509.Certificate, ca: CertifiedKey) -> bool:
     return True
 
 
+def _current(
+    held: CertifiedKey | None, issuer: CertifiedKey, check: Callable[[x509.Certificate], bool]
+) -> bool:
+    return (
+        held is not None
+        and _fresh(held.certificate)
+        and check(held.certificate)
+        and _signed_by(held.certificate, issuer)
+        and held.chain == issuer.chain_below()
+    )
+
+
 def issue_dev_certificates(out: Path, cities: Sequence[str]) -> list[str]:
-    """Make sure ``out`` holds a current CA and a certificate and consent key per city.
+    """Make sure ``out`` holds a current root CA and, per city, a city CA, a certificate and a
+    consent key.
 
     Returns one line per file written or kept, for the operator.
     """
     out.mkdir(parents=True, exist_ok=True)
     report: list[str] = []
-    ca = _load(out / "ca.crt", out / "ca.key")
-    if ca is None or not _fresh(ca.certificate):
-        ca = new_ca()
-        ca.write(out / "ca.crt", out / "ca.key")
+    root = _load(out / "ca.crt", out / "ca.key")
+    if root is None or not _fresh(root.certificate) or not root.self_signed:
+        root = new_ca()
+        root.write(out / "ca.crt", out / "ca.key")
         report.append(f"issued  {out / 'ca.crt'}")
     else:
         report.append(f"kept    {out / 'ca.crt'}")
     for city in cities:
+        ca_cert, ca_key = out / f"{city}-ca.crt", out / f"{city}-ca.key"
+        held = _load(ca_cert, ca_key)
+        if held is not None and _current(held, root, functools.partial(_confined_to, city=city)):
+            city_ca = held
+            report.append(f"kept    {ca_cert}")
+        else:
+            city_ca = new_city_ca(root, city)
+            city_ca.write(ca_cert, ca_key)
+            report.append(f"issued  {ca_cert}")
         cert_path, key_path = out / f"{city}.crt", out / f"{city}.key"
-        current = _load(cert_path, key_path)
-        if (
-            current is None
-            or not _fresh(current.certificate)
-            or not _names_city(current.certificate, city)
-            or not _signed_by(current.certificate, ca)
+        if not _current(
+            _load(cert_path, key_path), city_ca, functools.partial(_names_city, city=city)
         ):
-            issue_city_certificate(ca, city).write(cert_path, key_path)
+            issue_city_certificate(city_ca, city).write(cert_path, key_path)
             report.append(f"issued  {cert_path}")
         else:
             report.append(f"kept    {cert_path}")
@@ -262,7 +421,9 @@ def issue_dev_certificates(out: Path, cities: Sequence[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m services.common.certs", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    issue = sub.add_parser("issue", help="create or renew the dev CA and per-city certificates")
+    issue = sub.add_parser(
+        "issue", help="create or renew the dev root CA, city CAs and city certificates"
+    )
     issue.add_argument("--out", type=Path, default=DEFAULT_OUT)
     issue.add_argument(
         "--region", type=Path, default=REPO_ROOT / "deploy" / "config" / "region.yaml"

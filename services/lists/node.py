@@ -175,7 +175,13 @@ class ListsNode:
 
     def _channel_factory(self, peer: City) -> Callable[[], grpc.aio.Channel]:
         def make() -> grpc.aio.Channel:
-            return secure_channel(peer.endpoint("lists"), self.tls, options=CHANNEL_OPTIONS)
+            return secure_channel(
+                peer.endpoint("lists"),
+                self.tls,
+                expect_city=peer.key,
+                service="lists",
+                options=CHANNEL_OPTIONS,
+            )
 
         return make
 

@@ -180,7 +180,6 @@ class ScoresNode:
     refresh_seconds: float = 60.0
     peer_sync_seconds: float = 30.0
     quantile_points: int = DEFAULT_QUANTILE_POINTS
-    peer_server_name: Callable[[str], str | None] = lambda _city: None
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
 
     catalogue: ScaleCatalogue = field(default_factory=ScaleCatalogue, init=False)
@@ -388,7 +387,7 @@ class ScoresNode:
         channel = self._channels.get(city)
         if channel is None:
             channel = secure_channel(
-                self.peer_targets[city], self.tls, server_name=self.peer_server_name(city)
+                self.peer_targets[city], self.tls, expect_city=city, service="scores"
             )
             self._channels[city] = channel
         return channel

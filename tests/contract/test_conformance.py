@@ -28,6 +28,7 @@ from creditlink.peer.v1 import (
     credit_check_pb2,
     list_sync_pb2,
 )
+from services.common.certs import service_host
 from services.common.consent import ConsentGrant, ConsentKeyring
 from services.common.peer import (
     Denied,
@@ -328,6 +329,7 @@ def _endpoint(pki: PeerPki, port: int, caller: str = "wuxi") -> Endpoint:
         tls.ca,
         tls.cert,
         tls.key,
+        service_host("suzhou", "lists"),
         caller_code=CODES[caller],
         serving_code=CODES["suzhou"],
         pseudonym_key_id=REGION.pseudonym_key_ids[0],
@@ -431,7 +433,9 @@ async def test_without_the_keys_to_test_consent_and_policy_those_cases_fail(
     pki: PeerPki, server: PeerServer
 ) -> None:
     tls = pki.tls("wuxi")
-    bare = Endpoint(f"127.0.0.1:{server.port}", tls.ca, tls.cert, tls.key)
+    bare = Endpoint(
+        f"127.0.0.1:{server.port}", tls.ca, tls.cert, tls.key, service_host("suzhou", "lists")
+    )
     results = _by_name(await run(bare, only=["consent", "policy"]))
     assert {r.outcome for r in results.values()} == {"FAIL"}
     assert all("not shown" in r.detail for r in results.values())
@@ -488,6 +492,8 @@ async def test_command_line_prints_a_line_per_case_and_exits_by_outcome(
                 "wuxi",
                 "--serving",
                 "suzhou",
+                "--server-name",
+                service_host("suzhou", "lists"),
                 "--consent-key",
                 str(pki.directory / "wuxi.consent.key"),
                 "--denied-cert",

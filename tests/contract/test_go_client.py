@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from contracts.codegen import CONTRACTS, buf_executable
+from services.common.certs import service_host
 from services.common.peer import PeerServer
 from services.common.settings import REPO_ROOT
 from tests.peer_kit import (
@@ -74,6 +75,7 @@ async def _go(
         str(binary),
         "-target", f"127.0.0.1:{port}",
         "-ca", str(tls.ca), "-cert", str(tls.cert), "-key", str(tls.key),
+        "-server-name", service_host("suzhou", "lists"),
         "-descriptors", str(descriptors),
         "-case", case,
     ]  # fmt: skip

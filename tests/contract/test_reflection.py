@@ -16,6 +16,7 @@ from google.protobuf import descriptor_pb2
 from grpc_reflection.v1alpha import reflection_pb2
 
 from creditlink.peer.v1 import credit_check_pb2
+from services.common.certs import service_host
 from services.common.peer import PeerServer, secure_channel
 from services.common.settings import REPO_ROOT
 from tests.peer_kit import (
@@ -43,7 +44,9 @@ async def server(pki: PeerPki) -> AsyncIterator[PeerServer]:
 async def _ask(
     pki: PeerPki, port: int, version: str, request: reflection_pb2.ServerReflectionRequest
 ) -> reflection_pb2.ServerReflectionResponse:
-    async with secure_channel(f"127.0.0.1:{port}", pki.tls("wuxi")) as channel:
+    async with secure_channel(
+        f"127.0.0.1:{port}", pki.tls("wuxi"), expect_city="suzhou", service="lists"
+    ) as channel:
         call = channel.stream_stream(
             f"/grpc.reflection.{version}.ServerReflection/ServerReflectionInfo",
             request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
@@ -118,7 +121,7 @@ async def test_ghz_calls_check_subject_through_reflection_alone(
     command = [
         str(GHZ),
         "--cacert", str(tls.ca), "--cert", str(tls.cert), "--key", str(tls.key),
-        "--cname", "localhost",
+        "--cname", service_host("suzhou", "lists"),
         "--call", "creditlink.peer.v1.CreditCheckService.CheckSubject",
         "-d", json.dumps({"subject_key": ORG, "purpose": "ghz through reflection"}),
         "-n", "20", "-c", "2",

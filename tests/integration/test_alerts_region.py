@@ -33,6 +33,7 @@ from services.alerts.node import AlertsNode, NodeOptions
 from services.alerts.webhooks import IDEMPOTENCY_HEADER, verify
 from services.common.audit import AUDIT_TOPIC
 from services.common.avro import AvroSerde
+from services.common.certs import service_host
 from services.common.kafka import EventPublisher, make_consumer, make_producer
 from services.common.peer import DENIAL_TRAILER, PeerSecurity, TlsFiles, secure_channel
 from services.common.policy import load_policy
@@ -107,7 +108,7 @@ class RegionUnderTest:
         self, at: str, as_city: str
     ) -> tuple[grpc.aio.Channel, alert_exchange_pb2_grpc.AlertExchangeServiceStub]:
         endpoint = self.region.city(at).endpoints["alerts"]
-        channel = secure_channel(endpoint, self.pki.tls(as_city))
+        channel = secure_channel(endpoint, self.pki.tls(as_city), expect_city=at, service="alerts")
         return channel, alert_exchange_pb2_grpc.AlertExchangeServiceStub(channel)
 
     async def submit(self, record: dict[str, Any]) -> None:
@@ -497,7 +498,12 @@ async def test_peers_are_held_to_the_contract(region: RegionUnderTest) -> None:
         cert=region.pki.directory / "foreign.crt",
         key=region.pki.directory / "foreign.key",
     )
-    channel = secure_channel(region.region.city("suzhou").endpoints["alerts"], foreign)
+    channel = secure_channel(
+        region.region.city("suzhou").endpoints["alerts"],
+        foreign,
+        expect_city="suzhou",
+        service="alerts",
+    )
     async with channel:
         with pytest.raises(grpc.aio.AioRpcError):
             await alert_exchange_pb2_grpc.AlertExchangeServiceStub(channel).DeliverAlerts(
@@ -558,6 +564,7 @@ async def test_the_conformance_runner_passes_against_a_real_alerts_node(
         tls.ca,
         tls.cert,
         tls.key,
+        service_host("suzhou", "alerts"),
         caller_code=region.region.city(caller).admin_code,
         serving_code=SZ,
     )

@@ -94,7 +94,10 @@ class Suzhou:
 
     def stub(self, as_city: str) -> tuple[grpc.aio.Channel, Any]:
         channel = secure_channel(
-            self.region.city("suzhou").endpoints["alerts"], self.pki.tls(as_city)
+            self.region.city("suzhou").endpoints["alerts"],
+            self.pki.tls(as_city),
+            expect_city="suzhou",
+            service="alerts",
         )
         return channel, alert_exchange_pb2_grpc.AlertExchangeServiceStub(channel)
 
@@ -217,7 +220,12 @@ async def suzhou(
         # Changzhou delivers two alerts of its own, one also for Wuxi.
         both = delivered("both", FOR_SUZHOU_AND_WUXI, (SZ, WX))
         only = delivered("only", FOR_SUZHOU_ONLY, (SZ,))
-        channel = secure_channel(region.city("suzhou").endpoints["alerts"], pki.tls("changzhou"))
+        channel = secure_channel(
+            region.city("suzhou").endpoints["alerts"],
+            pki.tls("changzhou"),
+            expect_city="suzhou",
+            service="alerts",
+        )
         async with channel:
             response = await alert_exchange_pb2_grpc.AlertExchangeServiceStub(
                 channel
@@ -229,7 +237,12 @@ async def suzhou(
         alerts |= {"delivered-both": both.alert_id, "delivered-suzhou": only.alert_id}
         # Suzhou's regulators acknowledge what Suzhou raised (at the origin: no relay).
         changes = {}
-        channel = secure_channel(region.city("suzhou").endpoints["alerts"], pki.tls("suzhou"))
+        channel = secure_channel(
+            region.city("suzhou").endpoints["alerts"],
+            pki.tls("suzhou"),
+            expect_city="suzhou",
+            service="alerts",
+        )
         async with channel:
             stub = alert_exchange_pb2_grpc.AlertExchangeServiceStub(channel)
             for name in ("wuxi", "changzhou", "person"):

@@ -36,9 +36,9 @@ PEERS = ("suzhou", "wuxi", "changzhou")
 
 
 async def _memberships(
-    target: str, tls: TlsFiles, subject_key: str
+    target: str, tls: TlsFiles, subject_key: str, city: str
 ) -> list[credit_check_pb2.Membership]:
-    async with secure_channel(target, tls) as channel:
+    async with secure_channel(target, tls, expect_city=city, service="lists") as channel:
         try:
             answer = await credit_check_pb2_grpc.CreditCheckServiceStub(channel).CheckSubject(
                 credit_check_pb2.CheckSubjectRequest(
@@ -63,7 +63,7 @@ async def _serving_with_run_certificates(
     tls = TlsFiles.for_city("wuxi", deployment.cert_dir)
     serving = {}
     for service, target in region.city("qingpu").endpoints.items():
-        async with secure_channel(target, tls) as channel:
+        async with secure_channel(target, tls, expect_city="qingpu", service=service) as channel:
             answer = await health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=""), timeout=10
             )
@@ -122,7 +122,7 @@ async def _designate_in_suzhou_and_check_at_qingpu(
     tls = TlsFiles.for_city("qingpu", deployment.cert_dir)
 
     async def seen_at_qingpu() -> list[credit_check_pb2.Membership]:
-        return await _memberships(target, tls, subject)
+        return await _memberships(target, tls, subject, "qingpu")
 
     (membership,) = await eventually(seen_at_qingpu, within=60)
     assert isinstance(membership, credit_check_pb2.Membership)

@@ -26,6 +26,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from creditlink.peer.v1 import common_pb2, record_intake_pb2, record_intake_pb2_grpc
+from services.common.certs import service_host
 from services.common.clock import china_today
 from services.common.settings import REPO_ROOT, Settings, load_settings
 from tests.kit.identifiers import make_pilot_uscc, make_resident_id, make_uscc
@@ -53,8 +54,11 @@ class IntakeServer:
             private_key=tls.key.read_bytes(),
             certificate_chain=tls.cert.read_bytes(),
         )
+        # The intake process serves Suzhou's certificate (CREDITLINK_CITY below).
         return grpc.secure_channel(
-            self.target, credentials, options=[("grpc.ssl_target_name_override", "localhost")]
+            self.target,
+            credentials,
+            options=[("grpc.ssl_target_name_override", service_host("suzhou", "intake"))],
         )
 
 

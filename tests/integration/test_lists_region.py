@@ -34,7 +34,7 @@ from creditlink.peer.v1 import (
     record_intake_pb2_grpc,
 )
 from services.common.audit import AUDIT_TOPIC, AuditMessage, verify_chain
-from services.common.certs import issue_dev_certificates
+from services.common.certs import issue_dev_certificates, service_host
 from services.common.consent import ConsentKeyring
 from services.common.peer import (
     DENIAL_TRAILER,
@@ -83,7 +83,9 @@ class Region:
         """As a Suzhou department does: RecordIntakeService over mTLS (retried while the
         intake process starts)."""
         target = f"127.0.0.1:{self.intake_port}"
-        async with secure_channel(target, self.harness.tls("suzhou")) as channel:
+        async with secure_channel(
+            target, self.harness.tls("suzhou"), expect_city="suzhou", service="intake"
+        ) as channel:
             stub = record_intake_pb2_grpc.RecordIntakeServiceStub(channel)
             for _ in range(100):
                 try:
@@ -593,6 +595,7 @@ async def test_the_conformance_runner_passes_against_a_real_lists_node(region: R
         certs / "ca.crt",
         certs / "wuxi.crt",
         certs / "wuxi.key",
+        service_host("suzhou", "lists"),
         caller_code=WUXI,
         serving_code=SUZHOU,
         pseudonym_key_id=harness.region.pseudonym_key_ids[0],

@@ -96,7 +96,12 @@ class Node:
     serde: AvroSerde
 
     def channel(self, city: str) -> grpc.aio.Channel:
-        return secure_channel(f"127.0.0.1:{self.server.port}", self.pki.tls(city))
+        return secure_channel(
+            f"127.0.0.1:{self.server.port}",
+            self.pki.tls(city),
+            expect_city="suzhou",
+            service="lists",
+        )
 
     async def audit_records(self) -> list[dict[str, Any]]:
         await self.audit.flush()

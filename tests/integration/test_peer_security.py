@@ -21,6 +21,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from creditlink.peer.v1 import common_pb2, credit_check_pb2, credit_check_pb2_grpc
 from services.common.audit import AuditChainWriter, read_audit_topic, verify_chain
 from services.common.avro import AvroSerde
+from services.common.certs import service_host
 from services.common.kafka import make_producer
 from services.common.peer import (
     DENIAL_TRAILER,
@@ -66,7 +67,7 @@ class Node:
     def stub(
         self, tls: TlsFiles
     ) -> tuple[grpc.aio.Channel, credit_check_pb2_grpc.CreditCheckServiceStub]:
-        channel = secure_channel(self.target, tls)
+        channel = secure_channel(self.target, tls, expect_city="suzhou", service="lists")
         return channel, credit_check_pb2_grpc.CreditCheckServiceStub(channel)
 
     async def audit_records(self) -> list[dict[str, Any]]:
@@ -167,7 +168,11 @@ async def test_city_with_valid_certificate_is_answered_and_audited(node: Node) -
 async def test_client_without_certificate_is_refused(node: Node) -> None:
     tls = node.pki.tls("wuxi")
     credentials = grpc.ssl_channel_credentials(root_certificates=tls.ca.read_bytes())
-    async with grpc.aio.secure_channel(node.target, credentials) as channel:
+    async with grpc.aio.secure_channel(
+        node.target,
+        credentials,
+        options=[("grpc.ssl_target_name_override", service_host("suzhou", "lists"))],
+    ) as channel:
         stub = credit_check_pb2_grpc.CreditCheckServiceStub(channel)
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await stub.CheckSubject(
@@ -191,7 +196,7 @@ async def test_certificate_from_other_ca_or_expired_is_refused(
 
 
 async def _refusal_with(node: Node, tls: TlsFiles) -> grpc.aio.AioRpcError:
-    async with secure_channel(node.target, tls) as channel:
+    async with secure_channel(node.target, tls, expect_city="suzhou", service="lists") as channel:
         stub = credit_check_pb2_grpc.CreditCheckServiceStub(channel)
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await stub.CheckSubject(
@@ -225,7 +230,9 @@ async def test_certificate_must_name_exactly_one_city_in_a_uri_san(
 
 
 async def test_health_and_reflection_are_served_over_mtls(node: Node) -> None:
-    async with secure_channel(node.target, node.pki.tls("jiashan")) as channel:
+    async with secure_channel(
+        node.target, node.pki.tls("jiashan"), expect_city="suzhou", service="lists"
+    ) as channel:
         health = health_pb2_grpc.HealthStub(channel)
         answer = await health.Check(
             health_pb2.HealthCheckRequest(service="creditlink.peer.v1.CreditCheckService"),
@@ -566,7 +573,9 @@ async def test_calls_are_refused_while_the_audit_chain_cannot_be_extended(node: 
         audit=unstarted,
     )
     try:
-        async with secure_channel(f"127.0.0.1:{server.port}", node.pki.tls("wuxi")) as channel:
+        async with secure_channel(
+            f"127.0.0.1:{server.port}", node.pki.tls("wuxi"), expect_city="suzhou", service="lists"
+        ) as channel:
             stub = credit_check_pb2_grpc.CreditCheckServiceStub(channel)
             with pytest.raises(grpc.aio.AioRpcError) as refused:
                 await stub.CheckSubject(

@@ -51,7 +51,9 @@ async def test_sigterm_drains_calls_in_flight_then_stops(tmp_path: Path) -> None
         audit=None,
     )
     serving = asyncio.create_task(server.serve_until_signalled(grace=5))
-    async with secure_channel(f"127.0.0.1:{server.port}", pki.tls("wuxi")) as channel:
+    async with secure_channel(
+        f"127.0.0.1:{server.port}", pki.tls("wuxi"), expect_city="suzhou", service="lists"
+    ) as channel:
         stub = credit_check_pb2_grpc.CreditCheckServiceStub(channel)
         in_flight = asyncio.ensure_future(
             stub.CheckSubject(

@@ -31,7 +31,7 @@ from creditlink.peer.v1 import score_recognition_pb2 as pb
 from creditlink.peer.v1 import score_recognition_pb2_grpc as pb_grpc
 from services.common.audit import read_audit_topic, verify_chain
 from services.common.avro import AvroSerde
-from services.common.certs import issue_dev_certificates
+from services.common.certs import issue_dev_certificates, service_host
 from services.common.consent import ConsentIssuer, load_private_key
 from services.common.kafka import make_consumer
 from services.common.peer import PeerSecurity, TlsFiles, secure_channel
@@ -145,7 +145,10 @@ class Region2:
         self, caller: str, home: str, subject: str, request_id: str
     ) -> pb.RecognizeScoreResponse:
         channel = secure_channel(
-            f"127.0.0.1:{self.nodes[home].server.port}", TlsFiles.for_city(caller, self.certs)
+            f"127.0.0.1:{self.nodes[home].server.port}",
+            TlsFiles.for_city(caller, self.certs),
+            expect_city=home,
+            service="scores",
         )
         async with channel:
             stub = pb_grpc.ScoreRecognitionServiceStub(channel)
@@ -258,7 +261,10 @@ async def test_two_cities_recognise_each_others_scores(region2: Region2) -> None
 
     # A peer presenting consent for somebody else is refused.
     channel = secure_channel(
-        f"127.0.0.1:{suzhou.server.port}", TlsFiles.for_city("wuxi", world.certs)
+        f"127.0.0.1:{suzhou.server.port}",
+        TlsFiles.for_city("wuxi", world.certs),
+        expect_city="suzhou",
+        service="scores",
     )
     async with channel:
         probe = pb.RecognizeScoreRequest(
@@ -335,6 +341,7 @@ async def test_two_cities_recognise_each_others_scores(region2: Region2) -> None
             world.certs / "ca.crt",
             world.certs / "wuxi.crt",
             world.certs / "wuxi.key",
+            service_host("suzhou", "scores"),
             caller_code="320200",
             serving_code="320500",
             pseudonym_key_id=REGION.pseudonym_key_ids[0],

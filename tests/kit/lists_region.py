@@ -334,7 +334,9 @@ class ListsRegion:
                     await asyncio.sleep(0.2)
 
     async def _serving(self, node: CityNode) -> bool:
-        channel = secure_channel(node.target, self.tls(node.key))
+        channel = secure_channel(
+            node.target, self.tls(node.key), expect_city=node.key, service="lists"
+        )
         try:
             response = await health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=""), timeout=2
@@ -347,7 +349,9 @@ class ListsRegion:
 
     def channel(self, caller: str, city: str) -> grpc.aio.Channel:
         """An mTLS channel from ``caller`` (its certificate) to ``city``'s node."""
-        return secure_channel(self.nodes[city].target, self.tls(caller))
+        return secure_channel(
+            self.nodes[city].target, self.tls(caller), expect_city=city, service="lists"
+        )
 
     def check_stub(self, channel: grpc.aio.Channel) -> credit_check_pb2_grpc.CreditCheckServiceStub:
         return credit_check_pb2_grpc.CreditCheckServiceStub(channel)

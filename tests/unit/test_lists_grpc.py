@@ -126,18 +126,24 @@ class Pair:
     pki: PeerPki
 
     def sync(self, caller: str = "wuxi") -> tuple[grpc.aio.Channel, Any]:
-        channel = secure_channel(self.suzhou.target, self.pki.tls(caller))
+        channel = secure_channel(
+            self.suzhou.target, self.pki.tls(caller), expect_city="suzhou", service="lists"
+        )
         return channel, list_sync_pb2_grpc.ListSyncServiceStub(channel)
 
     def check(self, caller: str = "wuxi") -> tuple[grpc.aio.Channel, Any]:
-        channel = secure_channel(self.suzhou.target, self.pki.tls(caller))
+        channel = secure_channel(
+            self.suzhou.target, self.pki.tls(caller), expect_city="suzhou", service="lists"
+        )
         return channel, credit_check_pb2_grpc.CreditCheckServiceStub(channel)
 
     def mirror(self, reconcile_seconds: float = 3600.0) -> PeerMirror:
         return PeerMirror(
             self.wuxi.book,
             REGION.city("suzhou"),
-            lambda: secure_channel(self.suzhou.target, self.pki.tls("wuxi")),
+            lambda: secure_channel(
+                self.suzhou.target, self.pki.tls("wuxi"), expect_city="suzhou", service="lists"
+            ),
             own_city_key="wuxi",
             reconcile_seconds=reconcile_seconds,
             backoff=Backoff(initial=0.05, maximum=0.2),
@@ -489,7 +495,9 @@ async def test_check_answers_follow_each_change_and_the_day(pair: Pair) -> None:
 async def test_check_reports_each_mirror_as_fresh_as_it_last_was(pair: Pair) -> None:
     """``mirror_freshness`` follows every sync and caught-up of a mirror, and a commit."""
     request = credit_check_pb2.CheckSubjectRequest(subject_key=organisation_key(0), purpose="x")
-    channel = secure_channel(pair.wuxi.target, pair.pki.tls("suzhou"))
+    channel = secure_channel(
+        pair.wuxi.target, pair.pki.tls("suzhou"), expect_city="wuxi", service="lists"
+    )
     stub = credit_check_pb2_grpc.CreditCheckServiceStub(channel)
     async with channel:
 

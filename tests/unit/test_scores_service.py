@@ -85,7 +85,9 @@ class Node:
     port: int
 
     def stub(self, caller: str) -> tuple[grpc.aio.Channel, pb_grpc.ScoreRecognitionServiceStub]:
-        channel = secure_channel(f"127.0.0.1:{self.port}", self.pki.tls(caller))
+        channel = secure_channel(
+            f"127.0.0.1:{self.port}", self.pki.tls(caller), expect_city="suzhou", service="scores"
+        )
         return channel, pb_grpc.ScoreRecognitionServiceStub(channel)
 
     def token(

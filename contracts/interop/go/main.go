@@ -4,7 +4,11 @@
 // dynamic messages over grpc-go with mutual TLS.
 //
 //	creditlink-interop -target 127.0.0.1:24151 -ca ca.crt -cert wuxi.crt -key wuxi.key \
-//	    -descriptors peer.binpb -case check-organisation
+//	    -server-name lists.suzhou.creditlink.local -descriptors peer.binpb -case check-organisation
+//
+// The server certificate is checked for -server-name, the <service>.<city>.creditlink.local
+// name of the city and service dialled (docs/trust.md, "What a client checks"), whatever host
+// -target names.
 //
 // It prints "PASS <case>" or "FAIL <case>: <reason>" and exits 1 on failure.
 package main
@@ -40,7 +44,7 @@ func main() {
 	caFile := flag.String("ca", "", "CA certificate (PEM)")
 	certFile := flag.String("cert", "", "client certificate (PEM)")
 	keyFile := flag.String("key", "", "client key (PEM)")
-	serverName := flag.String("server-name", "localhost", "name to verify in the server certificate")
+	serverName := flag.String("server-name", "lists.suzhou.creditlink.local", "name to verify in the server certificate: <service>.<city>.creditlink.local")
 	descriptors := flag.String("descriptors", "", "FileDescriptorSet of contracts/proto (buf build)")
 	subject := flag.String("subject", "L:91320500MA1W8XY409", "subject key to check")
 	name := flag.String("case", "check-organisation", "check-organisation | person-without-consent")

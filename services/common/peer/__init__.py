@@ -26,7 +26,10 @@ Example::
 **Who is calling.** The calling city comes only from the client certificate the TLS
 handshake verified against the region CA (``context.auth_context()``): its one URI SAN
 ``spiffe://creditlink/city/<key>`` (never the CN; a certificate with none or several is
-refused). It must be a city of the region registry. No request field or metadata can change it.
+refused). It must be a city of the region registry, and the city CA that issued the
+certificate must be that city's (``issuers.py``). No request field or metadata can change it.
+A client names the city and service it dials (:func:`secure_channel`) and the handshake checks
+the server's certificate for them.
 
 **What a call may do.** :class:`PeerCallGuard` asks the policy
 (``policy.py``) whether the caller may call the method, and for a request about one subject

@@ -16,6 +16,7 @@ import grpc
 from services.common.audit import AuditEntry, AuditUnavailable, QueuedAuditLog
 from services.common.observability import GRPC_LATENCY
 from services.common.peer.call import Denied, PeerCall, _current_call
+from services.common.peer.issuers import CityIssuers
 from services.common.peer.limits import CallerLimits
 from services.common.peer.names import LatencySink
 from services.common.peer.purpose import _default_purpose, _field
@@ -41,12 +42,12 @@ class PeerCallGuard:
     """Authorization, audit and latency around each peer method's handler.
 
     In order, for every call: refuse with UNAVAILABLE when the audit chain cannot be extended
-    (a node does not serve peer calls it cannot account for); identity from the certificate,
-    the caller's rate and calls in progress (``limits.py``), the policy decision, the
-    subject's class and consent (refusals abort with their denial code); the servicer's
-    behaviour; then, whatever the outcome (refusals too), the latency by method and status
-    (``creditlink_grpc_latency_seconds``) and one hash-chained audit record, which names
-    the denial code of a refusal.
+    (a node does not serve peer calls it cannot account for); identity from the certificate
+    and its issuing CA's city (``issuers.py``), the caller's rate and calls in progress
+    (``limits.py``), the policy decision, the subject's class and consent (refusals abort
+    with their denial code); the servicer's behaviour; then, whatever the outcome (refusals
+    too), the latency by method and status (``creditlink_grpc_latency_seconds``) and one
+    hash-chained audit record, which names the denial code of a refusal.
 
     The guard wraps each method handler once, when :func:`start_peer_server` registers the
     servicer, rather than being a ``grpc.aio.ServerInterceptor``: grpc.aio runs interceptors
@@ -61,8 +62,10 @@ class PeerCallGuard:
         audit: QueuedAuditLog | None,
         latency: LatencySink | None = None,
         limits: CallerLimits | None = None,
+        issuers: CityIssuers | None = None,
     ) -> None:
         self._security = security
+        self._issuers = issuers
         self._audit = audit
         self._node = security.city_code
         self._latency_sink = latency
@@ -160,7 +163,10 @@ class PeerCallGuard:
         call.request = request
         call.metadata = context.invocation_metadata() or ()
         try:
-            call.identity = security.identify(context)
+            identity = security.identify(context)
+            if self._issuers is not None:
+                self._issuers.check(context, identity)
+            call.identity = identity
             if self._limits is not None:
                 self._limits.admit(call, call.identity.city_code)
             call.decision = security.authorize(call.identity, method)

@@ -11,6 +11,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from services.common.audit import QueuedAuditLog
 from services.common.peer.guard import PeerCallGuard, _Registrar
+from services.common.peer.issuers import CityIssuers
 from services.common.peer.limits import CallerLimits, transport_options
 from services.common.peer.names import DEFAULT_GRACE_SECONDS, LatencySink
 from services.common.peer.security import PeerSecurity
@@ -72,7 +73,8 @@ async def start_peer_server(
 ) -> PeerServer:
     """Build, bind (mTLS only) and start a server. ``bind`` may use port 0 for a free port.
 
-    Every method of ``services`` is served behind :class:`PeerCallGuard`; health and
+    Every method of ``services`` is served behind :class:`PeerCallGuard`, which also refuses
+    a client certificate that its city's CA did not issue (``issuers.py``); health and
     reflection are not (they carry no credit data and load balancers call them). Call
     latencies go to ``creditlink_grpc_latency_seconds``, or to ``latency`` when given (a
     process that serves beside a node hands them to the node's metrics).
@@ -89,7 +91,9 @@ async def start_peer_server(
     server = grpc.aio.server(options=list(merged.items()))
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    guard = PeerCallGuard(security, audit, latency, CallerLimits(limits))
+    # The roots that verify client certificates also say which city CAs may name which city.
+    issuers = CityIssuers.from_pem(tls.ca.read_bytes())
+    guard = PeerCallGuard(security, audit, latency, CallerLimits(limits), issuers)
     names = [binding.service_name for binding in services]
     for binding in services:
         registrar = _Registrar()

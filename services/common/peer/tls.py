@@ -9,12 +9,13 @@ from typing import Any
 
 import grpc
 
-from services.common.certs import DEFAULT_OUT
+from services.common.certs import DEFAULT_OUT, service_host
 
 
 @dataclass(frozen=True, slots=True)
 class TlsFiles:
-    """PEM files of one party: the region CA it trusts, its certificate and its key."""
+    """PEM files of one party: the region root CA it trusts, its certificate followed by its
+    city CA (the chain its peers verify), and its key."""
 
     ca: Path
     cert: Path
@@ -28,7 +29,8 @@ class TlsFiles:
         )
 
     def server_credentials(self) -> grpc.ServerCredentials:
-        """Server side: present our certificate, *require* a client certificate from the CA."""
+        """Server side: present our certificate and its chain, *require* a client certificate
+        that chains to the root (and, checked by the guard, comes from its own city's CA)."""
         return grpc.ssl_server_credentials(
             [(self.key.read_bytes(), self.cert.read_bytes())],
             root_certificates=self.ca.read_bytes(),
@@ -48,13 +50,18 @@ def secure_channel(
     target: str,
     tls: TlsFiles,
     *,
-    server_name: str | None = None,
+    expect_city: str,
+    service: str,
     options: Sequence[tuple[str, Any]] = (),
 ) -> grpc.aio.Channel:
-    """An mTLS channel to a peer. ``server_name`` overrides the name checked in its certificate
-    (for example ``wuxi.creditlink.local`` when dialling an IP the certificate does not list).
+    """An mTLS channel to ``service`` (``lists``, ``scores``, ``alerts``, ``intake``) of
+    ``expect_city``, at ``target``.
+
+    The handshake checks the server certificate for ``<service>.<city>.creditlink.local``
+    (``grpc.ssl_target_name_override``), whatever host ``target`` names: only that city's CA
+    may issue a certificate for the name (its name constraints, ``services/common/certs.py``),
+    so a server presenting another city's certificate fails the handshake. Certificates name
+    no loopback address; a node reached at ``127.0.0.1`` is checked the same way.
     """
-    all_options = list(options)
-    if server_name:
-        all_options.append(("grpc.ssl_target_name_override", server_name))
+    all_options = [*options, ("grpc.ssl_target_name_override", service_host(expect_city, service))]
     return grpc.aio.secure_channel(target, tls.channel_credentials(), options=all_options)
