@@ -541,6 +541,8 @@ async def test_wuxi_subscribing_to_suzhous_alerts_is_refused_and_audited(
             "wuxi",
             {
                 "alerts.update-unknown-alert-not-found",
+                "alerts.deliver-accepted-once",
+                "alerts.deliver-with-another-citys-origin-refused",
                 "alerts.subscribe-by-another-city-permission-denied",
             },
             {"alerts.subscribe-bad-cursor-invalid-argument"},
@@ -551,7 +553,11 @@ async def test_wuxi_subscribing_to_suzhous_alerts_is_refused_and_audited(
                 "alerts.update-unknown-alert-not-found",
                 "alerts.subscribe-bad-cursor-invalid-argument",
             },
-            {"alerts.subscribe-by-another-city-permission-denied"},
+            {
+                "alerts.deliver-accepted-once",
+                "alerts.deliver-with-another-citys-origin-refused",
+                "alerts.subscribe-by-another-city-permission-denied",
+            },
         ),
     ],
 )
