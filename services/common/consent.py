@@ -138,7 +138,9 @@ class ConsentIssuer:
         lifetime_seconds: int,
         purpose: str,
         now: int | None = None,
+        token_id: str | None = None,
     ) -> str:
+        """A signed token; ``token_id`` (its ``jti``) is random unless the caller chose it."""
         issued_at = int(time.time()) if now is None else now
         payload = {
             "v": 1,
@@ -148,7 +150,7 @@ class ConsentIssuer:
             "pur": purpose,
             "iat": issued_at,
             "exp": issued_at + lifetime_seconds,
-            "jti": secrets.token_hex(16),
+            "jti": token_id or secrets.token_hex(16),
             "kid": key_id(self.private_key.public_key()),
         }
         body = _b64encode(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode())

@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -121,9 +120,6 @@ class Revocations:
         self._by_id = {k: r for k, r in self._by_id.items() if r.expires_at > now}
         # Positions handed out stay valid: the log keeps its length, expired entries are
         # skipped by added_since.
-
-    def __iter__(self) -> Iterator[Revocation]:
-        return iter(list(self._by_id.values()))
 
 
 async def publish_revocation(publisher: EventPublisher, revocation: Revocation) -> None:

@@ -10,6 +10,7 @@ revocations for every connected city).
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -101,19 +102,18 @@ class ConsentServicer(consent_pb2_grpc.ConsentServiceServicer):
                 "invalid-lifetime",
                 f"lifetime_seconds must be 1..{cap}",
             )
-        now = int(time.time())
+        now, token_id = int(time.time()), secrets.token_hex(16)
         token = self._issuer.issue(
             subject_key=request.subject_key,
             audience_city=request.audience_city,
             lifetime_seconds=request.lifetime_seconds,
             purpose=request.purpose,
             now=now,
+            token_id=token_id,
         )
-        claims = security.keyring.signed_claims(token)
+        expires_at = datetime.fromtimestamp(now + request.lifetime_seconds, UTC)
         return consent_pb2.IssueConsentResponse(
-            token=token,
-            token_id=claims["jti"],
-            expires_at=timestamp(datetime.fromtimestamp(claims["exp"], UTC)),
+            token=token, token_id=token_id, expires_at=timestamp(expires_at)
         )
 
     async def RevokeConsent(

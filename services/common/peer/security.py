@@ -31,7 +31,7 @@ from services.common.policy import (
     load_policy,
     subject_key_problem,
 )
-from services.common.pseudonym import parse_person_key
+from services.common.pseudonym import PersonKey, parse_person_key
 from services.common.region import Region
 from services.common.revocations import Revocations
 from services.common.settings import Settings
@@ -182,7 +182,7 @@ class PeerSecurity:
                 consent_token,
                 audience_city=call.identity.city_code,
                 subject_key=subject_key,
-                home_city=self.home_city(subject_key),
+                home_city=self._home_of(person),
                 purposes=self.purposes.covering(call.method, _scenario_name(call.request)),
             )
         except ConsentError as exc:
@@ -198,7 +198,9 @@ class PeerSecurity:
     def home_city(self, subject_key: str) -> str | None:
         """The code of the region city a natural person's key names as their home (the only
         city whose consent is honoured for them), or None."""
-        person = parse_person_key(subject_key)
+        return self._home_of(parse_person_key(subject_key))
+
+    def _home_of(self, person: PersonKey | None) -> str | None:
         if person is None or person.division is None:
             return None
         city = self.region.by_admin_code(person.division)
