@@ -41,9 +41,6 @@ class ConsentPurposes:
 
     def __init__(self, purposes: Iterable[ConsentPurpose]) -> None:
         self._purposes = {purpose.code: purpose for purpose in purposes}
-        # (method, scenario) -> codes: a handful of methods and scenarios, fixed for the
-        # catalogue's life.
-        self._covering: dict[tuple[str, str | None], frozenset[str]] = {}
 
     def __contains__(self, code: object) -> bool:
         return code in self._purposes
@@ -57,16 +54,12 @@ class ConsentPurposes:
     def covering(self, method: str, scenario: str | None) -> frozenset[str]:
         """The purpose codes under which a call of ``method`` in ``scenario`` (None: the
         method has no scenario) may use a person's data."""
-        key = (method, scenario)
-        found = self._covering.get(key)
-        if found is None:
-            found = self._covering[key] = frozenset(
-                purpose.code
-                for purpose in self._purposes.values()
-                if method in purpose.methods
-                and (purpose.scenarios is None or scenario in purpose.scenarios)
-            )
-        return found
+        return frozenset(
+            purpose.code
+            for purpose in self._purposes.values()
+            if method in purpose.methods
+            and (purpose.scenarios is None or scenario in purpose.scenarios)
+        )
 
 
 def load_purposes(path: Path | None = None) -> ConsentPurposes:
