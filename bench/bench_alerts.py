@@ -37,11 +37,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from bench.harness import BenchContext, Comparison, benchmark, percentile
 from creditlink.peer.v1 import alert_exchange_pb2, alert_exchange_pb2_grpc
 from deploy.broker import free_port
+from services.alerts.model import Domain
 from services.alerts.topics import topic_partitions
 from services.common.avro import AvroSerde
 from services.common.certs import issue_dev_certificates
 from services.common.kafka import EventPublisher, make_producer
 from services.common.peer import TlsFiles, secure_channel
+from services.common.roles import Role
 from services.common.settings import REPO_ROOT, Settings, load_settings
 from services.common.topics import load_catalogue, provision
 from tests.kit.alerts import org_key, penalty_record
@@ -254,8 +256,13 @@ async def alerts_latency(ctx: BenchContext) -> list[Comparison]:
         for city in CITIES:
             await _wait_serving(city, f"127.0.0.1:{ports[city]}", tls)
 
+        # Suzhou's regulator, acting in every domain: it sees every alert raised for Suzhou.
+        regulator = Role.regulator_of("suzhou", "11320500014160400L", [d.value for d in Domain])
         channel = secure_channel(
-            f"127.0.0.1:{ports['suzhou']}", tls, expect_city="suzhou", service="alerts"
+            f"127.0.0.1:{ports['suzhou']}",
+            TlsFiles.for_role(regulator, scratch / "certs"),
+            expect_city="suzhou",
+            service="alerts",
         )
         stream = alert_exchange_pb2_grpc.AlertExchangeServiceStub(channel).SubscribeAlerts(
             alert_exchange_pb2.SubscribeAlertsRequest()

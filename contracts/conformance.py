@@ -100,6 +100,9 @@ class Endpoint:
     #: A certificate and key of a region city the endpoint's policy names for nothing.
     denied_cert: Path | None = None
     denied_key: Path | None = None
+    #: An alert the serving city raised that targets the calling city, which the runner may
+    #: acknowledge (one the operator raised for the run).
+    alert_id: str = ""
 
     def credentials(
         self, *, cert: Path | None = None, key: Path | None = None, with_client_cert: bool = True
@@ -775,6 +778,40 @@ async def _alert_missing(session: Session) -> None:
     )
 
 
+@case("alerts.update-status-of-a-targeting-alert-recorded-once")
+async def _alert_update(session: Session) -> None:
+    """The calling city, a target of the alert, reports its regulators' handling at the
+    origin: the change is recorded as the caller's, and the same change id answers the same
+    change again (docs/alerts.md)."""
+    stub = _deliver_stub(session)
+    endpoint = session.endpoint
+    if not endpoint.alert_id:
+        raise CaseSkipped(
+            "give --alert-id: an alert the serving city raised for the calling city, which "
+            "the runner may acknowledge"
+        )
+    request = alert_exchange_pb2.UpdateAlertStatusRequest(
+        alert_id=endpoint.alert_id,
+        status=alert_exchange_pb2.ALERT_STATUS_ACKNOWLEDGED,
+        regulator="conformance",
+        note="联动监管协议一致性测试 (conformance test)",
+        change_id=str(uuid.uuid4()),
+    )
+    first = (await stub.UpdateAlertStatus(request, timeout=TIMEOUT)).change
+    expect(
+        (first.alert_id, first.change_id, first.status, first.by_city)
+        == (
+            request.alert_id,
+            request.change_id,
+            alert_exchange_pb2.ALERT_STATUS_ACKNOWLEDGED,
+            endpoint.caller_code,
+        ),
+        f"the change was not recorded as asked, by the calling city: {first}",
+    )
+    again = (await stub.UpdateAlertStatus(request, timeout=TIMEOUT)).change
+    expect(again == first, f"the same change id answered another change: {again} vs {first}")
+
+
 def _conformance_alert(
     origin_city: str, target_city: str, *, alert_id: str | None = None
 ) -> alert_exchange_pb2.Alert:
@@ -960,6 +997,12 @@ def main(argv: list[str] | None = None) -> int:
         "--denied-cert", type=Path, help="certificate of a city the policy names for nothing"
     )
     parser.add_argument("--denied-key", type=Path, help="its private key")
+    parser.add_argument(
+        "--alert-id",
+        default="",
+        help="an alert the serving city raised for the calling city, which the runner may "
+        "acknowledge (the positive UpdateAlertStatus case)",
+    )
     args = parser.parse_args(argv)
     region = load_region(args.region)
     endpoint = Endpoint(
@@ -974,6 +1017,7 @@ def main(argv: list[str] | None = None) -> int:
         consent_key=args.consent_key,
         denied_cert=args.denied_cert,
         denied_key=args.denied_key,
+        alert_id=args.alert_id,
     )
     results = asyncio.run(run(endpoint, args.only))
     for result in results:

@@ -258,7 +258,8 @@ def _policy_callers(
     left: list[str] = []
     for index, rule in enumerate(policy_raw.get("rules") or []):
         callers = [str(c) for c in rule.get("callers") or []]
-        named = set(callers) - {SELF}
+        # "self" and "self/<role>" name the serving city's own callers, not peers.
+        named = {c for c in callers if c.partition("/")[0] != SELF}
         if key in callers or not named:
             continue
         description = " ".join(str(rule.get("description", "")).split())

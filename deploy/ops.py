@@ -24,6 +24,7 @@ from deploy import region as supervisor
 from deploy.broker import REPO_ROOT, Broker, broker_answers
 from services.common.pseudonym import DEV_REGION_KEY, PseudonymKeyError, load_region_key
 from services.common.region import Region
+from services.common.roles import Role
 from services.common.settings import load_settings
 from services.common.topic_names import AUDIT_TOPIC
 
@@ -297,15 +298,37 @@ def records_import(files: list[Path], city: str, dev: bool = False) -> int:
     return _python_module("services.intake", "import", *map(str, files), env=env)
 
 
-def _channel(caller: str, city: str, service: str) -> Any:
+def _channel(caller: str | Role, city: str, service: str) -> Any:
+    """An mTLS channel to ``city``'s ``service`` with the certificate of ``caller``: a city's
+    node, or a department or regulator (development certificates, issued on first use)."""
     from services.common.peer import TlsFiles, secure_channel
 
     target = _region().city(city).endpoint(service)
-    return secure_channel(
-        target,
-        TlsFiles.for_city(caller, _deployment().cert_dir),
-        expect_city=city,
-        service=service,
+    cert_dir = _deployment().cert_dir
+    tls = (
+        TlsFiles.for_role(caller, cert_dir)
+        if isinstance(caller, Role)
+        else TlsFiles.for_city(caller, cert_dir)
+    )
+    return secure_channel(target, tls, expect_city=city, service=service)
+
+
+def _regulator(city: str, code: str | None, domains: list[str]) -> Role:
+    """The regulator of ``city`` whose certificate to follow alerts with: by its code, or
+    the first of city-roles.yaml acting in every one of ``domains``."""
+    from services.common.roles import load_city_roles
+
+    roles = load_city_roles(
+        _deployment().config_dir / "city-roles.yaml", cities=_region().cities.keys()
+    )
+    wanted = {d.upper() for d in domains}
+    for role in roles.regulator_roles(city):
+        if (code is None or role.regulator == code) and wanted <= role.domains:
+            return role
+    raise SystemExit(
+        f"no regulator of {city} in city-roles.yaml"
+        + (f" with code {code}" if code else "")
+        + (f" acting in {', '.join(sorted(wanted))}" if wanted else "")
     )
 
 
@@ -362,12 +385,15 @@ def scores_recognize(
     return 0
 
 
-def alerts_tail(city: str, domain: list[str], limit: int) -> int:
-    """Follow a city's supervision alerts and status changes, as a regulator sees them."""
+def alerts_tail(city: str, domain: list[str], limit: int, regulator: str | None = None) -> int:
+    """Follow a city's supervision alerts and status changes, as a regulator sees them (with
+    the regulator's certificate: only the alerts of its domains)."""
     from creditlink.peer.v1 import alert_exchange_pb2, alert_exchange_pb2_grpc, common_pb2
 
+    role = _regulator(city, regulator, domain)
+
     async def tail() -> None:
-        async with _channel(city, city, "alerts") as channel:
+        async with _channel(role, city, "alerts") as channel:
             stream = alert_exchange_pb2_grpc.AlertExchangeServiceStub(channel).SubscribeAlerts(
                 alert_exchange_pb2.SubscribeAlertsRequest(
                     domains=[
@@ -529,7 +555,12 @@ def _parser() -> argparse.ArgumentParser:
     tail.add_argument(
         "--limit", type=int, default=0, help="stop after this many messages (0: follow)"
     )
-    tail.set_defaults(run=lambda a: alerts_tail(a.city, a.domain, a.limit))
+    tail.add_argument(
+        "--regulator",
+        help="the regulator's unified social credit code (default: the first of "
+        "city-roles.yaml acting in the --domain given)",
+    )
+    tail.set_defaults(run=lambda a: alerts_tail(a.city, a.domain, a.limit, a.regulator))
 
     verify = groups.add_parser("audit-verify", help=_first_line(audit_verify))
     _city(verify, "suzhou")

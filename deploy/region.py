@@ -39,6 +39,7 @@ CERT_DIR: Final = REPO_ROOT / "deploy" / "local" / "certs"
 CONFIG_FILES: Final = {
     "CREDITLINK_REGION_FILE": "region.yaml",
     "CREDITLINK_PEER_POLICY": "peer-policy.yaml",
+    "CREDITLINK_CITY_ROLES": "city-roles.yaml",
     "CREDITLINK_SCORES_CONFIG": "score-incentives.yaml",
     "CREDITLINK_MEASURES_FILE": "measures.yaml",
     "CREDITLINK_ALERT_RULES": "alert-rules.yaml",

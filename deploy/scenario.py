@@ -2,10 +2,12 @@
 ``tests/integration/test_demo.py`` asserts.
 
 Everything goes through the services' real interfaces: departments submit records to their
-city's intake over gRPC with mutual TLS (each city calls its own node with its own
-certificate), credit checks and score recognitions are peer calls, and the regulator follows
-the alert stream. Data is generated (seeded) but shaped like the real thing: valid unified
-social credit codes and resident ID numbers, departments that report late, an invalid code.
+city's intake over gRPC with mutual TLS, each with its own department certificate (issued by
+its city's development CA on first use, docs/trust.md "Roles"); credit checks and score
+recognitions are peer calls between city nodes; regulators follow the alert stream and
+acknowledge with their own certificates. Data is generated (seeded) but shaped like the real
+thing: valid unified social credit codes and resident ID numbers, departments that report
+late, an invalid code.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from services.common.identifiers import org_code_check_char, uscc_check_char
 from services.common.peer import TlsFiles, secure_channel
 from services.common.pseudonym import load_region_key, pseudonym
 from services.common.region import Region
+from services.common.roles import Role, load_city_roles
 from services.common.settings import load_settings
 from services.common.workdays import add_working_days
 from services.intake.figures.queries import query_quality
@@ -151,12 +154,18 @@ class Scenario:
         self._channels: dict[tuple[str, str, str], grpc.aio.Channel] = {}
 
     # --- plumbing ---------------------------------------------------------------------------
-    def channel(self, caller: str, city: str, service: str) -> grpc.aio.Channel:
-        """An mTLS channel from ``caller`` (its certificate) to ``city``'s ``service``."""
-        key = (caller, city, service)
+    def channel(self, caller: str | Role, city: str, service: str) -> grpc.aio.Channel:
+        """An mTLS channel from ``caller`` (a city's node or a role, by its certificate) to
+        ``city``'s ``service``."""
+        key = (caller.name if isinstance(caller, Role) else caller, city, service)
         if key not in self._channels:
             target = self.region.city(city).endpoint(service)
-            tls = TlsFiles.for_city(caller, self.deployment.cert_dir)
+            cert_dir = self.deployment.cert_dir
+            tls = (
+                TlsFiles.for_role(caller, cert_dir)
+                if isinstance(caller, Role)
+                else TlsFiles.for_city(caller, cert_dir)
+            )
             self._channels[key] = secure_channel(target, tls, expect_city=city, service=service)
         return self._channels[key]
 
@@ -240,14 +249,29 @@ class Scenario:
             ),
         )
 
+    def regulator(self, city: str, domain: str) -> Role:
+        """A regulator of ``city`` acting in ``domain``, from deploy/config/city-roles.yaml."""
+        roles = load_city_roles(
+            self.deployment.config_dir / "city-roles.yaml", cities=self.region.cities.keys()
+        )
+        return next(r for r in roles.regulator_roles(city) if domain in r.domains)
+
     async def submit(
         self, city: str, records: list[record_intake_pb2.CreditRecord]
     ) -> list[record_intake_pb2.RecordResult]:
-        stub = record_intake_pb2_grpc.RecordIntakeServiceStub(self.channel(city, city, "intake"))
-        response = await stub.SubmitRecords(
-            record_intake_pb2.SubmitRecordsRequest(records=records), timeout=30
-        )
-        results = list(response.results)
+        """Each record as its department submits it: with the department's own certificate."""
+        by_department: dict[str, list[int]] = {}
+        for index, record in enumerate(records):
+            by_department.setdefault(record.department_code, []).append(index)
+        answered: dict[int, record_intake_pb2.RecordResult] = {}
+        for department, indexes in by_department.items():
+            channel = self.channel(Role.department(city, department), city, "intake")
+            response = await record_intake_pb2_grpc.RecordIntakeServiceStub(channel).SubmitRecords(
+                record_intake_pb2.SubmitRecordsRequest(records=[records[i] for i in indexes]),
+                timeout=30,
+            )
+            answered.update(zip(indexes, response.results, strict=True))
+        results = [answered[index] for index in range(len(records))]
         self.outcomes.submitted[city] = self.outcomes.submitted.get(city, 0) + len(results)
         for result in results:
             if result.HasField("accepted"):
@@ -650,11 +674,12 @@ class Scenario:
         self.say("\n[bold]4. A serious food-safety penalty in Changzhou, alerted to Suzhou[/bold]")
         code, name = make_code(self.rng, "91", "320507"), "苏州相城区某食品加工有限公司"
         department = (make_code(self.rng, "11", "320400"), "常州市市场监督管理局")
+        # Each city's food-safety regulator, with its own certificate.
         subscribe = alert_exchange_pb2_grpc.AlertExchangeServiceStub(
-            self.channel("suzhou", "suzhou", "alerts")
+            self.channel(self.regulator("suzhou", "FOOD_DRUG"), "suzhou", "alerts")
         )
         origin = alert_exchange_pb2_grpc.AlertExchangeServiceStub(
-            self.channel("changzhou", "changzhou", "alerts")
+            self.channel(self.regulator("changzhou", "FOOD_DRUG"), "changzhou", "alerts")
         )
         request = alert_exchange_pb2.SubscribeAlertsRequest(
             domains=[common_pb2.SUPERVISION_DOMAIN_FOOD_DRUG]
@@ -719,7 +744,7 @@ class Scenario:
             alert_exchange_pb2.UpdateAlertStatusRequest(
                 alert_id=alert.alert_id,
                 status=alert_exchange_pb2.ALERT_STATUS_ACKNOWLEDGED,
-                regulator="苏州市市场监督管理局 食品安全处",
+                # The node records the regulator its certificate names, not this field.
                 note="已接收，安排属地核查",
                 change_id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"ack:{alert.alert_id}")),
             ),

@@ -29,6 +29,7 @@ from services.common.certs import (
     city_host,
     city_uri,
     issue_city_certificate,
+    issue_role_certificate,
     new_ca,
     new_city_ca,
 )
@@ -52,6 +53,7 @@ from services.common.peer import (
 from services.common.policy import parse_policy
 from services.common.pseudonym import DEV_REGION_KEY, key_id_of
 from services.common.region import Region, load_region
+from services.common.roles import Role
 from services.common.settings import REPO_ROOT, Settings, load_settings
 from services.common.topics import load_catalogue, provision
 
@@ -64,6 +66,20 @@ PERSON = f"N:320505.{key_id_of(DEV_REGION_KEY)}." + "ab" * 32
 OTHER_PERSON = f"N:320505.{key_id_of(DEV_REGION_KEY)}." + "cd" * 32
 #: A Wuxi resident (division 320211), whose consent only Wuxi can give.
 WUXI_PERSON = f"N:320211.{key_id_of(DEV_REGION_KEY)}." + "ef" * 32
+#: Departments and a regulator of Suzhou, by their codes (GB 32100-2015 check characters).
+SUZHOU_DEPARTMENT = "11320500014160400L"
+OTHER_SUZHOU_DEPARTMENT = "11320500014160574X"
+
+
+def city_regulator(city: str) -> Role:
+    """The first regulator of ``city`` in deploy/config/city-roles.yaml (Suzhou's: the market
+    supervision bureau, FOOD_DRUG, MEDICAL and MARKET)."""
+    from services.common.roles import load_city_roles
+
+    roles = load_city_roles(REPO_ROOT / "deploy/config/city-roles.yaml", cities=REGION.cities)
+    return roles.regulator_roles(city)[0]
+
+
 #: The purpose a plain check (no scenario) needs.
 CHECK_PURPOSE = "credit-history"
 
@@ -97,12 +113,20 @@ class PeerPki:
     ca: CertifiedKey
     city_cas: Mapping[str, CertifiedKey]
 
-    def tls(self, name: str) -> TlsFiles:
+    def tls(self, name: str | Role) -> TlsFiles:
+        """The files of a city's node or of a misfit certificate by file name; of a
+        department or regulator by its role (issued by its city's CA on first use)."""
+        if isinstance(name, Role):
+            return self.role_tls(name)
         return TlsFiles(
             ca=self.directory / "ca.crt",
             cert=self.directory / f"{name}.crt",
             key=self.directory / f"{name}.key",
         )
+
+    def role_tls(self, role: Role) -> TlsFiles:
+        """A department's or regulator's certificate, issued by its city's CA."""
+        return TlsFiles.for_role(role, self.directory)
 
 
 def make_pki(
@@ -155,6 +179,10 @@ def make_pki(
     # ... and naming Suzhou's host names too, which the name constraints refuse.
     issue_city_certificate(rogue, "suzhou").write(
         directory / "rogue-hosts.crt", directory / "rogue-hosts.key"
+    )
+    # A department certificate naming a Suzhou department, from Wuxi's real CA.
+    issue_role_certificate(rogue, Role.department("suzhou", SUZHOU_DEPARTMENT)).write(
+        directory / "rogue-department.crt", directory / "rogue-department.key"
     )
     return PeerPki(directory, ca, city_cas)
 

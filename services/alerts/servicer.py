@@ -9,12 +9,12 @@ always the one its certificate names (``current_call().identity``).
 * ``SubscribeAlerts``: our regulators' feed (alerts raised or received here and their status
   changes) from the store, resumable from an opaque cursor; a stream ends after
   ``follow_max_age`` (docs/design.md §3.3) and the regulator resumes from its last cursor.
-  The policy admits only this city's own certificate; behind it, every caller gets only the
-  entries its :class:`~services.alerts.audience.Audience` sees.
+  The policy admits only this city's regulators; behind it, every caller gets only the
+  entries its :class:`~services.alerts.audience.Audience` sees (a regulator: its domains).
 * ``UpdateAlertStatus``: at the origin it applies the change; at a target, for the city's own
-  regulators, it relays the change to the origin (same ``change_id``) and records the
-  origin's answer locally, so both cities show the same history. An alert the caller may not
-  see answers as an unknown one.
+  regulators (recorded as the regulator their certificate names), it relays the change to the
+  origin (same ``change_id``) and records the origin's answer locally, so both cities show the
+  same history. An alert the caller may not see answers as an unknown one.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from services.alerts.model import REGULATOR_STATUSES, Alert, Domain, Severity, S
 from services.alerts.store import AlertStore
 from services.common.peer import Denied, PeerSecurity, current_call, deny
 from services.common.policy import subject_key_problem
+from services.common.roles import NODE, REGULATOR
 from services.common.settings import PeerLimits
 
 MAX_DELIVER: Final = 500
@@ -294,6 +295,20 @@ class AlertExchangeServicer(alert_exchange_pb2_grpc.AlertExchangeServiceServicer
         call = current_call()
         audience = Audience.of_call(serving_city=self._city, call=call)
         caller = audience.caller_city
+        assert call.identity is not None  # the guard identified the caller
+        # A regulator's own call records the regulator its certificate names, whatever the
+        # request says; a target city's node relays the regulator it recorded that way.
+        if call.identity.kind == REGULATOR:
+            request.regulator = call.identity.regulator or ""
+        elif call.identity.kind != NODE or caller == self._city:
+            await deny(
+                context,
+                grpc.StatusCode.PERMISSION_DENIED,
+                "not-a-regulator",
+                "only a regulator's certificate, or a target city's node relaying one, reports "
+                "an alert's handling",
+            )
+        regulator = request.regulator or None
         known = self._book.change(request.change_id)
         if known is not None:
             known_alert = self._book.held(known.alert_id)
@@ -315,7 +330,7 @@ class AlertExchangeServicer(alert_exchange_pb2_grpc.AlertExchangeServiceServicer
                     status=Status.from_proto(request.status),
                     by_city=caller,
                     change_id=request.change_id,
-                    regulator=request.regulator or None,
+                    regulator=regulator,
                     note=request.note or None,
                     expected=(
                         Status.from_proto(request.expected_status)

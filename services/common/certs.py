@@ -16,6 +16,11 @@ file                        what
                             DNS SANs ``<city>.creditlink.local`` and, per node service,
                             ``<service>.<city>.creditlink.local``; no ``localhost``, no IP address
 ``<city>.consent.key/.pub`` the city consent service's Ed25519 signing key (see ``consent.py``)
+``<city>.department.<USCC>``  a department's or regulator's client certificate and key, by their
+``<city>.regulator.<USCC>``   city's CA (``.crt``/``.key``): one URI SAN naming the city and the
+                            role (services/common/roles.py), no host names, client use only;
+                            for every department and regulator of ``city-roles.yaml``, and on
+                            demand (:func:`ensure_role_certificate`) for others
 ==========================  =====================================================================
 
 It is idempotent: files that are present, signed by their current issuer, name the right
@@ -48,10 +53,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from services.common.region import load_region
+from services.common.roles import CITY_URI_PREFIX, NODE, Role, load_city_roles
 from services.common.settings import REPO_ROOT
 
 DEFAULT_OUT = REPO_ROOT / "deploy" / "local" / "certs"
-CITY_URI_PREFIX = "spiffe://creditlink/city/"
 #: The host part of every creditlink URI SAN: what a URI name constraint can bind (RFC 5280
 #: §4.2.1.10 constrains a URI by its host, never by its path, so a city's CA cannot be confined
 #: to ``spiffe://creditlink/city/<city>`` by the constraint itself).
@@ -263,11 +268,52 @@ def issue_city_certificate(
     SANs (default: ``city``'s one), for certificates a peer must refuse: none, or several
     cities (services/common/peer/security.py), or issued by another city's CA.
     """
+    chosen = (city_uri(city),) if uris is None else tuple(uris)
+    return _issue(
+        ca,
+        common_name=city,
+        uris=chosen,
+        hosts=city_hosts(city) if hosts is None else hosts,
+        usages=(ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH),
+        not_before=not_before,
+        not_after=not_after,
+    )
+
+
+def issue_role_certificate(
+    ca: CertifiedKey,
+    role: Role,
+    *,
+    not_before: dt.datetime | None = None,
+    not_after: dt.datetime | None = None,
+) -> CertifiedKey:
+    """A department's or regulator's client certificate, signed by its city's CA (``ca``):
+    one URI SAN naming the role (services/common/roles.py), no host names, client use only."""
+    return _issue(
+        ca,
+        common_name=role.name,
+        uris=(role.uri(),),
+        hosts=(),
+        usages=(ExtendedKeyUsageOID.CLIENT_AUTH,),
+        not_before=not_before,
+        not_after=not_after,
+    )
+
+
+def _issue(
+    ca: CertifiedKey,
+    *,
+    common_name: str,
+    uris: Sequence[str],
+    hosts: Sequence[str],
+    usages: Sequence[x509.ObjectIdentifier],
+    not_before: dt.datetime | None,
+    not_after: dt.datetime | None,
+) -> CertifiedKey:
     key = ec.generate_private_key(ec.SECP256R1())
     start = not_before or _now() - dt.timedelta(minutes=5)
-    chosen = (city_uri(city),) if uris is None else tuple(uris)
-    names: list[x509.GeneralName] = [x509.UniformResourceIdentifier(uri) for uri in chosen]
-    for host in city_hosts(city) if hosts is None else hosts:
+    names: list[x509.GeneralName] = [x509.UniformResourceIdentifier(uri) for uri in uris]
+    for host in hosts:
         try:
             names.append(x509.IPAddress(ipaddress.ip_address(host)))
         except ValueError:
@@ -278,7 +324,7 @@ def issue_city_certificate(
             x509.Name(
                 [
                     x509.NameAttribute(NameOID.ORGANIZATION_NAME, "creditlink"),
-                    x509.NameAttribute(NameOID.COMMON_NAME, city),
+                    x509.NameAttribute(NameOID.COMMON_NAME, common_name),
                 ]
             )
         )
@@ -289,12 +335,7 @@ def issue_city_certificate(
         .not_valid_after(not_after or start + dt.timedelta(days=CITY_DAYS))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.SubjectAlternativeName(names), critical=False)
-        .add_extension(
-            x509.ExtendedKeyUsage(
-                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
-            ),
-            critical=False,
-        )
+        .add_extension(x509.ExtendedKeyUsage(list(usages)), critical=False)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()),
             critical=False,
@@ -363,9 +404,40 @@ def _current(
     )
 
 
-def issue_dev_certificates(out: Path, cities: Sequence[str]) -> list[str]:
+def _names_role(certificate: x509.Certificate, role: Role) -> bool:
+    try:
+        san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    except x509.ExtensionNotFound:
+        return False
+    return san.value.get_values_for_type(x509.UniformResourceIdentifier) == [role.uri()]
+
+
+def role_files(out: Path, role: Role) -> tuple[Path, Path]:
+    """Where the development certificate and key of ``role`` are (``<role name>.crt/.key``)."""
+    return out / f"{role.name}.crt", out / f"{role.name}.key"
+
+
+def ensure_role_certificate(out: Path, role: Role) -> tuple[Path, Path]:
+    """The development certificate of ``role`` in ``out``, issued by its city's CA there if it
+    is missing, stale or names something else; the city CA must exist (``make certs``).
+
+    How a city's CA issues them in production: docs/trust.md, "Roles"."""
+    if role.kind == NODE:
+        raise ValueError("a city node's certificate is made by issue_dev_certificates")
+    cert_path, key_path = role_files(out, role)
+    city_ca = _load(out / f"{role.city}-ca.crt", out / f"{role.city}-ca.key")
+    if city_ca is None:
+        raise FileNotFoundError(f"no CA of {role.city} in {out}: run make certs first")
+    if not _current(_load(cert_path, key_path), city_ca, functools.partial(_names_role, role=role)):
+        issue_role_certificate(city_ca, role).write(cert_path, key_path)
+    return cert_path, key_path
+
+
+def issue_dev_certificates(
+    out: Path, cities: Sequence[str], roles: Sequence[Role] = ()
+) -> list[str]:
     """Make sure ``out`` holds a current root CA and, per city, a city CA, a certificate and a
-    consent key.
+    consent key; and a certificate for each of ``roles``.
 
     Returns one line per file written or kept, for the operator.
     """
@@ -415,6 +487,9 @@ def issue_dev_certificates(out: Path, cities: Sequence[str]) -> list[str]:
             report.append(f"issued  {consent_key}")
         else:
             report.append(f"kept    {consent_key}")
+    for role in roles:
+        if role.city in cities:
+            report.append(f"ready   {ensure_role_certificate(out, role)[0]}")
     return report
 
 
@@ -430,7 +505,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     region = load_region(args.region)
-    for line in issue_dev_certificates(args.out, sorted(region.cities)):
+    city_roles = load_city_roles(cities=region.cities.keys())
+    roles = [
+        *(Role.department(city, code) for city, code in sorted(city_roles.acts_for)),
+        *(role for city in sorted(region.cities) for role in city_roles.regulator_roles(city)),
+    ]
+    for line in issue_dev_certificates(args.out, sorted(region.cities), roles):
         print(line)
     return 0
 

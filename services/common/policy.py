@@ -2,8 +2,9 @@
 
 The policy is deploy configuration (``deploy/config/peer-policy.yaml``, or the file named by
 ``CREDITLINK_PEER_POLICY``) and **denies by default**: a call is allowed only when a rule
-names the calling city (from its verified certificate), the method, and — when the request
-is about a subject — the subject's data class. File format::
+names the calling city and role (from its verified certificate, services/common/roles.py),
+the method, and — when the request is about a subject — the subject's data class. File
+format::
 
     version: 1
     data_classes:                     # every class a rule may name, with what it covers
@@ -12,7 +13,9 @@ is about a subject — the subject's data class. File format::
     rules:
       - description: why the rule exists (shown in reviews, not evaluated)
         servers: [suzhou]             # optional: serving cities the rule applies to (default all)
-        callers: [wuxi, changzhou]    # city keys; "self" is the serving city itself
+        callers: [wuxi, changzhou]    # city keys (the city's node); "self" is the serving
+                                      # city's; "<city>/department", "self/regulator": a role
+                                      # of the city (any department, any regulator)
         methods:                      # "/package.Service/Method" or "/package.Service/*"
           - /creditlink.peer.v1.CreditCheckService/CheckSubject
         data_classes: [organisation]  # what the caller may see through these methods
@@ -35,6 +38,7 @@ import yaml
 
 from services.common.identifiers import check_resident_id
 from services.common.pseudonym import parse_person_key
+from services.common.roles import POLICY_ROLES
 from services.common.settings import REPO_ROOT
 
 DEFAULT_POLICY_FILE = REPO_ROOT / "deploy" / "config" / "peer-policy.yaml"
@@ -107,7 +111,14 @@ class Rule:
         return f"{service}/*" in self.methods
 
     def matches_caller(self, caller: str, server: str) -> bool:
-        return caller in self.callers or (SELF in self.callers and caller == server)
+        """``caller`` is a principal (services/common/roles.py, ``Role.principal``):
+        ``<city>`` for a node, ``<city>/<role>`` for a department or regulator."""
+        if caller in self.callers:
+            return True
+        city, _, role = caller.partition("/")
+        if city != server:
+            return False
+        return f"{SELF}/{role}" in self.callers if role else SELF in self.callers
 
     def applies_to(self, server: str) -> bool:
         return self.servers is None or server in self.servers
@@ -162,7 +173,13 @@ def parse_policy(raw: Any, *, source: str, cities: Collection[str]) -> Policy:
         if not isinstance(entry, dict):
             raise PolicyError(f"{where}: expected a mapping")
         callers = _strings(entry.get("callers"), where, "callers")
-        unknown = sorted(callers - set(cities) - {SELF})
+        known = {*cities, SELF}
+        unknown = sorted(
+            caller
+            for caller in callers
+            if (city_role := caller.partition("/"))[0] not in known
+            or (city_role[1] and city_role[2] not in POLICY_ROLES)
+        )
         if unknown:
             raise PolicyError(f"{where}: unknown caller(s) {', '.join(unknown)}")
         servers = None

@@ -52,6 +52,7 @@ from services.intake.prepare import (
     PreparedChunk,
     PreparedRecord,
     PreparedRejection,
+    Submitter,
     check_submission,
 )
 from services.intake.publish.publisher import OutgoingEvent, PublishFailed, TransactionalPublisher
@@ -416,9 +417,14 @@ class IntakePipeline:
             city_code=self.city_code, today=self._today(), pseudonymise=self._pseudonymise
         )
 
-    def validate(self, batch: Sequence[Submission]) -> list[Verdict]:
+    def validate(
+        self, batch: Sequence[Submission], submitter: Submitter | None = None
+    ) -> list[Verdict]:
         context = self.context()
-        return [check_submission(s.content, s.problem, context, self._uploader) for s in batch]
+        return [
+            check_submission(s.content, s.problem, context, self._uploader, submitter)
+            for s in batch
+        ]
 
     def plan(
         self,

@@ -35,6 +35,7 @@ from services.intake.publish.partitioning import partition_for
 from services.intake.read import files
 from services.intake.validate.validation import (
     INCONSISTENT,
+    NOT_YOUR_DEPARTMENT,
     UNPARSEABLE,
     InvalidRecord,
     ValidationContext,
@@ -362,14 +363,28 @@ def chunk_rows(chunk: Chunk) -> Iterator[files.FileRow]:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class Submitter:
+    """The department whose certificate submits over gRPC, and the department codes it may
+    submit for (``None``: every department of the city; deploy/config/city-roles.yaml)."""
+
+    department: str
+    departments: frozenset[str] | None
+
+    def may_submit_for(self, department_code: str) -> bool:
+        return self.departments is None or department_code in self.departments
+
+
 def check_submission(
     content: object,
     problem: str | None,
     context: ValidationContext,
     uploader_department: str | None,
+    submitter: Submitter | None = None,
 ) -> Verdict:
     """Validate one submission (``problem``: why it could not be read at all), including the
-    uploader check of ``import --department``."""
+    uploader check of ``import --department`` and the submitter check of a department's
+    certificate (docs/trust.md, "Roles")."""
     if problem is not None or content is None:
         identity = identify(content, context.city_code) if content is not None else None
         reasons = (Violation("", UNPARSEABLE, problem or "no record"),)
@@ -386,6 +401,22 @@ def check_submission(
                     "department_code",
                     INCONSISTENT,
                     f"the file was uploaded for department {uploader_department}",
+                ),
+            ),
+            identify(content, context.city_code),
+        )
+    if (
+        submitter is not None
+        and isinstance(verdict, ValidRecord)
+        and not submitter.may_submit_for(verdict.department_code)
+    ):
+        return InvalidRecord(
+            (
+                Violation(
+                    "department_code",
+                    NOT_YOUR_DEPARTMENT,
+                    f"the submitting certificate is department {submitter.department}'s, "
+                    f"which may not submit for department {verdict.department_code}",
                 ),
             ),
             identify(content, context.city_code),

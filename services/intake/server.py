@@ -3,7 +3,9 @@
 The servicer adapts calls to the pipeline and nothing else: requests become submissions,
 outcomes become ``RecordResult`` messages. mTLS, the authorization policy (only the city's
 own departments), health, reflection and graceful shutdown come from
-:mod:`services.common.peer`.
+:mod:`services.common.peer`. A department's certificate submits only the records of its own
+department code, or of those ``city-roles.yaml`` lets it act for: any other record is
+rejected (``not-your-department``) and lands on the rejected topic like every rejection.
 
 One writer, one producer, one transaction at a time: calls are served concurrently, but their
 batches go through the pipeline one after another (a stream is cut into micro-batches so
@@ -34,8 +36,10 @@ from services.common.peer import (
     PeerSecurity,
     ServiceBinding,
     TlsFiles,
+    current_call,
     start_peer_server,
 )
+from services.common.roles import DEPARTMENT, CityRoles
 from services.common.workdays import CalendarNotCovered
 from services.intake.encode.events import SubmissionSource
 from services.intake.node import IntakeNode
@@ -45,6 +49,7 @@ from services.intake.pipeline import (
     Submission,
     disclosure_day_of,
 )
+from services.intake.prepare import Submitter
 from services.intake.read import grpc_codec
 from services.intake.read.files import mask_payload_bytes
 
@@ -110,8 +115,9 @@ def _metadata(context: grpc.aio.ServicerContext, name: str) -> str | None:
 class RecordIntakeServicer(record_intake_pb2_grpc.RecordIntakeServiceServicer):
     """Batch and stream submission; see the module docstring."""
 
-    def __init__(self, node: IntakeNode) -> None:
+    def __init__(self, node: IntakeNode, roles: CityRoles | None = None) -> None:
         self._node = node
+        self._roles = roles or CityRoles()
         self._lock = asyncio.Lock()
         self._touched: set[tuple[str, date]] = set()
         self._log = get_logger(component="grpc")
@@ -120,7 +126,7 @@ class RecordIntakeServicer(record_intake_pb2_grpc.RecordIntakeServiceServicer):
         self, submissions: Sequence[Submission], traceparent: str | None
     ) -> list[Outcome]:
         pipeline = self._node.pipeline
-        verdicts = pipeline.validate(submissions)
+        verdicts = pipeline.validate(submissions, self._submitter())
         async with self._lock:
             outcomes = await pipeline.submit(
                 submissions, verdicts=verdicts, traceparent=traceparent
@@ -130,6 +136,19 @@ class RecordIntakeServicer(record_intake_pb2_grpc.RecordIntakeServiceServicer):
             if day is not None:
                 self._touched.add(day)
         return outcomes
+
+    def _submitter(self) -> Submitter | None:
+        """The department the calling certificate names. The policy admits departments only;
+        any other caller a looser policy lets in may submit for no department. None outside a
+        guarded call (unit tests of the servicer)."""
+        try:
+            identity = current_call().identity
+        except RuntimeError:
+            return None
+        if identity is None or identity.kind != DEPARTMENT or identity.department_code is None:
+            return Submitter(identity.principal if identity else "unknown", frozenset())
+        code = identity.department_code
+        return Submitter(code, self._roles.departments_of(identity.city, code))
 
     async def SubmitRecords(
         self,
@@ -326,7 +345,7 @@ async def serve(
     ``ops_address`` (host:port) also serves ``/healthz`` and ``/metrics``
     (``services/common/observability.py``).
     """
-    servicer = RecordIntakeServicer(node)
+    servicer = RecordIntakeServicer(node, security.city_roles)
     server = await start_peer_server(
         bind=bind, tls=tls, services=[binding(servicer)], security=security, audit=None
     )

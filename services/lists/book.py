@@ -31,6 +31,7 @@ import structlog
 from services.common.clock import china_today
 from services.lists.cursor import CursorCodec
 from services.lists.decisions import (
+    ActsFor,
     Applied,
     Refused,
     Skipped,
@@ -38,6 +39,7 @@ from services.lists.decisions import (
     check_repair,
     decide_record,
     expire,
+    same_department,
 )
 from services.lists.model import SOURCE_RECORD_VERSION, ListChange, ListEntry
 from services.lists.store import ListStore, PeerPosition, StoreBatch, utc_now
@@ -204,8 +206,10 @@ class ListBook(BookView):
         own_city: str,
         changelog_topic: str,
         clock: Callable[[], datetime] = utc_now,
+        acts_for: ActsFor = same_department,
     ) -> None:
         super().__init__(store, own_city=own_city, clock=clock)
+        self._acts_for = acts_for
         self._sink = sink
         self._refusals = refusals
         self._changelog = changelog
@@ -270,6 +274,7 @@ class ListBook(BookView):
                     lookup=batch,
                     applied_version=batch.applied_version(record_id) if record_id else None,
                     now=now,
+                    acts_for=self._acts_for,
                 )
                 if isinstance(outcome, Applied):
                     report.applied.append(self._stage_own(batch, outcome, now))

@@ -18,7 +18,7 @@ Rules (docs/design.md §4.4; the CreditRecord schema's ``ListDecisionDetails``):
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any, Protocol
@@ -183,8 +183,23 @@ def _designate(
     )
 
 
+#: Whether department ``actor`` may change what department ``owner`` of the node's city
+#: decided (deploy/config/city-roles.yaml, ``acts_for``).
+ActsFor = Callable[[str, str], bool]
+
+
+def same_department(actor: str, owner: str) -> bool:
+    """A department acts for itself only: the rule when the city configures no authorities."""
+    return actor == owner
+
+
 def _target(
-    record: Mapping[str, Any], decision: Mapping[str, Any], *, own_city: str, lookup: EntryLookup
+    record: Mapping[str, Any],
+    decision: Mapping[str, Any],
+    *,
+    own_city: str,
+    lookup: EntryLookup,
+    acts_for: ActsFor,
 ) -> ListEntry | Refused:
     """The entry an action other than DESIGNATE concerns, found by its designation number."""
     reference = decision.get("designation_decision_number")
@@ -206,6 +221,14 @@ def _target(
     ]
     own = [entry for entry in candidates if entry.issuing_city == own_city]
     if len(own) == 1:
+        actor, owner = str(record["department_code"]), own[0].issuing_department_code
+        if not acts_for(actor, owner):
+            return Refused(
+                "not-issuing-department",
+                "department_code",
+                f"entry {own[0].entry_key} was designated by department {owner}; department "
+                f"{actor} does not act for it (city-roles.yaml)",
+            )
         return own[0]
     if len(own) > 1:
         return Refused(
@@ -265,6 +288,7 @@ def decide_record(
     lookup: EntryLookup,
     applied_version: int | None,
     now: datetime,
+    acts_for: ActsFor = same_department,
 ) -> Outcome:
     """What an accepted CreditRecord of this node does to the lists.
 
@@ -288,7 +312,7 @@ def decide_record(
     action = decision.get("action")
     if action == "DESIGNATE":
         return _designate(record, decision, own_city=own_city, lookup=lookup, now=now)
-    target = _target(record, decision, own_city=own_city, lookup=lookup)
+    target = _target(record, decision, own_city=own_city, lookup=lookup, acts_for=acts_for)
     if isinstance(target, Refused):
         return target
     today = china_today(now)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import Callable, Coroutine, Sequence
 from datetime import timedelta
 from pathlib import Path
@@ -37,6 +38,7 @@ from services.common.peer import (
 )
 from services.common.region import City, Region
 from services.common.revocations import follow_revocations
+from services.common.roles import CityRoles
 from services.common.settings import PeerLimits, Settings, load_peer_limits
 from services.common.signals import until_signalled
 from services.lists.book import BookView, ListBook
@@ -141,6 +143,7 @@ class ListsNode:
             KafkaChangelog(settings, self.serde),
             own_city=self.city.admin_code,
             changelog_topic=settings.topic(CHANGES_TOPIC),
+            acts_for=functools.partial(_acts_for, self.security.city_roles, settings.city),
         )
         self.mirrors = [
             PeerMirror(
@@ -308,3 +311,7 @@ class ListsNode:
             await until_signalled()
         finally:
             await self.stop()
+
+
+def _acts_for(roles: CityRoles, city: str, actor: str, owner: str) -> bool:
+    return roles.may_act_for(city, actor=actor, owner=owner)

@@ -42,7 +42,7 @@ from services.common.settings import REPO_ROOT, Settings, load_settings
 from services.common.topics import load_catalogue, provision
 from tests.kit.alerts import org_key, penalty_record
 from tests.kit.lists_region import eventually
-from tests.peer_kit import PeerPki, make_consent_kit, make_pki
+from tests.peer_kit import PeerPki, city_regulator, make_consent_kit, make_pki
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(180)]
 
@@ -107,8 +107,11 @@ class RegionUnderTest:
     def stub(
         self, at: str, as_city: str
     ) -> tuple[grpc.aio.Channel, alert_exchange_pb2_grpc.AlertExchangeServiceStub]:
+        """A channel to ``at`` as ``as_city``'s node, or, when they are the same city, as its
+        regulator (the serving city's own caller)."""
         endpoint = self.region.city(at).endpoints["alerts"]
-        channel = secure_channel(endpoint, self.pki.tls(as_city), expect_city=at, service="alerts")
+        caller = city_regulator(at) if as_city == at else as_city
+        channel = secure_channel(endpoint, self.pki.tls(caller), expect_city=at, service="alerts")
         return channel, alert_exchange_pb2_grpc.AlertExchangeServiceStub(channel)
 
     async def submit(self, record: dict[str, Any]) -> None:
@@ -436,7 +439,7 @@ async def test_a_suzhou_node_that_was_down_catches_up_and_its_regulator_resumes(
     await stream.close()
 
     await region.nodes["suzhou"].stop(0)
-    missed = penalty_record(subject(4), city_code=CZ, domain="URBAN_MANAGEMENT", serious=True)
+    missed = penalty_record(subject(4), city_code=CZ, domain="MEDICAL", serious=True)
     await region.submit(missed)
     await asyncio.sleep(1.5)  # Changzhou raises it and keeps retrying delivery
     await region.restart("suzhou")
@@ -545,7 +548,11 @@ async def test_wuxi_subscribing_to_suzhous_alerts_is_refused_and_audited(
                 "alerts.deliver-with-another-citys-origin-refused",
                 "alerts.subscribe-by-another-city-permission-denied",
             },
-            {"alerts.subscribe-bad-cursor-invalid-argument"},
+            {
+                "alerts.subscribe-bad-cursor-invalid-argument",
+                # No --alert-id: test_the_runner_reports_handling_of_an_alert_that_targets_it.
+                "alerts.update-status-of-a-targeting-alert-recorded-once",
+            },
         ),
         (
             "suzhou",
@@ -557,6 +564,7 @@ async def test_wuxi_subscribing_to_suzhous_alerts_is_refused_and_audited(
                 "alerts.deliver-accepted-once",
                 "alerts.deliver-with-another-citys-origin-refused",
                 "alerts.subscribe-by-another-city-permission-denied",
+                "alerts.update-status-of-a-targeting-alert-recorded-once",
             },
         ),
     ],
@@ -564,7 +572,8 @@ async def test_wuxi_subscribing_to_suzhous_alerts_is_refused_and_audited(
 async def test_the_conformance_runner_passes_against_a_real_alerts_node(
     region: RegionUnderTest, caller: str, passed: set[str], skipped: set[str]
 ) -> None:
-    tls = region.pki.tls(caller)
+    # As the serving city, the runner calls as one of its regulators.
+    tls = region.pki.tls(city_regulator("suzhou") if caller == "suzhou" else caller)
     endpoint = Endpoint(
         region.region.city("suzhou").endpoints["alerts"],
         tls.ca,
@@ -577,3 +586,32 @@ async def test_the_conformance_runner_passes_against_a_real_alerts_node(
     results = await conformance_run(endpoint, only=["alerts"])
     assert {r.name for r in results if r.outcome == "PASS"} == passed, [r.line() for r in results]
     assert {r.name for r in results if r.outcome == "SKIP"} == skipped
+
+
+async def test_the_runner_reports_handling_of_an_alert_that_targets_it(
+    region: RegionUnderTest,
+) -> None:
+    """The positive UpdateAlertStatus case, against Changzhou's real node as Suzhou: a
+    serious penalty in Changzhou raises an alert for Suzhou, which the runner acknowledges."""
+    stream = Stream(region, at="suzhou", as_city="suzhou")
+    await region.submit(penalty_record(subject(61), city_code=CZ, serious=True))
+    message = await stream.next_matching(is_alert(subject(61)))
+    await stream.close()
+    tls = region.pki.tls("suzhou")
+    endpoint = Endpoint(
+        region.region.city("changzhou").endpoints["alerts"],
+        tls.ca,
+        tls.cert,
+        tls.key,
+        service_host("changzhou", "alerts"),
+        caller_code=SZ,
+        serving_code=CZ,
+        alert_id=message.alert.alert_id,
+    )
+    case = "alerts.update-status-of-a-targeting-alert-recorded-once"
+    [result] = await conformance_run(endpoint, only=[case])
+    assert result.outcome == "PASS", result.line()
+    # Without an alert to acknowledge the case says what it needs.
+    [skipped] = await conformance_run(dataclasses.replace(endpoint, alert_id=""), only=[case])
+    assert skipped.outcome == "SKIP"
+    assert "--alert-id" in skipped.detail

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+import shutil
 import sys
 import uuid
 from collections.abc import AsyncIterator
@@ -37,11 +38,12 @@ from services.common.kafka import EventPublisher, make_producer
 from services.common.peer import DENIAL_TRAILER, PeerSecurity, secure_channel
 from services.common.policy import DEFAULT_POLICY_FILE, load_policy
 from services.common.region import Region, load_region
+from services.common.roles import Role
 from services.common.settings import REPO_ROOT, load_peer_limits, load_settings
 from services.common.topics import load_catalogue, provision
 from tests.kit.alerts import org_key, penalty_record
 from tests.kit.lists_region import eventually
-from tests.peer_kit import WUXI_PERSON, PeerPki, make_consent_kit, make_pki
+from tests.peer_kit import WUXI_PERSON, PeerPki, city_regulator, make_consent_kit, make_pki
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(180)]
 
@@ -69,7 +71,7 @@ def permissive_policy(directory: Path) -> Path:
     ] + [
         {
             "description": "Test only: every city may call every alerts method.",
-            "callers": ["suzhou", "wuxi", "changzhou"],
+            "callers": ["suzhou", "wuxi", "changzhou", "self/regulator"],
             "methods": [ALERTS_SERVICE],
             "data_classes": ["organisation", "natural_person"],
         }
@@ -93,9 +95,11 @@ class Suzhou:
     scratch: Path
 
     def stub(self, as_city: str) -> tuple[grpc.aio.Channel, Any]:
+        """A channel as ``as_city``'s node; "suzhou" is Suzhou's regulator (the serving city's
+        own caller)."""
         channel = secure_channel(
             self.region.city("suzhou").endpoints["alerts"],
-            self.pki.tls(as_city),
+            self.pki.tls(city_regulator("suzhou") if as_city == "suzhou" else as_city),
             expect_city="suzhou",
             service="alerts",
         )
@@ -239,7 +243,7 @@ async def suzhou(
         changes = {}
         channel = secure_channel(
             region.city("suzhou").endpoints["alerts"],
-            pki.tls("suzhou"),
+            pki.tls(city_regulator("suzhou")),
             expect_city="suzhou",
             service="alerts",
         )
@@ -316,7 +320,8 @@ async def test_wuxi_resumes_without_gap_or_duplicate_over_filtered_entries(
 
 
 async def test_alerts_tail_follows_suzhous_feed_as_its_regulator(suzhou: Suzhou) -> None:
-    """The operator CLI subscribes with the city's own certificate, which the policy admits."""
+    """The operator CLI subscribes with a regulator's certificate (its city's first in
+    city-roles.yaml, issued by the city's CA), which the policy admits."""
     feed = await suzhou.read_feed("suzhou")
     config = suzhou.scratch / "ops-config"
     config.mkdir(exist_ok=True)
@@ -325,6 +330,7 @@ async def test_alerts_tail_follows_suzhous_feed_as_its_regulator(suzhou: Suzhou)
         "alerts"
     ]
     (config / "region.yaml").write_text(yaml.safe_dump(doc, allow_unicode=True), "utf-8")
+    shutil.copy(REPO_ROOT / "deploy/config/city-roles.yaml", config / "city-roles.yaml")
     tail = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -391,3 +397,63 @@ async def test_status_answers_only_about_alerts_the_caller_may_see(suzhou: Suzho
             timeout=10,
         )
         assert answer.change.by_city == WX
+
+
+async def test_a_regulator_sees_and_handles_only_alerts_of_its_domains_and_city(
+    suzhou: Suzhou,
+) -> None:
+    """Every alert of the fixture is a food-safety one: Suzhou's urban-management regulator
+    sees none of them and cannot acknowledge one; the market regulator's changes record the
+    regulator its certificate names, not the request's text; other roles cannot act."""
+    urban = Role.regulator_of("suzhou", "11320500014160574X", ["URBAN_MANAGEMENT"])
+    market = city_regulator("suzhou")
+    held = await suzhou.read_feed("suzhou")
+    fixture_changes = set(suzhou.changes.values())
+    changes = [
+        m.status_change
+        for m in held
+        if m.HasField("status_change") and m.status_change.change_id in fixture_changes
+    ]
+    assert len(changes) == len(fixture_changes)
+    assert {c.by_regulator for c in changes} == {market.regulator}, changes
+
+    def channel_as(caller: Role | str) -> grpc.aio.Channel:
+        return secure_channel(
+            suzhou.region.city("suzhou").endpoints["alerts"],
+            suzhou.pki.tls(caller),
+            expect_city="suzhou",
+            service="alerts",
+        )
+
+    async def update(caller: Role | str, alert: str) -> grpc.aio.AioRpcError:
+        async with channel_as(caller) as channel:
+            stub = alert_exchange_pb2_grpc.AlertExchangeServiceStub(channel)
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await stub.UpdateAlertStatus(
+                    alert_exchange_pb2.UpdateAlertStatusRequest(
+                        alert_id=alert,
+                        status=alert_exchange_pb2.ALERT_STATUS_RESOLVED,
+                        regulator=market.regulator or "",
+                        change_id=str(uuid.uuid4()),
+                    ),
+                    timeout=10,
+                )
+        return refused.value
+
+    async with channel_as(urban) as channel:
+        stub = alert_exchange_pb2_grpc.AlertExchangeServiceStub(channel)
+        feed = stub.SubscribeAlerts(alert_exchange_pb2.SubscribeAlertsRequest())
+        assert [m async for m in feed] == []
+    # Outside its domains: answered as an unknown alert.
+    refused = await update(urban, suzhou.alerts["wuxi"])
+    assert refused.code() == grpc.StatusCode.NOT_FOUND
+    assert (DENIAL_TRAILER, "unknown-alert") in tuple(refused.trailing_metadata())
+    # Another city's regulator, with every domain: not a caller of Suzhou's node at all.
+    wuxi = Role.regulator_of("wuxi", "11320200014320507N", ["FOOD_DRUG", "MEDICAL"])
+    refused = await update(wuxi, suzhou.alerts["wuxi"])
+    assert refused.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert (DENIAL_TRAILER, "policy-denied") in tuple(refused.trailing_metadata())
+    # Suzhou's own node certificate (which the policy admits here) is no regulator.
+    refused = await update("suzhou", suzhou.alerts["wuxi"])
+    assert refused.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert (DENIAL_TRAILER, "not-a-regulator") in tuple(refused.trailing_metadata())

@@ -28,10 +28,12 @@ from hypothesis import strategies as st
 from creditlink.peer.v1 import common_pb2, record_intake_pb2, record_intake_pb2_grpc
 from services.common.certs import service_host
 from services.common.clock import china_today
+from services.common.peer import DENIAL_TRAILER
+from services.common.roles import Role
 from services.common.settings import REPO_ROOT, Settings, load_settings
 from tests.kit.identifiers import make_pilot_uscc, make_resident_id, make_uscc
 from tests.kit.intake_samples import DEPARTMENTS
-from tests.peer_kit import PeerPki, make_pki
+from tests.peer_kit import OTHER_SUZHOU_DEPARTMENT, PeerPki, make_pki
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(180)]
 
@@ -47,8 +49,9 @@ class IntakeServer:
     settings: Settings
     process: subprocess.Popen[bytes]
 
-    def channel(self, city: str = "suzhou") -> grpc.Channel:
-        tls = self.pki.tls(city)
+    def channel(self, caller: str | Role | None = None) -> grpc.Channel:
+        """A channel with ``caller``'s certificate: by default, DEPARTMENT's."""
+        tls = self.pki.tls(caller or Role.department("suzhou", DEPARTMENT.code))
         credentials = grpc.ssl_channel_credentials(
             root_certificates=tls.ca.read_bytes(),
             private_key=tls.key.read_bytes(),
@@ -300,12 +303,51 @@ def test_a_corrupt_stream_message_is_rejected_on_its_own(server: IntakeServer) -
     assert responses[1].result.rejected.reasons[0].code == "unparseable"
 
 
-def test_other_cities_may_not_submit(server: IntakeServer) -> None:
-    with server.channel("wuxi") as channel:
+@pytest.mark.parametrize(
+    ("caller", "code", "denial"),
+    [
+        # Another city's node or department, and the serving city's own node certificate:
+        # only a department of the city submits.
+        ("wuxi", grpc.StatusCode.PERMISSION_DENIED, "policy-denied"),
+        (Role.department("wuxi", "113202000143201878"), grpc.StatusCode.PERMISSION_DENIED, None),
+        ("suzhou", grpc.StatusCode.PERMISSION_DENIED, "policy-denied"),
+        (Role.regulator_of("suzhou", "11320500014160400L", ["FOOD_DRUG"]), None, None),
+        # A Suzhou department certificate that Wuxi's CA issued.
+        ("rogue-department", grpc.StatusCode.UNAUTHENTICATED, "issuer-of-another-city"),
+    ],
+)
+def test_only_the_citys_own_departments_may_submit(
+    server: IntakeServer, caller: str | Role, code: grpc.StatusCode | None, denial: str | None
+) -> None:
+    with server.channel(caller) as channel:
         stub = record_intake_pb2_grpc.RecordIntakeServiceStub(channel)
         with pytest.raises(grpc.RpcError) as refused:
             stub.SubmitRecords(record_intake_pb2.SubmitRecordsRequest(records=[penalty(1)]))
-    assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert refused.value.code() == (code or grpc.StatusCode.PERMISSION_DENIED)
+    if denial is not None:
+        trailers = dict(refused.value.trailing_metadata() or ())  # type: ignore[attr-defined]
+        assert trailers[DENIAL_TRAILER] == denial
+
+
+def test_a_department_submits_only_its_own_records_and_those_it_acts_for(
+    server: IntakeServer,
+) -> None:
+    own = penalty(9101)
+    # Another Suzhou department (not named in city-roles.yaml) submits DEPARTMENT's record.
+    other = Role.department("suzhou", OTHER_SUZHOU_DEPARTMENT)
+    with server.channel(other) as channel:
+        stub = record_intake_pb2_grpc.RecordIntakeServiceStub(channel)
+        answer = stub.SubmitRecords(record_intake_pb2.SubmitRecordsRequest(records=[own]))
+    [result] = answer.results
+    assert result.HasField("rejected")
+    assert [r.code for r in result.rejected.reasons] == ["not-your-department"]
+    assert OTHER_SUZHOU_DEPARTMENT in result.rejected.reasons[0].message
+    # The city's credit office acts for every department (deploy/config/city-roles.yaml).
+    office = Role.department("suzhou", "11320500014160128E")
+    with server.channel(office) as channel:
+        stub = record_intake_pb2_grpc.RecordIntakeServiceStub(channel)
+        answer = stub.SubmitRecords(record_intake_pb2.SubmitRecordsRequest(records=[own]))
+    assert answer.results[0].HasField("accepted"), answer.results[0]
 
 
 text = st.text(max_size=30) | st.sampled_from(["", DEPARTMENT.code, DECIDED.isoformat(), "FINE"])

@@ -44,6 +44,7 @@ from services.common.peer import (
     start_peer_server,
 )
 from services.common.policy import load_policy
+from services.common.roles import Role
 from services.common.settings import REPO_ROOT
 from services.lists.convert import change_to_proto
 from services.lists.model import ChangeAction, EntryStatus, ListChange, RemovalReason
@@ -78,13 +79,15 @@ class Region:
             )
 
     async def submit_to_suzhou_intake(
-        self, records: list[record_intake_pb2.CreditRecord]
+        self, records: list[record_intake_pb2.CreditRecord], department: str | None = None
     ) -> list[record_intake_pb2.RecordResult]:
-        """As a Suzhou department does: RecordIntakeService over mTLS (retried while the
-        intake process starts)."""
+        """As a Suzhou department does (by default the first record's): RecordIntakeService
+        over mTLS with the department's certificate (retried while the intake process
+        starts)."""
         target = f"127.0.0.1:{self.intake_port}"
+        role = Role.department("suzhou", department or records[0].department_code)
         async with secure_channel(
-            target, self.harness.tls("suzhou"), expect_city="suzhou", service="intake"
+            target, self.harness.tls(role), expect_city="suzhou", service="intake"
         ) as channel:
             stub = record_intake_pb2_grpc.RecordIntakeServiceStub(channel)
             for _ in range(100):
@@ -252,6 +255,32 @@ async def test_a_blacklisting_is_seen_region_wide_and_a_repair_removes_it_everyw
         assert membership.issuing_department_name == "苏州市市场监督管理局"
         assert [m.measure_code for m in response.measures] == ["restrict-procurement"]
         assert {f.city for f in response.mirror_freshness} >= {SUZHOU}
+
+    # Another Suzhou department (not one city-roles.yaml lets act for the market supervision
+    # bureau) can neither submit the bureau's removal nor remove the entry under its own code.
+    other = "11320500014160574X"
+    removal = _list_decision_submission(
+        uscc,
+        decision_number="苏城管撤〔2024〕901号",
+        action=record_intake_pb2.LIST_ACTION_REMOVE,
+        designation_decision_number="苏市监信〔2024〕901号",
+        removal_reason=common_pb2.REMOVAL_REASON_REVOKED,
+    )
+    [result] = await region.submit_to_suzhou_intake([removal], department=other)
+    assert [r.code for r in result.rejected.reasons] == ["not-your-department"], result
+    removal.department_code, removal.department_name = other, "苏州市城市管理局"
+    [result] = await region.submit_to_suzhou_intake([removal])
+    assert result.WhichOneof("outcome") == "accepted", result
+    refused_id = result.accepted.record_id
+
+    async def refused() -> Any:
+        found = [r for r in await region.harness.rejected_on("suzhou")]
+        return [r for r in found if r["record_id"] == refused_id] or None
+
+    [rejection] = await eventually(refused)
+    assert [r["code"] for r in rejection["reasons"]] == ["not-issuing-department"]
+    response = await region.check("suzhou", "suzhou", subject)
+    assert [m.status for m in response.memberships] == [common_pb2.LIST_ENTRY_STATUS_ACTIVE]
 
     [result] = await region.submit_to_suzhou_intake(
         [

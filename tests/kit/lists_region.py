@@ -42,6 +42,7 @@ from services.common.certs import issue_dev_certificates
 from services.common.kafka import EventPublisher, make_consumer, make_producer
 from services.common.peer import TlsFiles, secure_channel
 from services.common.region import load_region
+from services.common.roles import Role
 from services.common.settings import REPO_ROOT, Settings, load_settings
 from services.common.topics import load_catalogue, provision
 from services.lists.kafka_io import (
@@ -309,8 +310,11 @@ class ListsRegion:
         for node in self.nodes.values():
             await provision(self.bootstrap, catalogue, prefix=node.settings.topic_prefix)
 
-    def tls(self, city: str) -> TlsFiles:
-        return TlsFiles.for_city(city, self.tls_dir)
+    def tls(self, caller: str | Role) -> TlsFiles:
+        """A city node's files, or a department's or regulator's (issued on first use)."""
+        if isinstance(caller, Role):
+            return TlsFiles.for_role(caller, self.tls_dir)
+        return TlsFiles.for_city(caller, self.tls_dir)
 
     def start_all(self) -> None:
         for node in self.nodes.values():

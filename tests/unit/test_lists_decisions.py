@@ -197,7 +197,18 @@ def test_an_action_from_another_department_finds_the_entry_by_decision_number() 
         designation=entry.decision_reference,
         department=("11320500MB1234567X", "苏州市发展和改革委员会"),
     )
-    outcome = decide(record, entry)
+    # Only where the city's roles let that department act for the designating one.
+    refused = decide(record, entry)
+    assert isinstance(refused, Refused)
+    assert refused.code == "not-issuing-department"
+    outcome = decide_record(
+        record,
+        own_city=SUZHOU,
+        lookup=Lookup(entry),
+        applied_version=None,
+        now=NOW,
+        acts_for=lambda actor, owner: actor == "11320500MB1234567X",
+    )
     assert isinstance(outcome, Applied)
     assert outcome.entry.entry_key == entry.entry_key
 

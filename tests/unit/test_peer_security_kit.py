@@ -278,6 +278,22 @@ def test_self_and_servers_scope_rules() -> None:
     intake = "/creditlink.peer.v1.RecordIntakeService/SubmitRecords"
     assert policy.decide(server="suzhou", caller="suzhou", method=intake).allowed
     assert not policy.decide(server="suzhou", caller="wuxi", method=intake).allowed
+    # "self" is the node; "self/<role>" a role of the serving city, never of another.
+    assert not policy.decide(server="suzhou", caller="suzhou/department", method=intake).allowed
+    roles = parse_policy(
+        {**raw, "rules": [{**raw["rules"][0], "callers": ["self/department"]}]},
+        source="test",
+        cities=CITIES,
+    )
+    assert roles.decide(server="suzhou", caller="suzhou/department", method=intake).allowed
+    assert not roles.decide(server="suzhou", caller="wuxi/department", method=intake).allowed
+    assert not roles.decide(server="suzhou", caller="suzhou", method=intake).allowed
+    with pytest.raises(PolicyError, match="unknown caller"):
+        parse_policy(
+            {**raw, "rules": [{**raw["rules"][0], "callers": ["self/mayor"]}]},
+            source="test",
+            cities=CITIES,
+        )
     assert policy.decide(server="wuxi", caller="suzhou", method=CHECK).allowed
     assert not policy.decide(server="changzhou", caller="suzhou", method=CHECK).allowed
 
@@ -303,10 +319,13 @@ def test_deployed_policy_lets_only_the_serving_city_follow_its_alerts() -> None:
     alerts = "/creditlink.peer.v1.AlertExchangeService/"
     for server in ("suzhou", "wuxi", "changzhou"):
         for caller in ("suzhou", "wuxi", "changzhou"):
-            subscribe = policy.decide(
-                server=server, caller=caller, method=alerts + "SubscribeAlerts"
-            )
-            assert subscribe.allowed is (caller == server), (server, caller)
+            for role in ("", "/regulator", "/department"):
+                subscribe = policy.decide(
+                    server=server, caller=caller + role, method=alerts + "SubscribeAlerts"
+                )
+                # Only the serving city's regulators: not its node, not its departments.
+                expected = caller == server and role == "/regulator"
+                assert subscribe.allowed is expected, (server, caller, role)
             # Deliveries from the origin and the target's status relay back to it.
             for method in ("DeliverAlerts", "UpdateAlertStatus"):
                 assert policy.decide(server=server, caller=caller, method=alerts + method).allowed
@@ -315,7 +334,11 @@ def test_deployed_policy_lets_only_the_serving_city_follow_its_alerts() -> None:
 def test_deployed_policy_loads_and_keeps_intake_internal() -> None:
     policy = load_policy(DEFAULT_POLICY_FILE, cities=CITIES)
     intake = "/creditlink.peer.v1.RecordIntakeService/SubmitRecords"
-    assert policy.decide(server="suzhou", caller="suzhou", method=intake).allowed
+    assert policy.decide(server="suzhou", caller="suzhou/department", method=intake).allowed
+    # Not the city's node certificate, not its regulators, not another city's departments.
+    assert not policy.decide(server="suzhou", caller="suzhou", method=intake).allowed
+    assert not policy.decide(server="suzhou", caller="suzhou/regulator", method=intake).allowed
+    assert not policy.decide(server="suzhou", caller="wuxi/department", method=intake).allowed
     assert not policy.decide(server="suzhou", caller="wuxi", method=intake).allowed
     scale = "/creditlink.peer.v1.ScoreRecognitionService/GetScoreScale"
     assert policy.decide(server="suzhou", caller="wuxi", method=scale).data_classes == {"aggregate"}

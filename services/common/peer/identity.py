@@ -1,4 +1,5 @@
-"""The calling city, read from the verified client certificate (never from a request field)."""
+"""The calling city and its role, read from the verified client certificate (never from a
+request field)."""
 
 from __future__ import annotations
 
@@ -7,29 +8,53 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from services.common.certs import CITY_URI_PREFIX
+from services.common.roles import NODE, Role, is_creditlink_uri
 
 
 @dataclass(frozen=True, slots=True)
 class PeerIdentity:
-    """The calling city as its verified certificate names it."""
+    """The calling city, and its role there, as its verified certificate names them."""
 
     city: str
     city_code: str
     certificate_sha256: str | None
+    #: The role in the city (services/common/roles.py): the node itself unless the
+    #: certificate names a department or a regulator.
+    role: Role | None = None
+
+    @property
+    def kind(self) -> str:
+        return self.role.kind if self.role is not None else NODE
+
+    @property
+    def principal(self) -> str:
+        """How the peer policy names the caller: ``<city>`` or ``<city>/<role>``."""
+        return self.role.principal if self.role is not None else self.city
+
+    @property
+    def department_code(self) -> str | None:
+        return self.role.department_code if self.role is not None else None
+
+    @property
+    def regulator(self) -> str | None:
+        return self.role.regulator if self.role is not None else None
+
+    @property
+    def domains(self) -> frozenset[str]:
+        return self.role.domains if self.role is not None else frozenset()
 
 
 def _text(values: Sequence[Any]) -> list[str]:
     return [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in values]
 
 
-def _cities_named(auth: Mapping[str, Sequence[Any]]) -> list[str]:
-    """The city of every creditlink URI SAN of the certificate. Only these name the caller:
-    never the CN, and a certificate must have exactly one (``PeerSecurity.identify``)."""
+def _identities_named(auth: Mapping[str, Sequence[Any]]) -> list[str]:
+    """Every creditlink URI SAN of the certificate. Only these name the caller: never the CN,
+    and a certificate must have exactly one (``PeerSecurity.identify``)."""
     return [
-        san.removeprefix(CITY_URI_PREFIX)
+        san
         for san in _text(auth.get("x509_subject_alternative_name", ()))
-        if san.startswith(CITY_URI_PREFIX)
+        if is_creditlink_uri(san)
     ]
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import grpc
 
-from services.common.certs import CITY_URI_PREFIX, DEFAULT_OUT
+from services.common.certs import DEFAULT_OUT
 from services.common.consent import (
     DAY_SECONDS,
     ConsentError,
@@ -18,7 +18,12 @@ from services.common.consent import (
 from services.common.consent_purposes import ConsentPurposes, load_purposes
 from services.common.memo import BoundedMemo
 from services.common.peer.call import Denied, PeerCall
-from services.common.peer.identity import PeerIdentity, _cities_named, _pem_sha256, _text
+from services.common.peer.identity import (
+    PeerIdentity,
+    _identities_named,
+    _pem_sha256,
+    _text,
+)
 from services.common.peer.names import (
     _MAX_KNOWN_CERTIFICATES,
 )
@@ -34,6 +39,13 @@ from services.common.policy import (
 from services.common.pseudonym import PersonKey, parse_person_key
 from services.common.region import Region
 from services.common.revocations import Revocations
+from services.common.roles import (
+    CITY_URI_PREFIX,
+    NODE,
+    CityRoles,
+    load_city_roles,
+    parse_role_uri,
+)
 from services.common.settings import Settings
 
 ISSUE_CONSENT = "/creditlink.peer.v1.ConsentService/IssueConsent"
@@ -52,6 +64,8 @@ class PeerSecurity:
     #: Tokens their home cities have withdrawn, kept current by the node
     #: (services/common/revocations.py).
     revocations: Revocations = field(default_factory=Revocations)
+    #: Which departments act for which others (deploy/config/city-roles.yaml).
+    city_roles: CityRoles = field(default_factory=CityRoles)
     # (caller, method) -> decision: the policy is fixed for the server's life.
     _decisions: dict[tuple[str, str], Decision] = field(
         default_factory=dict, init=False, repr=False, compare=False
@@ -72,6 +86,7 @@ class PeerSecurity:
         policy_file: Path | None = None,
         keys_dir: Path = DEFAULT_OUT,
         purposes_file: Path | None = None,
+        roles_file: Path | None = None,
     ) -> PeerSecurity:
         codes = {key: city.admin_code for key, city in region.cities.items()}
         return cls(
@@ -82,6 +97,7 @@ class PeerSecurity:
                 keys_dir, codes, max_lifetime_seconds=settings.consent_max_days * DAY_SECONDS
             ),
             purposes=load_purposes(purposes_file),
+            city_roles=load_city_roles(roles_file, cities=region.cities.keys()),
         )
 
     @property
@@ -103,43 +119,52 @@ class PeerSecurity:
         known = self._identities.get(pems[0])
         if known is not None:
             return known
-        cities = _cities_named(auth)
-        if not cities:
+        names = _identities_named(auth)
+        if not names:
             raise Denied(
                 grpc.StatusCode.UNAUTHENTICATED,
                 "no-city-name",
                 f"the client certificate has no {CITY_URI_PREFIX}<city> URI SAN",
             )
-        if len(cities) > 1:
+        if len(names) > 1:
             raise Denied(
                 grpc.StatusCode.UNAUTHENTICATED,
                 "several-city-names",
                 f"the client certificate has more than one {CITY_URI_PREFIX}<city> URI SAN",
             )
-        city = cities[0]
-        if city not in self.region.cities:
+        role = parse_role_uri(names[0])
+        if role is None:
+            raise Denied(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "malformed-role",
+                "the client certificate's creditlink URI SAN names no well-formed role "
+                '(docs/trust.md, "Roles")',
+            )
+        if role.city not in self.region.cities:
             raise Denied(
                 grpc.StatusCode.UNAUTHENTICATED,
                 "unknown-city",
                 "the client certificate names no city of the region",
             )
         identity = PeerIdentity(
-            city=city,
-            city_code=self.region.city(city).admin_code,
+            city=role.city,
+            city_code=self.region.city(role.city).admin_code,
             certificate_sha256=_pem_sha256(_text(pems)[0]),
+            role=None if role.kind == NODE else role,
         )
         return self._identities.remember(pems[0], identity)
 
     def authorize(self, identity: PeerIdentity, method: str) -> Decision:
-        decision = self._decisions.get((identity.city, method))
+        principal = identity.principal
+        decision = self._decisions.get((principal, method))
         if decision is None:
-            decision = self.policy.decide(server=self.city, caller=identity.city, method=method)
-            self._decisions[(identity.city, method)] = decision
+            decision = self.policy.decide(server=self.city, caller=principal, method=method)
+            self._decisions[(principal, method)] = decision
         if not decision.allowed:
             raise Denied(
                 grpc.StatusCode.PERMISSION_DENIED,
                 "policy-denied",
-                f"{identity.city} may not call {method}",
+                f"{principal} may not call {method}",
             )
         return decision
 

@@ -9,7 +9,8 @@ from typing import Any
 
 import grpc
 
-from services.common.certs import DEFAULT_OUT, service_host
+from services.common.certs import DEFAULT_OUT, ensure_role_certificate, service_host
+from services.common.roles import Role
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +28,13 @@ class TlsFiles:
         return cls(
             ca=directory / "ca.crt", cert=directory / f"{city}.crt", key=directory / f"{city}.key"
         )
+
+    @classmethod
+    def for_role(cls, role: Role, directory: Path = DEFAULT_OUT) -> TlsFiles:
+        """A department's or regulator's development files in ``directory``, issued by its
+        city's CA there when missing or stale (``certs.ensure_role_certificate``)."""
+        cert, key = ensure_role_certificate(directory, role)
+        return cls(ca=directory / "ca.crt", cert=cert, key=key)
 
     def server_credentials(self) -> grpc.ServerCredentials:
         """Server side: present our certificate and its chain, *require* a client certificate
