@@ -2,7 +2,7 @@
 
 The servicer adapts calls to the pipeline and nothing else: requests become submissions,
 outcomes become ``RecordResult`` messages. mTLS, the authorization policy (only the city's
-own departments), health, reflection and graceful shutdown come from
+own departments), the audit of every call, health, reflection and graceful shutdown come from
 :mod:`services.common.peer`. A department's certificate submits only the records of its own
 department code, or of those ``city-roles.yaml`` lets it act for: any other record is
 rejected (``not-your-department``) and lands on the rejected topic like every rejection.
@@ -29,7 +29,9 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from creditlink.peer.v1 import record_intake_pb2, record_intake_pb2_grpc
+from services.common.audit import AuditChainWriter
 from services.common.clock import china_today
+from services.common.kafka import make_producer
 from services.common.logging import get_logger
 from services.common.observability import OpsServer
 from services.common.peer import (
@@ -346,8 +348,21 @@ async def serve(
     (``services/common/observability.py``).
     """
     servicer = RecordIntakeServicer(node, security.city_roles)
+    # Every call, and so every refusal (a certificate that is not one of the city's
+    # departments), goes on the city's audit topic like the other services' calls.
+    producer = make_producer(node.settings, client_id=f"intake-audit-{node.settings.city}")
+    await producer.start()
+    audit = AuditChainWriter(
+        node.settings,
+        node.serde,
+        producer,
+        node_city=node.city_code,
+        chain="intake",
+        service="intake",
+    )
+    await audit.start()
     server = await start_peer_server(
-        bind=bind, tls=tls, services=[binding(servicer)], security=security, audit=None
+        bind=bind, tls=tls, services=[binding(servicer)], security=security, audit=audit
     )
     log = get_logger(component="grpc")
     log.info("serving", bind=bind, port=server.port)
@@ -368,3 +383,6 @@ async def serve(
             await background
         with contextlib.suppress(Exception):
             await servicer.flush_quality()
+        with contextlib.suppress(Exception):
+            await audit.flush()
+        await producer.stop()

@@ -5,6 +5,7 @@ the real broker; a department client on a plain synchronous channel.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -26,6 +27,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from creditlink.peer.v1 import common_pb2, record_intake_pb2, record_intake_pb2_grpc
+from services.common.audit import AUDIT_TOPIC, read_audit_topic
+from services.common.avro import AvroSerde
 from services.common.certs import service_host
 from services.common.clock import china_today
 from services.common.peer import DENIAL_TRAILER
@@ -324,9 +327,28 @@ def test_only_the_citys_own_departments_may_submit(
         with pytest.raises(grpc.RpcError) as refused:
             stub.SubmitRecords(record_intake_pb2.SubmitRecordsRequest(records=[penalty(1)]))
     assert refused.value.code() == (code or grpc.StatusCode.PERMISSION_DENIED)
+    trailers = dict(refused.value.trailing_metadata() or ())  # type: ignore[attr-defined]
     if denial is not None:
-        trailers = dict(refused.value.trailing_metadata() or ())  # type: ignore[attr-defined]
         assert trailers[DENIAL_TRAILER] == denial
+    # Each refusal is on the city's audit topic, with its reason.
+    serde = AvroSerde()
+
+    async def audited() -> list[dict[str, object]]:
+        topic = server.settings.topic(AUDIT_TOPIC)
+        for _ in range(50):
+            records = [
+                serde.decode(m.value) for m in await read_audit_topic(server.settings, topic)
+            ]
+            found = [r for r in records if r["denial_code"] == trailers[DENIAL_TRAILER]]
+            if found:
+                return found
+            await asyncio.sleep(0.2)
+        return []
+
+    found = asyncio.run(audited())
+    assert found, f"no audit record of {trailers[DENIAL_TRAILER]}"
+    assert {r["status_code"] for r in found} == {refused.value.code().name}
+    assert {r["method"] for r in found} == {"/creditlink.peer.v1.RecordIntakeService/SubmitRecords"}
 
 
 def test_a_department_submits_only_its_own_records_and_those_it_acts_for(
