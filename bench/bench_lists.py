@@ -37,6 +37,7 @@ from bench.capacity import kafka_hop
 from bench.harness import BenchContext, Comparison, benchmark, percentile
 from creditlink.peer.v1 import credit_check_pb2, credit_check_pb2_grpc
 from services.common.audit import AUDIT_TOPIC, AuditChainWriter
+from services.common.audit.signing import load_audit_signer
 from services.common.avro import AvroSerde
 from services.common.consent import ConsentKeyring
 from services.common.kafka import make_producer
@@ -110,10 +111,17 @@ async def serve_kit_echo(
         {"CREDITLINK_CITY": "wuxi", "KAFKA_BOOTSTRAP": bootstrap, "CREDITLINK_TOPIC_PREFIX": prefix}
     )
     region = load_region(settings.region_file)
-    # The audit chain as a lists node writes it.
     producer = make_producer(settings, client_id="bench-kit")
     await producer.start()
-    audit = AuditChainWriter(settings, AvroSerde(), producer, node_city="320200", chain=chain)
+    # The audit chain as a lists node writes it, signed heads included.
+    audit = AuditChainWriter(
+        settings,
+        AvroSerde(),
+        producer,
+        node_city="320200",
+        chain=chain,
+        signer=load_audit_signer(tls_dir, "wuxi", "320200"),
+    )
     await audit.start()
     security = PeerSecurity(
         city="wuxi",

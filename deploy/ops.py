@@ -422,10 +422,21 @@ def alerts_tail(city: str, domain: list[str], limit: int, regulator: str | None 
 
 
 def audit_verify(city: str) -> int:
-    """Verify the city's audit hash chains; names the position of any tampering."""
+    """Verify the city's audit hash chains and signatures; names the position of any
+    tampering."""
     topic = load_settings(_city_env(city)).topic(AUDIT_TOPIC)
+    deployment = _deployment()
     return _python_module(
-        "services.common.audit", "verify", "--bootstrap", _bootstrap(), "--topic", topic
+        "services.common.audit",
+        "verify",
+        "--bootstrap",
+        _bootstrap(),
+        "--topic",
+        topic,
+        "--keys",
+        str(deployment.cert_dir),
+        "--region",
+        str(deployment.region_file),
     )
 
 

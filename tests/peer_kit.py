@@ -24,6 +24,7 @@ from creditlink.peer.v1 import (
     list_sync_pb2_grpc,
 )
 from services.common.audit import AUDIT_TOPIC
+from services.common.audit.signing import new_audit_key_files
 from services.common.certs import (
     CertifiedKey,
     city_host,
@@ -137,6 +138,7 @@ def make_pki(
     ca.write(directory / "ca.crt", directory / "ca.key")
     city_cas = {city: new_city_ca(ca, city) for city in {*cities, "wuxi", "atlantis"}}
     for city in cities:
+        new_audit_key_files(directory, city)
         city_cas[city].write(directory / f"{city}-ca.crt", directory / f"{city}-ca.key")
         issue_city_certificate(city_cas[city], city).write(
             directory / f"{city}.crt", directory / f"{city}.key"

@@ -151,6 +151,7 @@ class AlertsNode:
                 node_city=self.city_code,
                 chain=SERVICE,
                 service=SERVICE,
+                signer=self.options.security.audit_signer,
             )
             await audit.start()
         self.servicer = AlertExchangeServicer(

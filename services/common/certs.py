@@ -16,6 +16,8 @@ file                        what
                             DNS SANs ``<city>.creditlink.local`` and, per node service,
                             ``<service>.<city>.creditlink.local``; no ``localhost``, no IP address
 ``<city>.consent.key/.pub`` the city consent service's Ed25519 signing key (see ``consent.py``)
+``<city>.audit.key/.pub``   the city node's Ed25519 audit key, which signs its chain heads
+                            (``services/common/audit/signing.py``)
 ``<city>.department.<USCC>``  a department's or regulator's client certificate and key, by their
 ``<city>.regulator.<USCC>``   city's CA (``.crt``/``.key``): one URI SAN naming the city and the
                             role (services/common/roles.py), no host names, client use only;
@@ -52,6 +54,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from services.common.audit.signing import new_audit_key_files
 from services.common.region import load_region
 from services.common.roles import CITY_URI_PREFIX, NODE, Role, load_city_roles
 from services.common.settings import REPO_ROOT
@@ -487,6 +490,12 @@ def issue_dev_certificates(
             report.append(f"issued  {consent_key}")
         else:
             report.append(f"kept    {consent_key}")
+        audit_key, audit_pub = out / f"{city}.audit.key", out / f"{city}.audit.pub"
+        if not audit_key.exists() or not audit_pub.exists():
+            new_audit_key_files(out, city)
+            report.append(f"issued  {audit_key}")
+        else:
+            report.append(f"kept    {audit_key}")
     for role in roles:
         if role.city in cities:
             report.append(f"ready   {ensure_role_certificate(out, role)[0]}")

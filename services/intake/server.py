@@ -359,6 +359,7 @@ async def serve(
         node_city=node.city_code,
         chain="intake",
         service="intake",
+        signer=security.audit_signer,
     )
     await audit.start()
     server = await start_peer_server(

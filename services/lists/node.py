@@ -120,6 +120,7 @@ class ListsNode:
             node_city=self.city.admin_code,
             chain=SERVICE,
             service=SERVICE,
+            signer=self.security.audit_signer,
         )
         # Refusals of what peers send are OUTBOUND records of a second chain (one writer each).
         self.mirror_audit = AuditChainWriter(
@@ -129,6 +130,7 @@ class ListsNode:
             node_city=self.city.admin_code,
             chain=f"{SERVICE}-mirror",
             service=SERVICE,
+            signer=self.security.audit_signer,
         )
         self.book = ListBook(
             self.store,

@@ -273,6 +273,7 @@ class ScoresNode:
             node_city=self.city_code,
             chain=SERVICE,
             service=SERVICE,
+            signer=self.security.audit_signer,
         )
         await self.audit.start()
         steps = {d.city_code: d.step for d in self.config.scales.values()}

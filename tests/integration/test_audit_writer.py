@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 
 import pytest
 from aiokafka import AIOKafkaProducer
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from services.common.audit import (
     AUDIT_TOPIC,
@@ -26,6 +27,7 @@ from services.common.audit import (
     read_audit_topic,
     verify_chain,
 )
+from services.common.audit.signing import AuditKeyring, AuditSigner, key_id_of
 from services.common.avro import AvroSerde
 from services.common.kafka import make_producer
 from services.common.settings import Settings
@@ -190,3 +192,59 @@ async def test_a_writer_continues_a_chain_written_with_schema_v1(
         (3, "PERMISSION_DENIED", "policy-denied"),
         (4, "OK", None),
     ]
+
+
+async def test_signed_heads_vouch_for_the_chain_and_a_forged_extension_is_unsigned(
+    settings: Settings, producer: AIOKafkaProducer, writer_for: Writer
+) -> None:
+    """Each batch ends with a record signed by the city's audit key; a verifier with the
+    published keys accepts the chain, and names the position of records appended by someone
+    who can write the topic (valid hashes, no key) and of a signature under another key."""
+    old, new = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    keyring = AuditKeyring(
+        {
+            key_id_of(old.public_key()): (SUZHOU, old.public_key()),
+            key_id_of(new.public_key()): (SUZHOU, new.public_key()),
+        }
+    )
+    # Records signed with a key since rotated away stay verifiable.
+    writer = writer_for("signed", signer=AuditSigner(SUZHOU, old))
+    await writer.start()
+    for n in range(30):
+        writer.append_nowait(_entry(n))
+    await writer.flush()
+    rotated = writer_for("signed", signer=AuditSigner(SUZHOU, new))
+    await rotated.start()
+    for n in range(30, 60):
+        rotated.append_nowait(_entry(n))
+        if n % 10 == 0:
+            await asyncio.sleep(0.03)
+    await rotated.flush()
+    messages = await read_audit_topic(settings, settings.topic(AUDIT_TOPIC))
+    assert sum(m.signature is not None for m in messages) >= 2
+    assert verify_chain(messages, keyring=keyring).ok
+    # The writer of an unsigned chain (the same topic) extends "signed" with valid hashes.
+    forger = writer_for("signed")
+    await forger.start()
+    for n in range(60, 63):
+        forger.append_nowait(_entry(n))
+    await forger.flush()
+    messages = await read_audit_topic(settings, settings.topic(AUDIT_TOPIC))
+    report = verify_chain(messages, keyring=keyring)
+    assert verify_chain(messages).ok  # the hashes alone cannot tell
+    [problem] = report.problems
+    assert (problem.kind, problem.seq) == ("unsigned", 61)
+    assert problem.offset == messages[-3].offset
+    # A head signed by another city's key is named where it is.
+    wuxi = Ed25519PrivateKey.generate()
+    keyring = AuditKeyring(
+        {**keyring.keys, key_id_of(wuxi.public_key()): ("320200", wuxi.public_key())}
+    )
+    impostor = writer_for("signed", signer=AuditSigner(SUZHOU, wuxi))
+    await impostor.start()
+    impostor.append_nowait(_entry(63))
+    await impostor.flush()
+    messages = await read_audit_topic(settings, settings.topic(AUDIT_TOPIC))
+    problems = verify_chain(messages, keyring=keyring).problems
+    assert [(p.kind, p.seq) for p in problems] == [("unsigned", 61), ("bad-signature", 64)]
+    assert "320200's key" in problems[1].detail

@@ -33,7 +33,8 @@ from creditlink.peer.v1 import (
     record_intake_pb2,
     record_intake_pb2_grpc,
 )
-from services.common.audit import AUDIT_TOPIC, AuditMessage, verify_chain
+from services.common.audit import AUDIT_TOPIC, read_audit_topic, verify_chain
+from services.common.audit.signing import AuditKeyring
 from services.common.certs import issue_dev_certificates, service_host
 from services.common.consent import ConsentKeyring
 from services.common.peer import (
@@ -586,12 +587,14 @@ async def test_a_change_to_suzhous_entry_streamed_by_wuxi_is_refused_and_audited
 
 
 async def test_peer_calls_are_audited_on_an_intact_chain(region: Region) -> None:
+    # Every chain signed by its node's audit key, as the published keys verify.
+    codes = {key: city.admin_code for key, city in region.harness.region.cities.items()}
+    keyring = AuditKeyring.from_directory(region.harness.tls_dir, codes)
     for city in ("suzhou", "changzhou"):
-        messages = [
-            AuditMessage(offset=n, key=key or "", value=value or b"")
-            for n, (key, value) in enumerate(await region.harness.read_topic(city, AUDIT_TOPIC))
-        ]
-        report = verify_chain(messages)
+        settings = region.harness.nodes[city].settings
+        messages = await read_audit_topic(settings, settings.topic(AUDIT_TOPIC))
+        assert any(m.signature is not None for m in messages)
+        report = verify_chain(messages, keyring=keyring)
         assert report.ok, report
     audit = await region.harness.read_topic("suzhou", AUDIT_TOPIC)
     keys = {key.rsplit(":", 1)[0] for key, _ in audit if key}

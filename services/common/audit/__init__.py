@@ -18,11 +18,26 @@ decimal ``<seq>`` when the node has a single writer and passes ``chain=None``). 
 checks every chain of the topic independently. A writer resumes its chain after a restart
 from the last record of that chain on the topic.
 
-    python -m services.common.audit verify --bootstrap 127.0.0.1:19092 \\
-        --topic suzhou.audit.peer-calls.v1
+**Signatures.** A hash chain alone does not say who wrote it: anyone who can write the
+topic can extend a chain with valid hashes. So each node signs its chains with its Ed25519
+audit key (``<city>.audit.key``; ``signing.py``): the last record of every batch a writer
+sends carries, in the Kafka header ``creditlink-audit-signature``, ``<key id>.<signature>``
+over the city, the chain, the record's ``seq`` and its ``hash``. The hash chains every earlier
+record, so one signature vouches for the chain up to it; the record itself is unchanged (the
+signature is not in the hashed encoding). With the cities' published keys
+(``<city>.audit.pub``, and ``<city>.audit.<key id>.pub`` for a rotated one) the verifier also
+checks each signature (``bad-signature``: another key, another city's key, or not verifying)
+and that no record lies after the chain's last valid signature (``unsigned``: records appended
+without the key). A node that died between two produce requests of one batch leaves its last
+records unsigned until it restarts, resumes the chain and signs the next batch. What the
+signatures cannot show alone — a truncated tail, a deleted chain, a rewrite signed with a
+stolen key — needs heads held by peers (not yet built).
 
-The package: ``chain`` (keys, hash, entries), ``writer``, ``read``, ``verify`` and ``cli``;
-this module re-exports their public names.
+    python -m services.common.audit verify --bootstrap 127.0.0.1:19092 \\
+        --topic suzhou.audit.peer-calls.v1 --keys deploy/local/certs
+
+The package: ``chain`` (keys, hash, entries), ``writer``, ``signing``, ``read``, ``verify``
+and ``cli``; this module re-exports their public names.
 """
 
 from __future__ import annotations

@@ -6,7 +6,9 @@ import argparse
 import asyncio
 import sys
 from datetime import UTC, datetime
+from pathlib import Path
 
+from services.common.audit.signing import AuditKeyring
 from services.common.audit.verify import verify_topic
 from services.common.topic_names import AUDIT_TOPIC as AUDIT_TOPIC
 
@@ -21,9 +23,28 @@ def main(argv: list[str] | None = None) -> int:
     verify.add_argument(
         "--topic", required=True, help="physical topic, e.g. suzhou.audit.peer-calls.v1"
     )
+    verify.add_argument(
+        "--keys",
+        type=Path,
+        help="folder of the cities' published audit keys (<city>.audit[.<key id>].pub): "
+        "also check every record is signed by its city",
+    )
+    verify.add_argument(
+        "--region", type=Path, help="the region file naming the cities' codes (with --keys)"
+    )
     args = parser.parse_args(argv)
     settings = load_settings({"KAFKA_BOOTSTRAP": args.bootstrap})
-    report = asyncio.run(verify_topic(settings, args.topic))
+    keyring = None
+    if args.keys is not None:
+        from services.common.region import load_region
+
+        region = load_region(args.region or settings.region_file)
+        codes = {key: city.admin_code for key, city in region.cities.items()}
+        keyring = AuditKeyring.from_directory(args.keys, codes)
+        print(f"signatures: {len(keyring.keys)} published audit key(s) in {args.keys}")
+    else:
+        print("signatures: not checked (give --keys)")
+    report = asyncio.run(verify_topic(settings, args.topic, keyring))
     for summary in report.chains.values():
         name = "(default)" if summary.chain is None else summary.chain
         print(

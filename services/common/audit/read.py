@@ -9,6 +9,7 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
 
 from services.common.audit.chain import _TAIL_WINDOW, parse_key
+from services.common.audit.signing import SIGNATURE_HEADER
 from services.common.avro import AvroSerde
 from services.common.kafka import make_consumer
 from services.common.settings import Settings
@@ -22,6 +23,8 @@ class AuditMessage:
     offset: int
     key: str
     value: bytes
+    #: The head signature, on the last record of each batch its writer sent (signing.py).
+    signature: bytes | None = None
 
 
 async def _end_offsets(consumer: AIOKafkaConsumer, partition: TopicPartition) -> tuple[int, int]:
@@ -48,6 +51,9 @@ async def _read_range(
                     offset=message.offset,
                     key=message.key.decode("utf-8", "replace") if message.key else "",
                     value=bytes(message.value or b""),
+                    signature=next(
+                        (v for k, v in message.headers or () if k == SIGNATURE_HEADER), None
+                    ),
                 )
             )
         if messages and messages[-1].offset >= end - 1:

@@ -8,6 +8,7 @@ from typing import Any
 
 from services.common.audit.chain import GENESIS_HASH, chain_hash, parse_key
 from services.common.audit.read import AuditMessage, read_audit_topic
+from services.common.audit.signing import AuditKeyring
 from services.common.avro import AvroSerde, SerdeError
 from services.common.settings import Settings
 from services.common.topic_names import AUDIT_TOPIC as AUDIT_TOPIC
@@ -17,7 +18,9 @@ from services.common.topic_names import AUDIT_TOPIC as AUDIT_TOPIC
 class ChainProblem:
     """One place where the chain is not what its writer wrote."""
 
-    kind: str  # changed | removed | reordered | duplicated | undecodable | bad-key
+    # changed | removed | reordered | duplicated | undecodable | bad-key | bad-signature |
+    # unsigned
+    kind: str
     chain: str | None
     offset: int
     seq: int | None
@@ -53,10 +56,18 @@ class _Decoded:
     seq: int
     record: dict[str, Any]
     hash_ok: bool
+    signature: bytes | None = None
 
 
-def verify_chain(messages: Iterable[AuditMessage], serde: AvroSerde | None = None) -> VerifyReport:
-    """Check every chain in ``messages`` (in topic order); name each broken position."""
+def verify_chain(
+    messages: Iterable[AuditMessage],
+    serde: AvroSerde | None = None,
+    keyring: AuditKeyring | None = None,
+) -> VerifyReport:
+    """Check every chain in ``messages`` (in topic order); name each broken position.
+
+    With ``keyring`` (the cities' published audit keys) also each head signature, and that
+    every record is covered by a valid signature of its city at or after it."""
     serde = serde or AvroSerde()
     report = VerifyReport()
     by_chain: dict[str | None, list[_Decoded]] = {}
@@ -93,9 +104,13 @@ def verify_chain(messages: Iterable[AuditMessage], serde: AvroSerde | None = Non
                     "record content does not match its hash",
                 )
             )
-        by_chain.setdefault(chain, []).append(_Decoded(message.offset, seq, record, hash_ok))
+        by_chain.setdefault(chain, []).append(
+            _Decoded(message.offset, seq, record, hash_ok, message.signature)
+        )
     for chain, entries in by_chain.items():
         report.problems.extend(_check_links(chain, entries))
+        if keyring is not None:
+            report.problems.extend(_check_signatures(chain, entries, keyring))
         summary = ChainSummary(chain=chain, records=len(entries))
         seqs = [e.seq for e in entries]
         summary.first_seq, summary.last_seq = min(seqs), max(seqs)
@@ -170,5 +185,42 @@ def _check_links(chain: str | None, entries: Sequence[_Decoded]) -> list[ChainPr
     return problems
 
 
-async def verify_topic(settings: Settings, topic: str) -> VerifyReport:
-    return verify_chain(await read_audit_topic(settings, topic))
+def _check_signatures(
+    chain: str | None, entries: Sequence[_Decoded], keyring: AuditKeyring
+) -> list[ChainProblem]:
+    """Each signature verifies, and no record lies after the chain's last valid one."""
+    problems: list[ChainProblem] = []
+    covered = 0  # entries[:covered] are vouched for by a valid signature at or after them
+    for index, entry in enumerate(entries):
+        if entry.signature is None:
+            continue
+        problem = keyring.problem(
+            entry.signature,
+            str(entry.record["node_city"]),
+            chain,
+            entry.seq,
+            str(entry.record["hash"]),
+        )
+        if problem is not None:
+            problems.append(ChainProblem("bad-signature", chain, entry.offset, entry.seq, problem))
+        elif entry.hash_ok:
+            covered = index + 1
+    if covered < len(entries):
+        first, last = entries[covered], entries[-1]
+        span = f"{first.seq}" if first is last else f"{first.seq}..{last.seq}"
+        problems.append(
+            ChainProblem(
+                "unsigned",
+                chain,
+                first.offset,
+                first.seq,
+                f"seq {span}: no valid signature of the city's audit key at or after it",
+            )
+        )
+    return problems
+
+
+async def verify_topic(
+    settings: Settings, topic: str, keyring: AuditKeyring | None = None
+) -> VerifyReport:
+    return verify_chain(await read_audit_topic(settings, topic), keyring=keyring)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import grpc
 
+from services.common.audit.signing import AuditSigner, load_audit_signer
 from services.common.certs import DEFAULT_OUT
 from services.common.consent import (
     DAY_SECONDS,
@@ -66,6 +67,9 @@ class PeerSecurity:
     revocations: Revocations = field(default_factory=Revocations)
     #: Which departments act for which others (deploy/config/city-roles.yaml).
     city_roles: CityRoles = field(default_factory=CityRoles)
+    #: The node's audit key (services/common/audit/signing.py): every audit writer of the
+    #: node signs its chain heads with it. Required by :meth:`from_files`.
+    audit_signer: AuditSigner | None = None
     # (caller, method) -> decision: the policy is fixed for the server's life.
     _decisions: dict[tuple[str, str], Decision] = field(
         default_factory=dict, init=False, repr=False, compare=False
@@ -98,6 +102,9 @@ class PeerSecurity:
             ),
             purposes=load_purposes(purposes_file),
             city_roles=load_city_roles(roles_file, cities=region.cities.keys()),
+            audit_signer=load_audit_signer(
+                keys_dir, settings.city, region.city(settings.city).admin_code
+            ),
         )
 
     @property
