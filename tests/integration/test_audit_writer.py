@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaProducer
@@ -23,11 +24,18 @@ from services.common.audit import (
     AuditChainWriter,
     AuditEntry,
     chain_hash,
+    cli,
     format_key,
     read_audit_topic,
     verify_chain,
 )
-from services.common.audit.signing import AuditKeyring, AuditSigner, key_id_of
+from services.common.audit.signing import (
+    AuditKeyring,
+    AuditSigner,
+    key_id_of,
+    load_audit_signer,
+    new_audit_key_files,
+)
 from services.common.avro import AvroSerde
 from services.common.kafka import make_producer
 from services.common.settings import Settings
@@ -248,3 +256,22 @@ async def test_signed_heads_vouch_for_the_chain_and_a_forged_extension_is_unsign
     problems = verify_chain(messages, keyring=keyring).problems
     assert [(p.kind, p.seq) for p in problems] == [("unsigned", 61), ("bad-signature", 64)]
     assert "320200's key" in problems[1].detail
+
+
+async def test_audit_verify_names_unsigned_records_from_the_command_line(
+    settings: Settings, writer_for: Writer, tmp_path: Path
+) -> None:
+    new_audit_key_files(tmp_path, "suzhou")
+    writer = writer_for("cli", signer=load_audit_signer(tmp_path, "suzhou", SUZHOU))
+    await writer.start()
+    writer.append_nowait(_entry(1))
+    await writer.flush()
+    argv = ["verify", "--bootstrap", settings.kafka_bootstrap, "--topic", writer.topic]
+    signed = ["--keys", str(tmp_path), "--region", str(settings.region_file)]
+    assert await asyncio.to_thread(cli.main, [*argv, *signed]) == 0
+    forger = writer_for("cli")
+    await forger.start()
+    forger.append_nowait(_entry(2))
+    await forger.flush()
+    assert await asyncio.to_thread(cli.main, argv) == 0  # without keys the hashes pass
+    assert await asyncio.to_thread(cli.main, [*argv, *signed]) == 1
