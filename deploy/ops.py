@@ -440,6 +440,24 @@ def audit_verify(city: str) -> int:
     )
 
 
+def audit_query(city: str, subject: str, since: str | None, until: str | None) -> int:
+    """Who checked a subject at a city's node: when, from which city and role, for which
+    purpose (the calls about it on the city's audit topic)."""
+    topic = load_settings(_city_env(city)).topic(AUDIT_TOPIC)
+    extra = [*(["--since", since] if since else []), *(["--until", until] if until else [])]
+    return _python_module(
+        "services.common.audit",
+        "query",
+        "--bootstrap",
+        _bootstrap(),
+        "--topic",
+        topic,
+        "--subject",
+        subject,
+        *extra,
+    )
+
+
 def pseudonym_key_id() -> int:
     """Print the id of the pseudonym key the environment gives (for region.pseudonym_key_ids)."""
     from services.common.pseudonym import PseudonymKeyError, key_id_of, load_region_key
@@ -576,6 +594,13 @@ def _parser() -> argparse.ArgumentParser:
     verify = groups.add_parser("audit-verify", help=_first_line(audit_verify))
     _city(verify, "suzhou")
     verify.set_defaults(run=lambda a: audit_verify(a.city))
+
+    query = groups.add_parser("audit-query", help=_first_line(audit_query))
+    _city(query, "suzhou")
+    query.add_argument("--subject", required=True, help="L:<USCC> or N:<pseudonym>")
+    query.add_argument("--since", help="first China day, YYYY-MM-DD")
+    query.add_argument("--until", help="last China day, YYYY-MM-DD")
+    query.set_defaults(run=lambda a: audit_query(a.city, a.subject, a.since, a.until))
 
     key_id = groups.add_parser("pseudonym-key-id", help=_first_line(pseudonym_key_id))
     key_id.set_defaults(run=lambda a: pseudonym_key_id())

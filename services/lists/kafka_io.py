@@ -198,6 +198,7 @@ class KafkaRefusals:
                 subject_key=entry.subject_key,
                 direction="OUTBOUND",
                 denial_code=refusal.code,
+                caller_role="node",  # the mirror calls as the city's node
             )
         )
 

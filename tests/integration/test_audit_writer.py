@@ -192,7 +192,8 @@ async def test_a_writer_continues_a_chain_written_with_schema_v1(
     writer.append_nowait(_entry(4))
     await writer.flush()
     messages = await read_audit_topic(settings, settings.topic(AUDIT_TOPIC))
-    assert [serde.writer_of(m.value).version for m in messages] == [1, 1, 2, 2]
+    # One chain, three schema versions of it: each record hashed under its own.
+    assert [serde.writer_of(m.value).version for m in messages] == [1, 1, 3, 3]
     records = await _records(settings)
     assert [(r["seq"], r["status_code"], r["denial_code"]) for r in records] == [
         (1, "PERMISSION_DENIED", None),  # written before the code was recorded
@@ -275,3 +276,19 @@ async def test_audit_verify_names_unsigned_records_from_the_command_line(
     await forger.flush()
     assert await asyncio.to_thread(cli.main, argv) == 0  # without keys the hashes pass
     assert await asyncio.to_thread(cli.main, [*argv, *signed]) == 1
+
+
+async def test_audit_query_from_the_command_line(
+    settings: Settings, writer: AuditChainWriter, capsys: pytest.CaptureFixture[str]
+) -> None:
+    writer.append_nowait(_entry(1))
+    await writer.flush()
+    argv = ["query", "--bootstrap", settings.kafka_bootstrap, "--topic", writer.topic]
+    assert await asyncio.to_thread(cli.main, [*argv, "--subject", ORG]) == 0
+    out = capsys.readouterr().out
+    assert "1 call(s) about the subject" in out
+    assert "320200 - -> 320500 CheckSubject  purpose 'call 1'  OK" in out
+    # An ID number is refused, and not echoed.
+    assert await asyncio.to_thread(cli.main, [*argv, "--subject", "L:32050519900307123X"]) == 2
+    captured = capsys.readouterr()
+    assert "32050519900307123X" not in captured.out + captured.err

@@ -34,8 +34,11 @@ from creditlink.peer.v1 import (
     record_intake_pb2_grpc,
 )
 from services.common.audit import AUDIT_TOPIC, read_audit_topic, verify_chain
+from services.common.audit.query import calls_about
+from services.common.audit.read import AuditMessage
 from services.common.audit.signing import AuditKeyring
 from services.common.certs import issue_dev_certificates, service_host
+from services.common.clock import china_today
 from services.common.consent import ConsentKeyring
 from services.common.peer import (
     DENIAL_TRAILER,
@@ -643,3 +646,41 @@ async def test_the_conformance_runner_passes_against_a_real_lists_node(region: R
     assert any(r.name == "credit-check.listed-subject-has-its-membership" for r in results)
     passed = {r.name for r in results if r.outcome == "PASS"}
     assert "credit-check.listed-subject-has-its-membership" in passed
+
+
+async def test_audit_query_names_who_checked_a_subject_from_which_city_and_role(
+    region: Region,
+) -> None:
+    """A subject checked at Wuxi by Suzhou's node and by one of Wuxi's own departments: the
+    query of Wuxi's audit returns both calls with their purpose and role, and refuses an ID
+    number without repeating it."""
+    subject = f"L:{make_uscc(random.Random(4711))}"
+    await region.check("suzhou", "wuxi", subject)
+    department = Role.department("wuxi", "113202000143201878")
+    async with secure_channel(
+        region.harness.nodes["wuxi"].target,
+        region.harness.tls(department),
+        expect_city="wuxi",
+        service="lists",
+    ) as channel:
+        await region.harness.check_stub(channel).CheckSubject(
+            credit_check_pb2.CheckSubjectRequest(subject_key=subject, purpose="行政许可审查"),
+            timeout=10,
+        )
+    settings = region.harness.nodes["wuxi"].settings
+
+    async def both() -> list[AuditMessage] | None:
+        messages = await read_audit_topic(settings, settings.topic(AUDIT_TOPIC))
+        return messages if len(calls_about(messages, subject)) == 2 else None
+
+    messages = await eventually(both)
+    today = china_today()
+    calls = calls_about(messages, subject, since=today, until=today)
+    assert [(c.caller_city, c.caller_role, c.purpose, c.status_code) for c in calls] == [
+        (SUZHOU, "node", "集成测试", "OK"),
+        (WUXI, "department:113202000143201878", "行政许可审查", "OK"),
+    ]
+    assert calls_about(messages, subject, until=today - timedelta(days=1)) == []
+    with pytest.raises(ValueError, match="ID number") as refused:
+        calls_about(messages, "L:32050519900307123X")
+    assert "32050519900307123X" not in str(refused.value)

@@ -58,3 +58,6 @@ class AuditEntry:
     #: for an OUTBOUND record, of what this node refused from the peer); None when the call
     #: was not refused.
     denial_code: str | None = None
+    #: The caller's role (``node``, ``department:<USCC>``, ``regulator:<USCC>``; PeerCallAudit
+    #: v3), None for a caller not identified.
+    caller_role: str | None = None

@@ -1,16 +1,22 @@
-"""``python -m services.common.audit verify``: verify a topic's chains from the command line."""
+"""``python -m services.common.audit verify``: verify a topic's chains from the command line;
+``query``: the calls about one subject (who checked it, when, from which city and role, for
+which purpose)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from services.common.audit.signing import AuditKeyring
 from services.common.audit.verify import verify_topic
 from services.common.topic_names import AUDIT_TOPIC as AUDIT_TOPIC
+
+if TYPE_CHECKING:
+    from services.common.settings import Settings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,8 +38,16 @@ def main(argv: list[str] | None = None) -> int:
     verify.add_argument(
         "--region", type=Path, help="the region file naming the cities' codes (with --keys)"
     )
+    query = sub.add_parser("query", help="the calls about one subject, oldest first")
+    query.add_argument("--bootstrap", required=True, help="Kafka bootstrap host:port")
+    query.add_argument("--topic", required=True, help="physical topic")
+    query.add_argument("--subject", required=True, help="subject key: L:<USCC> or N:<pseudonym>")
+    query.add_argument("--since", type=date.fromisoformat, help="first China day (YYYY-MM-DD)")
+    query.add_argument("--until", type=date.fromisoformat, help="last China day (YYYY-MM-DD)")
     args = parser.parse_args(argv)
     settings = load_settings({"KAFKA_BOOTSTRAP": args.bootstrap})
+    if args.command == "query":
+        return _query(settings, args)
     keyring = None
     if args.keys is not None:
         from services.common.region import load_region
@@ -58,6 +72,22 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     print(f"FAILED: {len(report.problems)} problem(s) on {args.topic} at {checked}")
     return 1
+
+
+def _query(settings: Settings, args: argparse.Namespace) -> int:
+    from services.common.audit.query import calls_about
+    from services.common.audit.read import read_audit_topic
+
+    messages = asyncio.run(read_audit_topic(settings, args.topic))
+    try:
+        calls = calls_about(messages, args.subject, since=args.since, until=args.until)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)  # never the key itself: it may be an ID number
+        return 2
+    for call in calls:
+        print(call.line())
+    print(f"{len(calls)} call(s) about the subject on {args.topic}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -201,6 +201,7 @@ class AuditChainWriter(QueuedAuditLog):
             "consent_reference": entry.consent_reference,
             "status_code": entry.status_code,
             "denial_code": entry.denial_code,
+            "caller_role": entry.caller_role,
             "latency_ms": entry.latency_ms,
             "trace_id": entry.traceparent.split("-")[1] if entry.traceparent else None,
             "peer_certificate_sha256": entry.peer_certificate_sha256,

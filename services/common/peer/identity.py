@@ -32,6 +32,15 @@ class PeerIdentity:
         return self.role.principal if self.role is not None else self.city
 
     @property
+    def audit_role(self) -> str:
+        """The role as the audit records it: ``node``, ``department:<USCC>`` or
+        ``regulator:<USCC>`` (codes of organs of state, never personal data)."""
+        role = self.role
+        if role is None or role.kind == NODE:
+            return NODE
+        return f"{role.kind}:{role.department_code or role.regulator}"
+
+    @property
     def department_code(self) -> str | None:
         return self.role.department_code if self.role is not None else None
 
