@@ -322,9 +322,8 @@ def _regulator(city: str, code: str | None, domains: list[str]) -> Role:
         _deployment().config_dir / "city-roles.yaml", cities=_region().cities.keys()
     )
     wanted = {d.upper() for d in domains}
-    for role in roles.regulator_roles(city):
-        if (code is None or role.regulator == code) and wanted <= role.domains:
-            return role
+    if (role := roles.regulator_for(city, wanted, code)) is not None:
+        return role
     raise SystemExit(
         f"no regulator of {city} in city-roles.yaml"
         + (f" with code {code}" if code else "")

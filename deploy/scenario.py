@@ -254,7 +254,10 @@ class Scenario:
         roles = load_city_roles(
             self.deployment.config_dir / "city-roles.yaml", cities=self.region.cities.keys()
         )
-        return next(r for r in roles.regulator_roles(city) if domain in r.domains)
+        role = roles.regulator_for(city, [domain])
+        if role is None:
+            raise ValueError(f"city-roles.yaml names no regulator of {city} acting in {domain}")
+        return role
 
     async def submit(
         self, city: str, records: list[record_intake_pb2.CreditRecord]

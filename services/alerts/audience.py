@@ -49,7 +49,7 @@ class Audience:
             may_see_persons=call.may_see(NATURAL_PERSON),
             # A department (or any role but a regulator) of the city sees no alert: the
             # policy lets none call, and a looser policy does not widen it.
-            domains=None if identity.kind == NODE else identity.domains,
+            domains=None if identity.role.kind == NODE else identity.role.domains,
         )
 
     @property

@@ -298,9 +298,10 @@ class AlertExchangeServicer(alert_exchange_pb2_grpc.AlertExchangeServiceServicer
         assert call.identity is not None  # the guard identified the caller
         # A regulator's own call records the regulator its certificate names, whatever the
         # request says; a target city's node relays the regulator it recorded that way.
-        if call.identity.kind == REGULATOR:
-            request.regulator = call.identity.regulator or ""
-        elif call.identity.kind != NODE or caller == self._city:
+        role = call.identity.role
+        if role.kind == REGULATOR:
+            request.regulator = role.regulator or ""
+        elif role.kind != NODE or caller == self._city:
             await deny(
                 context,
                 grpc.StatusCode.PERMISSION_DENIED,

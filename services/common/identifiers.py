@@ -70,6 +70,8 @@ __all__ = [
     "admin_division",
     "check_resident_id",
     "check_uscc",
+    "has_uscc_shape",
+    "is_resident_id",
     "normalize_identifier",
     "org_code_check_char",
     "resident_id_check_char",
@@ -96,6 +98,20 @@ IssueCode = Literal[
 USCC_ALPHABET = "0123456789ABCDEFGHJKLMNPQRTUWXY"
 _USCC_VALUE = {char: value for value, char in enumerate(USCC_ALPHABET)}
 _USCC_CHARS = frozenset(USCC_ALPHABET)
+
+
+def has_uscc_shape(value: str) -> bool:
+    """18 characters of the code alphabet (GB 32100-2015; no I, O, S, V, Z). The check
+    character is not verified: early pilot codes are legal but fail it."""
+    return len(value) == 18 and all(char in _USCC_CHARS for char in value)
+
+
+def is_resident_id(value: str) -> bool:
+    """A valid resident ID number, which also has the shape of a code: it must never be
+    taken for one (it would carry personal data where only codes may go)."""
+    return value[:17].isdigit() and check_resident_id(value).valid
+
+
 # Byte translation of ASCII code characters to their values: one C call instead of a dict
 # lookup per character (intake checks a code per record).
 _USCC_VALUE_BYTES = bytes.maketrans(USCC_ALPHABET.encode(), bytes(range(len(USCC_ALPHABET))))

@@ -28,7 +28,6 @@ does not mean what it says.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +35,7 @@ from typing import Any
 
 import yaml
 
-from services.common.identifiers import check_resident_id
+from services.common.identifiers import has_uscc_shape, is_resident_id
 from services.common.pseudonym import parse_person_key
 from services.common.roles import POLICY_ROLES
 from services.common.settings import REPO_ROOT
@@ -51,9 +50,6 @@ class PolicyError(ValueError):
     """The policy file is malformed; the message names the file and the rule."""
 
 
-# GB 32100-2015: 18 characters of the code alphabet (no I, O, S, V, Z). The check character
-# is not verified: early pilot codes are legal but fail it (services/common/identifiers.py).
-_USCC_SHAPE = re.compile(r"[0-9A-HJ-NPQRTUWXY]{18}")
 # Longer than any well-formed key; a longer value is refused without being read.
 _MAX_SUBJECT_KEY = 2 + 6 + 1 + 8 + 1 + 64
 
@@ -70,9 +66,9 @@ def subject_key_problem(subject_key: str) -> str | None:
         return "subject_key is longer than any subject key"
     prefix, value = subject_key[:2], subject_key[2:]
     if prefix == "L:":
-        if not _USCC_SHAPE.fullmatch(value):
+        if not has_uscc_shape(value):
             return "an L: subject key is L: and 18 characters of a unified social credit code"
-        if value[:17].isdigit() and check_resident_id(value).valid:
+        if is_resident_id(value):
             return "an L: subject key holds a unified social credit code, not an ID number"
         return None
     if prefix == "N:":

@@ -34,7 +34,7 @@ from typing import Any, Final
 
 import yaml
 
-from services.common.identifiers import check_resident_id
+from services.common.identifiers import has_uscc_shape, is_resident_id
 from services.common.settings import REPO_ROOT
 
 CITY_URI_PREFIX: Final = "spiffe://creditlink/city/"
@@ -48,18 +48,13 @@ REGULATOR: Final = "regulator"
 POLICY_ROLES: Final = (DEPARTMENT, REGULATOR)
 
 _CITY = re.compile(r"[a-z][a-z0-9_-]{0,39}")
-# GB 32100-2015: 18 characters of the code alphabet (no I, O, S, V, Z).
-_USCC = re.compile(r"[0-9A-HJ-NPQRTUWXY]{18}")
 _DOMAIN = re.compile(r"[A-Z][A-Z_]{0,39}")
 
 
 def _code_problem(code: str | None) -> bool:
     """Not the shape of a unified social credit code, or a resident ID number (which has that
     shape too, and must not reach a certificate or the audit)."""
-    if not _USCC.fullmatch(code or ""):
-        return True
-    assert code is not None
-    return code[:17].isdigit() and check_resident_id(code).valid
+    return code is None or not has_uscc_shape(code) or is_resident_id(code)
 
 
 class RoleError(ValueError):
@@ -134,6 +129,14 @@ class Role:
         return self.city if self.kind == NODE else f"{self.city}/{self.kind}"
 
     @property
+    def audit_role(self) -> str:
+        """The role as the audit records it: ``node``, ``department:<USCC>`` or
+        ``regulator:<USCC>`` (codes of organs of state, never personal data)."""
+        if self.kind == NODE:
+            return NODE
+        return f"{self.kind}:{self.department_code or self.regulator}"
+
+    @property
     def name(self) -> str:
         """A short name for files, logs and the audit (no personal data: codes and ids only)."""
         if self.kind == DEPARTMENT:
@@ -206,6 +209,21 @@ class CityRoles:
             Role.regulator_of(city, entry.code, entry.domains)
             for entry in self.regulators.get(city, ())
         ]
+
+    def regulator_for(
+        self, city: str, domains: Iterable[str] = (), code: str | None = None
+    ) -> Role | None:
+        """The first regulator of ``city`` (with ``code``, if given) acting in every one of
+        ``domains``, or None."""
+        wanted = set(domains)
+        return next(
+            (
+                role
+                for role in self.regulator_roles(city)
+                if (code is None or role.regulator == code) and wanted <= role.domains
+            ),
+            None,
+        )
 
 
 def _list(value: Any, where: str) -> list[Any]:

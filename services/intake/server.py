@@ -147,10 +147,11 @@ class RecordIntakeServicer(record_intake_pb2_grpc.RecordIntakeServiceServicer):
             identity = current_call().identity
         except RuntimeError:
             return None
-        if identity is None or identity.kind != DEPARTMENT or identity.department_code is None:
-            return Submitter(identity.principal if identity else "unknown", frozenset())
-        code = identity.department_code
-        return Submitter(code, self._roles.departments_of(identity.city, code))
+        role = identity.role if identity is not None else None
+        if role is None or role.kind != DEPARTMENT or role.department_code is None:
+            return Submitter(role.principal if role else "unknown", frozenset())
+        code = role.department_code
+        return Submitter(code, self._roles.departments_of(role.city, code))
 
     async def SubmitRecords(
         self,

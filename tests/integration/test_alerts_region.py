@@ -38,6 +38,7 @@ from services.common.kafka import EventPublisher, make_consumer, make_producer
 from services.common.peer import DENIAL_TRAILER, PeerSecurity, TlsFiles, secure_channel
 from services.common.policy import load_policy
 from services.common.region import Region, load_region
+from services.common.roles import Role
 from services.common.settings import REPO_ROOT, Settings, load_settings
 from services.common.topics import load_catalogue, provision
 from tests.kit.alerts import org_key, penalty_record
@@ -573,19 +574,30 @@ async def test_the_conformance_runner_passes_against_a_real_alerts_node(
     region: RegionUnderTest, caller: str, passed: set[str], skipped: set[str]
 ) -> None:
     # As the serving city, the runner calls as one of its regulators.
-    tls = region.pki.tls(city_regulator("suzhou") if caller == "suzhou" else caller)
-    endpoint = Endpoint(
-        region.region.city("suzhou").endpoints["alerts"],
-        tls.ca,
-        tls.cert,
-        tls.key,
-        service_host("suzhou", "alerts"),
-        caller_code=region.region.city(caller).admin_code,
-        serving_code=SZ,
+    endpoint = _runner_endpoint(
+        region, "suzhou", city_regulator("suzhou") if caller == "suzhou" else caller, caller
     )
     results = await conformance_run(endpoint, only=["alerts"])
     assert {r.name for r in results if r.outcome == "PASS"} == passed, [r.line() for r in results]
     assert {r.name for r in results if r.outcome == "SKIP"} == skipped
+
+
+def _runner_endpoint(
+    region: RegionUnderTest, serving: str, certificate: str | Role, caller: str, **options: str
+) -> Endpoint:
+    """The conformance runner's endpoint: ``serving``'s alerts node, called with the
+    certificate of ``certificate`` (a city's node or a role) as city ``caller``."""
+    tls = region.pki.tls(certificate)
+    return Endpoint(
+        region.region.city(serving).endpoints["alerts"],
+        tls.ca,
+        tls.cert,
+        tls.key,
+        service_host(serving, "alerts"),
+        caller_code=region.region.city(caller).admin_code,
+        serving_code=region.region.city(serving).admin_code,
+        **options,
+    )
 
 
 async def test_the_runner_reports_handling_of_an_alert_that_targets_it(
@@ -597,16 +609,8 @@ async def test_the_runner_reports_handling_of_an_alert_that_targets_it(
     await region.submit(penalty_record(subject(61), city_code=CZ, serious=True))
     message = await stream.next_matching(is_alert(subject(61)))
     await stream.close()
-    tls = region.pki.tls("suzhou")
-    endpoint = Endpoint(
-        region.region.city("changzhou").endpoints["alerts"],
-        tls.ca,
-        tls.cert,
-        tls.key,
-        service_host("changzhou", "alerts"),
-        caller_code=SZ,
-        serving_code=CZ,
-        alert_id=message.alert.alert_id,
+    endpoint = _runner_endpoint(
+        region, "changzhou", "suzhou", "suzhou", alert_id=message.alert.alert_id
     )
     case = "alerts.update-status-of-a-targeting-alert-recorded-once"
     [result] = await conformance_run(endpoint, only=[case])

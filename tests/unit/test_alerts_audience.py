@@ -10,6 +10,7 @@ from services.alerts.audience import Audience
 from services.alerts.model import Alert, Domain, Severity
 from services.common.peer import PeerCall, PeerIdentity
 from services.common.policy import Decision
+from services.common.roles import Role
 from tests.kit.alerts import org_key
 from tests.peer_kit import WUXI_PERSON
 
@@ -70,7 +71,9 @@ def test_the_audience_of_a_call_is_its_certificate_city_and_policy_grant() -> No
     call = PeerCall(
         method="/creditlink.peer.v1.AlertExchangeService/SubscribeAlerts",
         started=0.0,
-        identity=PeerIdentity(city="wuxi", city_code=WX, certificate_sha256=None),
+        identity=PeerIdentity(
+            city="wuxi", city_code=WX, certificate_sha256=None, role=Role.node("wuxi")
+        ),
         decision=Decision(allowed=True, data_classes=frozenset({"organisation"})),
     )
     assert Audience.of_call(serving_city=SZ, call=call) == Audience(

@@ -228,7 +228,7 @@ def _audit_entry(
         subject_key=call.subject_key,
         # A call that ended OK was not refused, whatever a servicer noted on the way.
         denial_code=call.denial if status is not grpc.StatusCode.OK else None,
-        caller_role=identity.audit_role if identity else None,
+        caller_role=identity.role.audit_role if identity else None,
         consent_reference=call.consent.token_id if call.consent else None,
         traceparent=call.traceparent,
         peer_certificate_sha256=identity.certificate_sha256 if identity else None,

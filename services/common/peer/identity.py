@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from services.common.roles import NODE, Role, is_creditlink_uri
+from services.common.roles import Role, is_creditlink_uri
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,39 +18,9 @@ class PeerIdentity:
     city: str
     city_code: str
     certificate_sha256: str | None
-    #: The role in the city (services/common/roles.py): the node itself unless the
-    #: certificate names a department or a regulator.
-    role: Role | None = None
-
-    @property
-    def kind(self) -> str:
-        return self.role.kind if self.role is not None else NODE
-
-    @property
-    def principal(self) -> str:
-        """How the peer policy names the caller: ``<city>`` or ``<city>/<role>``."""
-        return self.role.principal if self.role is not None else self.city
-
-    @property
-    def audit_role(self) -> str:
-        """The role as the audit records it: ``node``, ``department:<USCC>`` or
-        ``regulator:<USCC>`` (codes of organs of state, never personal data)."""
-        role = self.role
-        if role is None or role.kind == NODE:
-            return NODE
-        return f"{role.kind}:{role.department_code or role.regulator}"
-
-    @property
-    def department_code(self) -> str | None:
-        return self.role.department_code if self.role is not None else None
-
-    @property
-    def regulator(self) -> str | None:
-        return self.role.regulator if self.role is not None else None
-
-    @property
-    def domains(self) -> frozenset[str]:
-        return self.role.domains if self.role is not None else frozenset()
+    #: The role in the city (services/common/roles.py): the city's node, a department or a
+    #: regulator.
+    role: Role
 
 
 def _text(values: Sequence[Any]) -> list[str]:

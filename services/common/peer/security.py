@@ -42,7 +42,6 @@ from services.common.region import Region
 from services.common.revocations import Revocations
 from services.common.roles import (
     CITY_URI_PREFIX,
-    NODE,
     CityRoles,
     load_city_roles,
     parse_role_uri,
@@ -157,12 +156,12 @@ class PeerSecurity:
             city=role.city,
             city_code=self.region.city(role.city).admin_code,
             certificate_sha256=_pem_sha256(_text(pems)[0]),
-            role=None if role.kind == NODE else role,
+            role=role,
         )
         return self._identities.remember(pems[0], identity)
 
     def authorize(self, identity: PeerIdentity, method: str) -> Decision:
-        principal = identity.principal
+        principal = identity.role.principal
         decision = self._decisions.get((principal, method))
         if decision is None:
             decision = self.policy.decide(server=self.city, caller=principal, method=method)
