@@ -420,9 +420,9 @@ def alerts_tail(city: str, domain: list[str], limit: int, regulator: str | None 
     return 0
 
 
-def audit_verify(city: str) -> int:
+def audit_verify(city: str, against_peers: bool = False) -> int:
     """Verify the city's audit hash chains and signatures; names the position of any
-    tampering."""
+    tampering. With ``against_peers`` also against the signed heads its peers hold."""
     topic = load_settings(_city_env(city)).topic(AUDIT_TOPIC)
     deployment = _deployment()
     return _python_module(
@@ -436,6 +436,7 @@ def audit_verify(city: str) -> int:
         str(deployment.cert_dir),
         "--region",
         str(deployment.region_file),
+        *(["--against-peers", "--city", city] if against_peers else []),
     )
 
 
@@ -592,7 +593,12 @@ def _parser() -> argparse.ArgumentParser:
 
     verify = groups.add_parser("audit-verify", help=_first_line(audit_verify))
     _city(verify, "suzhou")
-    verify.set_defaults(run=lambda a: audit_verify(a.city))
+    verify.add_argument(
+        "--against-peers",
+        action="store_true",
+        help="also check against the signed heads the city's peers hold",
+    )
+    verify.set_defaults(run=lambda a: audit_verify(a.city, a.against_peers))
 
     query = groups.add_parser("audit-query", help=_first_line(audit_query))
     _city(query, "suzhou")

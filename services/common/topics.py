@@ -140,12 +140,16 @@ async def provision(
                     raise RuntimeError(f"creating {name} failed: error {error_code} {rest}")
             report.created.extend(name for name in missing if name not in already)
             missing = [name for name in missing if name not in already]
-            for _ in range(50):
-                if all(existing.get(name, {}).get("error_code") == 0 for name in already):
+            # Wait until every topic created here, or created a moment ago by another, has a
+            # leader for each partition: a service started right after provisioning checks
+            # its topics once and refuses to start on one the broker does not serve yet.
+            waiting = sorted({*already, *missing})
+            for _ in range(100):
+                for topic in await admin.describe_topics(waiting):
+                    existing[topic["topic"]] = topic
+                if all(_served(existing.get(name)) for name in waiting):
                     break
                 await asyncio.sleep(0.1)
-                for topic in await admin.describe_topics(sorted(already)):
-                    existing[topic["topic"]] = topic
 
         present = [n for n in wanted if n not in missing]
         if present:
@@ -185,6 +189,16 @@ async def provision(
     finally:
         await admin.close()
     return report
+
+
+def _served(description: dict[str, Any] | None) -> bool:
+    """The topic exists and every partition has a leader."""
+    return (
+        description is not None
+        and description.get("error_code") == 0
+        and bool(description.get("partitions"))
+        and all(p.get("leader", -1) >= 0 for p in description["partitions"])
+    )
 
 
 def _main(argv: Sequence[str] | None = None) -> int:

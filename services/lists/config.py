@@ -10,6 +10,8 @@ Besides the common settings (``services/common/settings.py``):
 - ``CREDITLINK_PEER_POLICY``: the peer authorization policy (``deploy/config/peer-policy.yaml``).
 - ``CREDITLINK_LISTS_RECONCILE_SECONDS``: digest comparison with each peer (300).
 - ``CREDITLINK_LISTS_EXPIRY_SECONDS``: how often ended terms are taken down (60).
+- ``CREDITLINK_AUDIT_CHECKPOINT_SECONDS``: how often the node hands the signed heads of its
+  audit chains to its peers (60; services/common/audit/checkpoints.py).
 - ``CREDITLINK_LISTS_RETENTION_DAYS``: how long removed entries and own changes are kept,
   the retention of ``credit.list-changes.v1`` (365).
 
@@ -39,6 +41,8 @@ class ListsConfig:
     reconcile_seconds: float
     expiry_seconds: float
     retention_days: int
+    #: How often the node hands its signed audit heads to its peers (docs/trust.md).
+    checkpoint_seconds: float = 60.0
 
 
 def _positive(env: Mapping[str, str], name: str, default: float, problems: list[str]) -> float:
@@ -75,6 +79,7 @@ def load_lists_config(
     reconcile = _positive(env, "CREDITLINK_LISTS_RECONCILE_SECONDS", 300.0, problems)
     expiry = _positive(env, "CREDITLINK_LISTS_EXPIRY_SECONDS", 60.0, problems)
     retention = _positive(env, "CREDITLINK_LISTS_RETENTION_DAYS", 365, problems)
+    checkpoints = _positive(env, "CREDITLINK_AUDIT_CHECKPOINT_SECONDS", 60.0, problems)
     if problems:
         raise SettingsError("invalid lists configuration:\n  - " + "\n  - ".join(problems))
     return ListsConfig(
@@ -84,4 +89,5 @@ def load_lists_config(
         reconcile_seconds=reconcile,
         expiry_seconds=expiry,
         retention_days=int(retention),
+        checkpoint_seconds=checkpoints,
     )

@@ -23,8 +23,15 @@ from typing import Any, Final
 import grpc
 import structlog
 
-from creditlink.peer.v1 import consent_pb2_grpc, credit_check_pb2_grpc, list_sync_pb2_grpc
+from creditlink.peer.v1 import (
+    audit_evidence_pb2_grpc,
+    consent_pb2_grpc,
+    credit_check_pb2_grpc,
+    list_sync_pb2_grpc,
+)
 from services.common.audit import AuditChainWriter
+from services.common.audit.checkpoints import AuditEvidenceServicer, CheckpointHander
+from services.common.audit.signing import AuditKeyring
 from services.common.avro import AvroSerde
 from services.common.consent import ConsentIssuer, load_private_key
 from services.common.kafka import EventPublisher, make_producer
@@ -173,6 +180,23 @@ class ListsNode:
             for peer in region.peers_of(settings.city)
             if "lists" in peer.endpoints
         ]
+        # Evidence both ways: this node's signed audit heads handed to every peer, and the
+        # peers' heads kept here (services/common/audit/checkpoints.py).
+        signer = self.security.audit_signer
+        self.checkpoints = (
+            CheckpointHander(
+                settings,
+                AuditKeyring.of(signer),
+                {
+                    peer.key: self._channel_factory(peer)
+                    for peer in region.peers_of(settings.city)
+                    if "lists" in peer.endpoints
+                },
+                interval=config.checkpoint_seconds,
+            )
+            if signer is not None
+            else None
+        )
         self.server: PeerServer | None = None
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -222,6 +246,20 @@ class ListsNode:
                     consent_pb2_grpc.add_ConsentServiceServicer_to_server,
                     "creditlink.peer.v1.ConsentService",
                 ),
+                ServiceBinding(
+                    AuditEvidenceServicer(
+                        holder=self.city.admin_code,
+                        keyring=AuditKeyring.from_directory(
+                            self.config.tls_dir,
+                            {k: c.admin_code for k, c in self.region.cities.items()},
+                        ),
+                        producer=self.producer,
+                        publisher=self.publisher,
+                        settings=self.settings,
+                    ),
+                    audit_evidence_pb2_grpc.add_AuditEvidenceServiceServicer_to_server,
+                    "creditlink.peer.v1.AuditEvidenceService",
+                ),
             ],
             limits=self.limits,
             security=self.security,
@@ -233,6 +271,8 @@ class ListsNode:
             self._spawn(f"reconcile-{mirror.peer.key}", mirror.reconcile_forever)
         for revocation_mirror in self.revocation_mirrors:
             self._spawn(f"revocations-{revocation_mirror.peer.key}", revocation_mirror.follow)
+        if self.checkpoints is not None:
+            self._spawn("audit-checkpoints", self._hand_checkpoints)
         self._spawn("expiry", self._expire_forever)
         self._spawn("prune", self._prune_forever)
         log.info(
@@ -270,6 +310,10 @@ class ListsNode:
 
     async def _follow_revocations(self) -> None:
         await follow_revocations(self.settings, self.serde, self.revocations)
+
+    async def _hand_checkpoints(self) -> None:
+        assert self.checkpoints is not None
+        await self.checkpoints.run(self._stopping)
 
     async def _expire_forever(self) -> None:
         while not self._stopping.is_set():

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 import sys
 import time
 from collections import Counter
@@ -24,6 +25,8 @@ import pytest
 from contracts.conformance import Endpoint
 from contracts.conformance import run as conformance_run
 from creditlink.peer.v1 import (
+    audit_evidence_pb2,
+    audit_evidence_pb2_grpc,
     common_pb2,
     consent_pb2,
     consent_pb2_grpc,
@@ -33,13 +36,25 @@ from creditlink.peer.v1 import (
     record_intake_pb2,
     record_intake_pb2_grpc,
 )
-from services.common.audit import AUDIT_TOPIC, read_audit_topic, verify_chain
+from services.common.audit import (
+    AUDIT_TOPIC,
+    GENESIS_HASH,
+    SCHEMA,
+    chain_hash,
+    read_audit_topic,
+    verify_chain,
+)
+from services.common.audit import main as audit_main
+from services.common.audit.checkpoints import read_checkpoints
+from services.common.audit.heads import Checkpoint
 from services.common.audit.query import calls_about
 from services.common.audit.read import AuditMessage
 from services.common.audit.signing import AuditKeyring
+from services.common.avro import AvroSerde
 from services.common.certs import issue_dev_certificates, service_host
 from services.common.clock import china_today
 from services.common.consent import ConsentKeyring
+from services.common.kafka import make_producer
 from services.common.peer import (
     DENIAL_TRAILER,
     PeerSecurity,
@@ -50,6 +65,8 @@ from services.common.peer import (
 from services.common.policy import load_policy
 from services.common.roles import Role
 from services.common.settings import REPO_ROOT
+from services.common.topic_names import CHECKPOINTS_TOPIC
+from services.common.topics import load_catalogue, provision
 from services.lists.convert import change_to_proto
 from services.lists.model import ChangeAction, EntryStatus, ListChange, RemovalReason
 from tests.kit.identifiers import make_uscc
@@ -168,7 +185,11 @@ def _describe(sequences: list[int]) -> str:
 async def region(
     kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Region]:
-    harness = ListsRegion(tmp_path_factory.mktemp("lists-region"), kafka_bootstrap)
+    harness = ListsRegion(
+        tmp_path_factory.mktemp("lists-region"),
+        kafka_bootstrap,
+        extra_env={"CREDITLINK_AUDIT_CHECKPOINT_SECONDS": "1"},
+    )
     proxy = TcpProxy(harness.ports["suzhou"])
     await proxy.start()
     harness.route_through("changzhou", "suzhou", proxy.port)
@@ -684,3 +705,185 @@ async def test_audit_query_names_who_checked_a_subject_from_which_city_and_role(
     with pytest.raises(ValueError, match="ID number") as refused:
         calls_about(messages, "L:32050519900307123X")
     assert "32050519900307123X" not in str(refused.value)
+
+
+async def _suzhou_heads_held(region: Region, through_seq: int) -> list[Checkpoint]:
+    """Once Wuxi and Changzhou both hold a head of Suzhou's lists chain at ``through_seq`` or
+    later: every head of Suzhou they hold."""
+    held: list[Checkpoint] = []
+    for peer in ("wuxi", "changzhou"):
+        settings = region.harness.nodes[peer].settings
+        kept = await read_checkpoints(settings, settings.topic(CHECKPOINTS_TOPIC))
+        about = [c for c in kept if c.city == SUZHOU]
+        if not any(c.chain == "lists" and c.seq >= through_seq for c in about):
+            return []
+        held.extend(about)
+    return held
+
+
+async def _checked_at(region: Region, subject: str) -> int:
+    """Check ``subject`` at Suzhou from Wuxi; the seq of the call's record on the lists chain."""
+    await region.check("wuxi", "suzhou", subject)
+    settings = region.harness.nodes["suzhou"].settings
+
+    async def recorded() -> int:
+        messages = await read_audit_topic(settings, settings.topic(AUDIT_TOPIC))
+        calls = [
+            record["seq"]
+            for m in messages
+            if m.key.startswith("lists:")
+            and (record := region.harness.serde.decode(m.value))["subject_key"] == subject
+        ]
+        return calls[-1] if calls else 0
+
+    return int(await eventually(recorded))
+
+
+async def _copy(region: Region, messages: list[AuditMessage], name: str) -> str:
+    """``messages`` (keys, values and signature headers) onto a new audit topic: what a
+    city that rewrote its own topic would show a verifier."""
+    prefix = f"{region.harness.run}{name}."
+    specs = [spec for spec in load_catalogue() if spec.name == AUDIT_TOPIC]
+    await provision(region.harness.bootstrap, specs, prefix=prefix)
+    settings = region.harness.nodes["suzhou"].settings
+    producer = make_producer(settings, client_id="tamper")
+    await producer.start()
+    try:
+        for message in messages:
+            headers = (
+                []
+                if message.signature is None
+                else [("creditlink-audit-signature", message.signature)]
+            )
+            await producer.send_and_wait(
+                prefix + AUDIT_TOPIC, value=message.value, key=message.key.encode(), headers=headers
+            )
+    finally:
+        await producer.stop()
+    return prefix + AUDIT_TOPIC
+
+
+async def test_peers_hold_suzhous_signed_heads_and_find_what_suzhou_cut_deleted_or_rewrote(
+    region: Region, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Suzhou hands the signed heads of its audit chains to Wuxi and Changzhou, which keep
+    them. Suzhou's real topic verifies against them; a copy cut at an earlier signed head, one
+    without the lists chain and one rewritten with valid hashes verify by themselves, and
+    each fails against the heads the peers hold, at the position named."""
+    harness = region.harness
+    first = await _checked_at(region, organisation_key(9_000_300))
+    await eventually(lambda: _suzhou_heads_held(region, first), within=30)
+    second = await _checked_at(region, organisation_key(9_000_301))
+    held = await eventually(lambda: _suzhou_heads_held(region, second), within=30)
+    newest = max(c.seq for c in held if c.chain == "lists")
+
+    async def verify(topic: str) -> tuple[int, str]:
+        code = await asyncio.to_thread(
+            audit_main,
+            [
+                "verify",
+                "--bootstrap",
+                harness.bootstrap,
+                "--topic",
+                topic,
+                "--keys",
+                str(harness.tls_dir),
+                "--region",
+                str(harness._region_file("suzhou")),
+                "--against-peers",
+                "--city",
+                "suzhou",
+                *(
+                    arg
+                    for peer in ("wuxi", "changzhou")
+                    for arg in (
+                        "--checkpoints",
+                        harness.nodes[peer].settings.topic(CHECKPOINTS_TOPIC),
+                    )
+                ),
+            ],
+        )
+        return code, capsys.readouterr().out
+
+    settings = harness.nodes["suzhou"].settings
+    code, out = await verify(settings.topic(AUDIT_TOPIC))
+    assert code == 0, out
+    assert "of suzhou's heads on" in out
+
+    messages = await read_audit_topic(settings, settings.topic(AUDIT_TOPIC))
+    lists = [m for m in messages if m.key.startswith("lists:")]
+    # Cut after the last signed head before the second check's record: alone it verifies.
+    signed = [int(m.key.split(":")[1]) for m in lists if m.signature is not None]
+    cut_at = max(seq for seq in signed if seq < second)
+    kept = [
+        m for m in messages if not m.key.startswith("lists:") or int(m.key.split(":")[1]) <= cut_at
+    ]
+    truncated = await _copy(region, kept, "truncated")
+    code, out = await verify(truncated)
+    assert code == 1, out
+    assert f"TRUNCATED: chain 'lists' seq {cut_at + 1} " in out
+    gone = re.search(rf"so seq {cut_at + 1}\.\.(\d+) are gone", out)
+    assert gone is not None, out
+    assert int(gone[1]) >= newest  # the peers' heads move on while the test runs
+
+    deleted = await _copy(
+        region, [m for m in messages if not m.key.startswith("lists:")], "deleted"
+    )
+    code, out = await verify(deleted)
+    assert code == 1, out
+    deleted_at = re.search(r"CHAIN-DELETED: chain 'lists' seq (\d+): no record of the chain", out)
+    assert deleted_at is not None, out
+    assert int(deleted_at[1]) >= newest
+
+    rewritten = await _copy(region, _rewritten(harness.serde, messages), "rewritten")
+    code, out = await verify(rewritten)
+    assert code == 1, out
+    assert "REWRITTEN: chain 'lists' seq" in out
+
+
+async def test_a_checkpoint_not_signed_by_the_calling_city_is_refused_and_audited(
+    region: Region,
+) -> None:
+    """Wuxi cannot plant a head of its chain that its key did not sign (nor one of another
+    city's chain: the city is always the caller's)."""
+    harness = region.harness
+    forged = audit_evidence_pb2.AuditCheckpoint(
+        chain="lists", seq=7, hash="ab" * 32, signature="deadbeef.AAAA"
+    )
+    async with harness.channel("wuxi", "suzhou") as channel:
+        stub = audit_evidence_pb2_grpc.AuditEvidenceServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stub.HandCheckpoints(
+                audit_evidence_pb2.HandCheckpointsRequest(checkpoints=[forged]), timeout=10
+            )
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    trailers = dict(refused.value.trailing_metadata() or ())
+    assert trailers[DENIAL_TRAILER] == "bad-checkpoint"
+    assert "320200:lists:7" in (refused.value.details() or "")
+    settings = harness.nodes["suzhou"].settings
+
+    async def audited() -> bool:
+        messages = await read_audit_topic(settings, settings.topic(AUDIT_TOPIC))
+        return any(
+            (record := harness.serde.decode(m.value))["denial_code"] == "bad-checkpoint"
+            and record["caller_city"] == WUXI
+            for m in messages
+        )
+
+    assert await eventually(audited)
+    kept = await read_checkpoints(settings, settings.topic(CHECKPOINTS_TOPIC))
+    assert not [c for c in kept if c.city == WUXI and c.seq == 7 and c.hash == "ab" * 32]
+
+
+def _rewritten(serde: AvroSerde, messages: list[AuditMessage]) -> list[AuditMessage]:
+    """The lists chain written again from seq 1 with another purpose and valid hashes, as
+    whoever can write the topic but lacks the city's key could (so: unsigned)."""
+    out, previous = [], GENESIS_HASH
+    for message in messages:
+        if not message.key.startswith("lists:"):
+            out.append(message)
+            continue
+        record = serde.decode(message.value) | {"purpose": "改写", "prev_hash": previous}
+        record["hash"] = previous = chain_hash(serde, record)
+        out.append(AuditMessage(message.offset, message.key, serde.encode(SCHEMA, record)))
+    return out

@@ -41,6 +41,7 @@ STORE = SchemaStore.load()
 SERDE = AvroSerde(STORE)
 NAMES = STORE.names()
 EXPECTED_RECORDS = {
+    "AuditCheckpoint",
     "AlertStatusChange",
     "CreditRecord",
     "DisclosureQuality",

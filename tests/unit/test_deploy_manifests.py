@@ -58,6 +58,7 @@ NOT_DEPLOYED = {
     "CREDITLINK_LISTS_RECONCILE_SECONDS": "tuning; the default is the production value",
     "CREDITLINK_LISTS_EXPIRY_SECONDS": "tuning; the default is the production value",
     "CREDITLINK_LISTS_RETENTION_DAYS": "tuning; the default is the production value",
+    "CREDITLINK_AUDIT_CHECKPOINT_SECONDS": "tuning; the default is the production value",
     "CREDITLINK_SCORES_REFRESH_SECONDS": "tuning; the default is the production value",
     "CREDITLINK_SCORES_PEER_SYNC_SECONDS": "tuning; the default is the production value",
     "CREDITLINK_SCORES_MIN_POPULATION": "tuning; the default is the production value",

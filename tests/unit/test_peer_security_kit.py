@@ -346,6 +346,7 @@ def test_deployed_policy_loads_and_keeps_intake_internal() -> None:
     # Every rule names methods that exist in the contracts.
     from creditlink.peer.v1 import (
         alert_exchange_pb2,
+        audit_evidence_pb2,
         consent_pb2,
         credit_check_pb2,
         list_sync_pb2,
@@ -357,6 +358,7 @@ def test_deployed_policy_loads_and_keeps_intake_internal() -> None:
         service
         for module in (
             alert_exchange_pb2,
+            audit_evidence_pb2,
             consent_pb2,
             credit_check_pb2,
             list_sync_pb2,

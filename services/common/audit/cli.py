@@ -14,8 +14,11 @@ from typing import TYPE_CHECKING
 from services.common.audit.signing import AuditKeyring
 from services.common.audit.verify import verify_topic
 from services.common.topic_names import AUDIT_TOPIC as AUDIT_TOPIC
+from services.common.topic_names import CHECKPOINTS_TOPIC
 
 if TYPE_CHECKING:
+    from services.common.audit.verify import CheckpointsHeld
+    from services.common.region import Region
     from services.common.settings import Settings
 
 
@@ -38,6 +41,22 @@ def main(argv: list[str] | None = None) -> int:
     verify.add_argument(
         "--region", type=Path, help="the region file naming the cities' codes (with --keys)"
     )
+    verify.add_argument(
+        "--against-peers",
+        action="store_true",
+        help="also check the chains against the signed heads the city's peers hold (with "
+        "--keys): finds a truncated tail, a deleted chain, a rewritten chain",
+    )
+    verify.add_argument(
+        "--city", help="the city whose topic it is (default: the one whose topic prefix it has)"
+    )
+    verify.add_argument(
+        "--checkpoints",
+        action="append",
+        metavar="TOPIC",
+        help="a peer's checkpoint topic to read (repeatable; default: every other city's "
+        "<prefix>audit.checkpoints.v1)",
+    )
     query = sub.add_parser("query", help="the calls about one subject, oldest first")
     query.add_argument("--bootstrap", required=True, help="Kafka bootstrap host:port")
     query.add_argument("--topic", required=True, help="physical topic")
@@ -49,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "query":
         return _query(settings, args)
     keyring = None
+    held = None
     if args.keys is not None:
         from services.common.region import load_region
 
@@ -56,9 +76,16 @@ def main(argv: list[str] | None = None) -> int:
         codes = {key: city.admin_code for key, city in region.cities.items()}
         keyring = AuditKeyring.from_directory(args.keys, codes)
         print(f"signatures: {len(keyring.keys)} published audit key(s) in {args.keys}")
+        if args.against_peers:
+            held = _checkpoints_held(settings, region, keyring, args)
+            if held is None:
+                return 2
     else:
         print("signatures: not checked (give --keys)")
-    report = asyncio.run(verify_topic(settings, args.topic, keyring))
+        if args.against_peers:
+            print("error: --against-peers needs --keys", file=sys.stderr)
+            return 2
+    report = asyncio.run(verify_topic(settings, args.topic, keyring, held))
     for summary in report.chains.values():
         name = "(default)" if summary.chain is None else summary.chain
         print(
@@ -72,6 +99,42 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     print(f"FAILED: {len(report.problems)} problem(s) on {args.topic} at {checked}")
     return 1
+
+
+def _checkpoints_held(
+    settings: Settings, region: Region, keyring: AuditKeyring, args: argparse.Namespace
+) -> CheckpointsHeld | None:
+    """The heads of the topic's city that its peers hold, read from their checkpoint topics."""
+    from services.common.audit.checkpoints import read_checkpoints
+    from services.common.audit.verify import CheckpointsHeld
+
+    key = args.city or next(
+        (k for k, c in region.cities.items() if args.topic.startswith(c.topic_prefix)), None
+    )
+    if key is None or key not in region.cities:
+        print(f"error: which city's topic is {args.topic}? give --city", file=sys.stderr)
+        return None
+    topics = args.checkpoints or [
+        f"{city.topic_prefix}{CHECKPOINTS_TOPIC}" for k, city in region.cities.items() if k != key
+    ]
+    city = region.city(key).admin_code
+    checkpoints = []
+    for topic in topics:
+        try:
+            kept = asyncio.run(read_checkpoints(settings, topic))
+        except Exception as exc:  # a peer's topic missing or unreadable: say so, go on
+            print(f"checkpoints: {topic} not read ({type(exc).__name__}: {exc})")
+            continue
+        about = [c for c in kept if c.city == city]
+        newest: dict[str | None, int] = {}
+        for checkpoint in about:
+            newest[checkpoint.chain] = max(newest.get(checkpoint.chain, 0), checkpoint.seq)
+        heads = ", ".join(f"{c or '(default)'} seq {s}" for c, s in sorted(newest.items(), key=str))
+        print(f"checkpoints: {len(about)} of {key}'s heads on {topic}; newest: {heads or 'none'}")
+        checkpoints.extend(about)
+    if not checkpoints:
+        print(f"checkpoints: no peer holds a head of {key}'s chains yet")
+    return CheckpointsHeld(city, checkpoints, keyring)
 
 
 def _query(settings: Settings, args: argparse.Namespace) -> int:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer
-from aiokafka.structs import TopicPartition
+from aiokafka.structs import ConsumerRecord, TopicPartition
 
 from services.common.audit.chain import _TAIL_WINDOW, parse_key
 from services.common.audit.signing import SIGNATURE_HEADER
@@ -25,6 +25,16 @@ class AuditMessage:
     value: bytes
     #: The head signature, on the last record of each batch its writer sent (signing.py).
     signature: bytes | None = None
+
+
+def audit_message(message: ConsumerRecord[bytes, bytes]) -> AuditMessage:
+    """One consumed message as an :class:`AuditMessage` (its head signature, if any)."""
+    return AuditMessage(
+        offset=message.offset,
+        key=message.key.decode("utf-8", "replace") if message.key else "",
+        value=bytes(message.value or b""),
+        signature=next((v for k, v in message.headers or () if k == SIGNATURE_HEADER), None),
+    )
 
 
 async def _end_offsets(consumer: AIOKafkaConsumer, partition: TopicPartition) -> tuple[int, int]:
@@ -46,16 +56,7 @@ async def _read_range(
         for message in records:
             if message.offset >= end:
                 return messages
-            messages.append(
-                AuditMessage(
-                    offset=message.offset,
-                    key=message.key.decode("utf-8", "replace") if message.key else "",
-                    value=bytes(message.value or b""),
-                    signature=next(
-                        (v for k, v in message.headers or () if k == SIGNATURE_HEADER), None
-                    ),
-                )
-            )
+            messages.append(audit_message(message))
         if messages and messages[-1].offset >= end - 1:
             return messages
         if not records and await consumer.position(partition) >= end:

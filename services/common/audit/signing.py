@@ -105,6 +105,11 @@ class AuditKeyring:
                 keys[key_id_of(public)] = (codes[match["city"]], public)
         return cls(keys)
 
+    @classmethod
+    def of(cls, signer: AuditSigner) -> AuditKeyring:
+        """The one key of ``signer`` (a node checking what it signed itself)."""
+        return cls({signer.key_id: (signer.node_city, signer.private_key.public_key())})
+
     def problem(
         self, header: bytes, node_city: str, chain: str | None, seq: int, record_hash: str
     ) -> str | None:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from services.common.audit.chain import GENESIS_HASH, chain_hash, parse_key
+from services.common.audit.heads import Checkpoint
 from services.common.audit.read import AuditMessage, read_audit_topic
 from services.common.audit.signing import AuditKeyring
 from services.common.avro import AvroSerde, SerdeError
@@ -19,17 +20,22 @@ class ChainProblem:
     """One place where the chain is not what its writer wrote."""
 
     # changed | removed | reordered | duplicated | undecodable | bad-key | bad-signature |
-    # unsigned
+    # unsigned; against the heads peers hold (checkpoints.py): truncated | chain-deleted |
+    # rewritten | bad-checkpoint
     kind: str
     chain: str | None
-    offset: int
+    #: The topic offset of the record concerned; None where no record is (a deleted chain).
+    offset: int | None
     seq: int | None
     detail: str
 
     def __str__(self) -> str:
-        chain = "" if self.chain is None else f"chain {self.chain!r} "
-        seq = "" if self.seq is None else f"seq {self.seq} "
-        return f"{self.kind.upper()}: {chain}{seq}at offset {self.offset}: {self.detail}"
+        where = [
+            *([] if self.chain is None else [f"chain {self.chain!r}"]),
+            *([] if self.seq is None else [f"seq {self.seq}"]),
+            *([] if self.offset is None else [f"at offset {self.offset}"]),
+        ]
+        return f"{self.kind.upper()}: {' '.join(where)}: {self.detail}"
 
 
 @dataclass(slots=True)
@@ -63,11 +69,14 @@ def verify_chain(
     messages: Iterable[AuditMessage],
     serde: AvroSerde | None = None,
     keyring: AuditKeyring | None = None,
+    checkpoints: CheckpointsHeld | None = None,
 ) -> VerifyReport:
     """Check every chain in ``messages`` (in topic order); name each broken position.
 
     With ``keyring`` (the cities' published audit keys) also each head signature, and that
-    every record is covered by a valid signature of its city at or after it."""
+    every record is covered by a valid signature of its city at or after it. With
+    ``checkpoints`` (the signed heads of one city's chains its peers hold) also that every
+    chain still reaches, and passes through, each head a peer holds."""
     serde = serde or AvroSerde()
     report = VerifyReport()
     by_chain: dict[str | None, list[_Decoded]] = {}
@@ -115,7 +124,9 @@ def verify_chain(
         seqs = [e.seq for e in entries]
         summary.first_seq, summary.last_seq = min(seqs), max(seqs)
         report.chains[chain] = summary
-    report.problems.sort(key=lambda p: (p.offset, p.kind))
+    if checkpoints is not None:
+        report.problems.extend(_check_checkpoints(by_chain, checkpoints))
+    report.problems.sort(key=lambda p: (p.offset is None, p.offset or 0, p.kind))
     return report
 
 
@@ -220,7 +231,97 @@ def _check_signatures(
     return problems
 
 
+@dataclass(frozen=True, slots=True)
+class CheckpointsHeld:
+    """The heads of ``city``'s chains its peers hold, and the keys to check them with."""
+
+    city: str
+    checkpoints: Sequence[Checkpoint]
+    keyring: AuditKeyring
+
+
+def _check_checkpoints(
+    by_chain: Mapping[str | None, Sequence[_Decoded]], held: CheckpointsHeld
+) -> list[ChainProblem]:
+    """Each chain reaches the newest head a peer holds and passes through every head held
+    (the first that differs named; later ones of that chain differ too, by the chain)."""
+    problems: list[ChainProblem] = []
+    valid: dict[str | None, list[Checkpoint]] = {}
+    for checkpoint in held.checkpoints:
+        if checkpoint.city != held.city:
+            continue
+        if (why := checkpoint.problem(held.keyring)) is not None:
+            problems.append(
+                ChainProblem(
+                    "bad-checkpoint",
+                    checkpoint.chain,
+                    None,
+                    checkpoint.seq,
+                    f"{_holder(checkpoint)} holds a head that is not the city's: {why}",
+                )
+            )
+            continue
+        valid.setdefault(checkpoint.chain, []).append(checkpoint)
+    for chain, heads in sorted(valid.items(), key=lambda item: item[0] or ""):
+        newest = max(heads, key=lambda h: h.seq)
+        entries = by_chain.get(chain)
+        if not entries:
+            problems.append(
+                ChainProblem(
+                    "chain-deleted",
+                    chain,
+                    None,
+                    newest.seq,
+                    f"no record of the chain is on the topic; {_holder(newest)} holds its "
+                    f"signed head seq {newest.seq}",
+                )
+            )
+            continue
+        by_seq = {e.seq: e for e in entries}
+        last = max(entries, key=lambda e: e.seq)
+        for head in sorted(heads, key=lambda h: h.seq):
+            found = by_seq.get(head.seq)
+            if found is not None and found.record["hash"] != head.hash:
+                problems.append(
+                    ChainProblem(
+                        "rewritten",
+                        chain,
+                        found.offset,
+                        head.seq,
+                        f"hash {str(found.record['hash'])[:12]}… is not the "
+                        f"{head.hash[:12]}… of the signed head {_holder(head)} holds",
+                    )
+                )
+                break
+        if last.seq < newest.seq:
+            problems.append(
+                ChainProblem(
+                    "truncated",
+                    chain,
+                    last.offset,
+                    last.seq + 1,
+                    f"the chain ends at seq {last.seq}; {_holder(newest)} holds its signed "
+                    f"head seq {newest.seq}, so seq {last.seq + 1}..{newest.seq} are gone",
+                )
+            )
+    return problems
+
+
+def _holder(checkpoint: Checkpoint) -> str:
+    when = (
+        ""
+        if checkpoint.received_at is None
+        else f" (received {checkpoint.received_at:%Y-%m-%d %H:%M:%S} UTC)"
+    )
+    return f"{checkpoint.holder or 'a peer'}{when}"
+
+
 async def verify_topic(
-    settings: Settings, topic: str, keyring: AuditKeyring | None = None
+    settings: Settings,
+    topic: str,
+    keyring: AuditKeyring | None = None,
+    checkpoints: CheckpointsHeld | None = None,
 ) -> VerifyReport:
-    return verify_chain(await read_audit_topic(settings, topic), keyring=keyring)
+    return verify_chain(
+        await read_audit_topic(settings, topic), keyring=keyring, checkpoints=checkpoints
+    )
