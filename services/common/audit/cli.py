@@ -140,9 +140,11 @@ def _export(settings: Settings, args: argparse.Namespace) -> int:
     published = AuditKeyring.from_directory(
         args.key if args.key.is_dir() else args.key.parent, codes
     )
-    # The city's own key counts even where its public half is not published beside it.
+    # The key counts as the city's where its public half is not published beside it; where
+    # it is published, as the key of the city it is published for (so an export signed with
+    # another city's key fails its own check).
     own = (signer.node_city, signer.private_key.public_key())
-    keyring = AuditKeyring({**published.keys, signer.key_id: own})
+    keyring = AuditKeyring({signer.key_id: own, **published.keys})
     messages = asyncio.run(read_audit_topic(settings, args.topic))
     bundle = build_bundle(
         messages,
