@@ -185,6 +185,24 @@ def test_a_removed_record_or_another_citys_key_fails(
     forged = _export(wuxi, both, _chains(PLAN, signer))
     [problem] = verify_bundle(forged, both, CODES, SERDE).problems
     assert f"signed with {WUXI}'s key {wuxi.key_id}, not {SUZHOU}'s" in problem
+    # Wuxi's export of Suzhou's records: the manifest verifies, no record is Wuxi's.
+    as_wuxi = AuditSigner(WUXI, wuxi.private_key)
+    other = build_bundle(
+        _chains(PLAN, signer),
+        city="wuxi",
+        city_code=WUXI,
+        topic="suzhou.audit.peer-calls.v1",
+        since=date(2024, 3, 2),
+        until=date(2024, 3, 2),
+        signer=as_wuxi,
+        keyring=both,
+        exported_at=datetime(2024, 3, 4, tzinfo=UTC),
+    )
+    problems = verify_bundle(other, both, CODES, SERDE).problems
+    assert len(problems) == 6
+    assert all(
+        "OTHER-CITY" in p and "written by 320500's node, not 320200's" in p for p in problems
+    )
 
 
 def test_what_is_no_export_is_unreadable(signer: AuditSigner, keyring: AuditKeyring) -> None:
