@@ -36,8 +36,14 @@ stolen key — needs heads held by peers (not yet built).
     python -m services.common.audit verify --bootstrap 127.0.0.1:19092 \\
         --topic suzhou.audit.peer-calls.v1 --keys deploy/local/certs
 
-The package: ``chain`` (keys, hash, entries), ``writer``, ``signing``, ``read``, ``verify``
-and ``cli``; this module re-exports their public names.
+**Exports.** ``export`` writes the records of some China days as one file signed with the
+city's audit key: each chain's raw records from an anchor (the hash the first one chains to),
+run on to the next head signature, and a signed manifest; ``verify-export`` checks it offline
+with the published keys, each chain by :func:`verify_chain` from its anchor
+(docs/audit-export.md).
+
+The package: ``chain`` (keys, hash, entries), ``writer``, ``signing``, ``read``, ``verify``,
+``query``, ``export`` and ``cli``; this module re-exports their public names.
 """
 
 from __future__ import annotations
@@ -68,6 +74,18 @@ from services.common.audit.chain import (
 )
 from services.common.audit.cli import (
     main as main,
+)
+from services.common.audit.export import (
+    BundleUnreadable as BundleUnreadable,
+)
+from services.common.audit.export import (
+    ExportCheck as ExportCheck,
+)
+from services.common.audit.export import (
+    build_bundle as build_bundle,
+)
+from services.common.audit.export import (
+    verify_bundle as verify_bundle,
 )
 from services.common.audit.read import (
     AuditMessage as AuditMessage,
