@@ -420,18 +420,20 @@ def alerts_tail(city: str, domain: list[str], limit: int, regulator: str | None 
     return 0
 
 
+def _audit_topic(city: str) -> list[str]:
+    """The broker and the physical audit topic of ``city``, as the audit commands take them."""
+    topic = load_settings(_city_env(city)).topic(AUDIT_TOPIC)
+    return ["--bootstrap", _bootstrap(), "--topic", topic]
+
+
 def audit_verify(city: str, against_peers: bool = False) -> int:
     """Verify the city's audit hash chains and signatures; names the position of any
     tampering. With ``against_peers`` also against the signed heads its peers hold."""
-    topic = load_settings(_city_env(city)).topic(AUDIT_TOPIC)
     deployment = _deployment()
     return _python_module(
         "services.common.audit",
         "verify",
-        "--bootstrap",
-        _bootstrap(),
-        "--topic",
-        topic,
+        *_audit_topic(city),
         "--keys",
         str(deployment.cert_dir),
         "--region",
@@ -443,18 +445,48 @@ def audit_verify(city: str, against_peers: bool = False) -> int:
 def audit_query(city: str, subject: str, since: str | None, until: str | None) -> int:
     """Who checked a subject at a city's node: when, from which city and role, for which
     purpose (the calls about it on the city's audit topic)."""
-    topic = load_settings(_city_env(city)).topic(AUDIT_TOPIC)
     extra = [*(["--since", since] if since else []), *(["--until", until] if until else [])]
     return _python_module(
+        "services.common.audit", "query", *_audit_topic(city), "--subject", subject, *extra
+    )
+
+
+def audit_export(city: str, since: str, until: str, out: Path | None) -> int:
+    """Export China days of the city's audit as one file signed with its audit key, which
+    anyone with the published keys can check offline (docs/audit-export.md)."""
+    deployment = _deployment()
+    out = out or Path(f"{city}.audit.{since}_{until}.jsonl")
+    return _python_module(
         "services.common.audit",
-        "query",
-        "--bootstrap",
-        _bootstrap(),
-        "--topic",
-        topic,
-        "--subject",
-        subject,
-        *extra,
+        "export",
+        *_audit_topic(city),
+        "--since",
+        since,
+        "--until",
+        until,
+        "--key",
+        str(deployment.cert_dir),
+        "--city",
+        city,
+        "--region",
+        str(deployment.region_file),
+        "--out",
+        str(out.resolve()),  # the module runs in the repository, not where we were called
+    )
+
+
+def audit_verify_export(bundle: Path) -> int:
+    """Check an audit export offline: its manifest signature, its records and every chain in
+    it, with the cities' published audit keys."""
+    deployment = _deployment()
+    return _python_module(
+        "services.common.audit",
+        "verify-export",
+        "--keys",
+        str(deployment.cert_dir),
+        "--region",
+        str(deployment.region_file),
+        str(bundle.resolve()),
     )
 
 
@@ -606,6 +638,19 @@ def _parser() -> argparse.ArgumentParser:
     query.add_argument("--since", help="first China day, YYYY-MM-DD")
     query.add_argument("--until", help="last China day, YYYY-MM-DD")
     query.set_defaults(run=lambda a: audit_query(a.city, a.subject, a.since, a.until))
+
+    export = groups.add_parser("audit-export", help=_first_line(audit_export))
+    _city(export, "suzhou")
+    export.add_argument("--since", required=True, help="first China day, YYYY-MM-DD")
+    export.add_argument("--until", required=True, help="last China day, YYYY-MM-DD")
+    export.add_argument(
+        "--out", type=Path, help="the file to write (default: <city>.audit.<since>_<until>.jsonl)"
+    )
+    export.set_defaults(run=lambda a: audit_export(a.city, a.since, a.until, a.out))
+
+    verify_export = groups.add_parser("audit-verify-export", help=_first_line(audit_verify_export))
+    verify_export.add_argument("bundle", type=Path, help="the file audit-export wrote")
+    verify_export.set_defaults(run=lambda a: audit_verify_export(a.bundle))
 
     key_id = groups.add_parser("pseudonym-key-id", help=_first_line(pseudonym_key_id))
     key_id.set_defaults(run=lambda a: pseudonym_key_id())

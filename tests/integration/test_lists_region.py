@@ -615,9 +615,14 @@ async def test_peer_calls_are_audited_on_an_intact_chain(region: Region) -> None
     codes = {key: city.admin_code for key, city in region.harness.region.cities.items()}
     keyring = AuditKeyring.from_directory(region.harness.tls_dir, codes)
     for city in ("suzhou", "changzhou"):
+        await region.check("wuxi", city, organisation_key(9_000_400))  # one call at least
         settings = region.harness.nodes[city].settings
-        messages = await read_audit_topic(settings, settings.topic(AUDIT_TOPIC))
-        assert any(m.signature is not None for m in messages)
+
+        async def signed(settings: Any = settings) -> list[AuditMessage] | None:
+            messages = await read_audit_topic(settings, settings.topic(AUDIT_TOPIC))
+            return messages if any(m.signature is not None for m in messages) else None
+
+        messages = await eventually(signed)
         report = verify_chain(messages, keyring=keyring)
         assert report.ok, report
     audit = await region.harness.read_topic("suzhou", AUDIT_TOPIC)

@@ -31,13 +31,23 @@ and that no record lies after the chain's last valid signature (``unsigned``: re
 without the key). A node that died between two produce requests of one batch leaves its last
 records unsigned until it restarts, resumes the chain and signs the next batch. What the
 signatures cannot show alone — a truncated tail, a deleted chain, a rewrite signed with a
-stolen key — needs heads held by peers (not yet built).
+stolen key — needs the heads its peers hold: each lists node hands its city's signed heads to
+every peer, which keeps them (``checkpoints``), and ``verify --against-peers`` names where a
+chain no longer passes through a held head (``truncated``, ``chain-deleted``, ``rewritten``;
+docs/trust.md, "Checkpoints held by peers").
 
     python -m services.common.audit verify --bootstrap 127.0.0.1:19092 \\
         --topic suzhou.audit.peer-calls.v1 --keys deploy/local/certs
 
-The package: ``chain`` (keys, hash, entries), ``writer``, ``signing``, ``read``, ``verify``
-and ``cli``; this module re-exports their public names.
+**Exports.** ``export`` writes the records of some China days as one file signed with the
+city's audit key: each chain's raw records from an anchor (the hash the first one chains to),
+run on to the next head signature, and a signed manifest; ``verify-export`` checks it offline
+with the published keys, each chain by :func:`verify_chain` from its anchor
+(docs/audit-export.md).
+
+The package: ``chain`` (keys, hash, entries), ``writer``, ``signing``, ``read``, ``verify``,
+``heads`` and ``checkpoints``, ``query``, ``export`` and ``cli``; this module re-exports their
+public names.
 """
 
 from __future__ import annotations
@@ -68,6 +78,18 @@ from services.common.audit.chain import (
 )
 from services.common.audit.cli import (
     main as main,
+)
+from services.common.audit.export import (
+    BundleUnreadable as BundleUnreadable,
+)
+from services.common.audit.export import (
+    ExportCheck as ExportCheck,
+)
+from services.common.audit.export import (
+    build_bundle as build_bundle,
+)
+from services.common.audit.export import (
+    verify_bundle as verify_bundle,
 )
 from services.common.audit.read import (
     AuditMessage as AuditMessage,

@@ -1,6 +1,7 @@
 """``python -m services.common.audit verify``: verify a topic's chains from the command line;
 ``query``: the calls about one subject (who checked it, when, from which city and role, for
-which purpose)."""
+which purpose); ``export``: some China days of a city's audit as one signed file;
+``verify-export``: check such a file offline (docs/audit-export.md)."""
 
 from __future__ import annotations
 
@@ -63,21 +64,44 @@ def main(argv: list[str] | None = None) -> int:
     query.add_argument("--subject", required=True, help="subject key: L:<USCC> or N:<pseudonym>")
     query.add_argument("--since", type=date.fromisoformat, help="first China day (YYYY-MM-DD)")
     query.add_argument("--until", type=date.fromisoformat, help="last China day (YYYY-MM-DD)")
+    export = sub.add_parser("export", help="some China days of a city's audit, one signed file")
+    export.add_argument("--bootstrap", required=True, help="Kafka bootstrap host:port")
+    export.add_argument("--topic", required=True, help="physical topic")
+    export.add_argument("--since", type=date.fromisoformat, required=True, help="first China day")
+    export.add_argument("--until", type=date.fromisoformat, required=True, help="last China day")
+    export.add_argument(
+        "--key",
+        type=Path,
+        required=True,
+        help="the city's <city>.audit.key, or its folder (whose published keys tell which "
+        "head signatures are valid)",
+    )
+    export.add_argument("--city", required=True, help="the city's key, e.g. suzhou")
+    export.add_argument("--region", type=Path, help="the region file naming the cities' codes")
+    export.add_argument("--out", type=Path, required=True, help="the file to write")
+    verify_export = sub.add_parser("verify-export", help="check an export offline")
+    verify_export.add_argument(
+        "--keys", type=Path, required=True, help="folder of the published audit keys"
+    )
+    verify_export.add_argument("--region", type=Path, help="the region file")
+    verify_export.add_argument("bundle", type=Path, help="the file export wrote")
     args = parser.parse_args(argv)
+    if args.command == "verify-export":
+        return _verify_export(args)
+    if args.command == "export" and args.since > args.until:
+        parser.error("--since is after --until")
     settings = load_settings({"KAFKA_BOOTSTRAP": args.bootstrap})
     if args.command == "query":
         return _query(settings, args)
+    if args.command == "export":
+        return _export(settings, args)
     keyring = None
     held = None
     if args.keys is not None:
-        from services.common.region import load_region
-
-        region = load_region(args.region or settings.region_file)
-        codes = {key: city.admin_code for key, city in region.cities.items()}
-        keyring = AuditKeyring.from_directory(args.keys, codes)
+        keyring = AuditKeyring.from_directory(args.keys, _codes(args.region))
         print(f"signatures: {len(keyring.keys)} published audit key(s) in {args.keys}")
         if args.against_peers:
-            held = _checkpoints_held(settings, region, keyring, args)
+            held = _checkpoints_held(settings, _region(args.region), keyring, args)
             if held is None:
                 return 2
     else:
@@ -151,6 +175,87 @@ def _query(settings: Settings, args: argparse.Namespace) -> int:
         print(call.line())
     print(f"{len(calls)} call(s) about the subject on {args.topic}")
     return 0
+
+
+def _region(region_file: Path | None) -> Region:
+    """The region of ``region_file``, or of the default one."""
+    from services.common.region import load_region
+    from services.common.settings import load_settings
+
+    return load_region(region_file or load_settings({}).region_file)
+
+
+def _codes(region_file: Path | None) -> dict[str, str]:
+    """City key -> division code, from ``region_file`` or the default one."""
+    return {key: city.admin_code for key, city in _region(region_file).cities.items()}
+
+
+def _export(settings: Settings, args: argparse.Namespace) -> int:
+    from services.common.audit.export import build_bundle
+    from services.common.audit.read import read_audit_topic
+    from services.common.audit.signing import load_audit_signer
+
+    codes = _codes(args.region)
+    if args.city not in codes:
+        print(f"error: {args.city!r} is no city of the region file", file=sys.stderr)
+        return 2
+    try:
+        signer = load_audit_signer(args.key, args.city, codes[args.city])
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    published = AuditKeyring.from_directory(
+        args.key if args.key.is_dir() else args.key.parent, codes
+    )
+    # The key counts as the city's where its public half is not published beside it; where
+    # it is published, as the key of the city it is published for (so an export signed with
+    # another city's key fails its own check).
+    own = (signer.node_city, signer.private_key.public_key())
+    keyring = AuditKeyring({signer.key_id: own, **published.keys})
+    messages = asyncio.run(read_audit_topic(settings, args.topic))
+    bundle = build_bundle(
+        messages,
+        city=args.city,
+        city_code=signer.node_city,
+        topic=args.topic,
+        since=args.since,
+        until=args.until,
+        signer=signer,
+        keyring=keyring,
+        exported_at=datetime.now(UTC),
+    )
+    args.out.write_bytes(bundle)
+    print(f"wrote {args.out} ({len(bundle)} bytes); checking it as a verifier would:")
+    return _check_bundle(bundle, keyring, codes, str(args.out))
+
+
+def _verify_export(args: argparse.Namespace) -> int:
+    try:
+        bundle = args.bundle.read_bytes()
+    except OSError as exc:
+        print(f"error: {args.bundle}: cannot be read ({exc})", file=sys.stderr)
+        return 2
+    codes = _codes(args.region)
+    keyring = AuditKeyring.from_directory(args.keys, codes)
+    print(f"signatures: {len(keyring.keys)} published audit key(s) in {args.keys}")
+    return _check_bundle(bundle, keyring, codes, str(args.bundle))
+
+
+def _check_bundle(bundle: bytes, keyring: AuditKeyring, codes: dict[str, str], name: str) -> int:
+    from services.common.audit.export import BundleUnreadable, verify_bundle
+
+    try:
+        check = verify_bundle(bundle, keyring, codes)
+    except BundleUnreadable as exc:
+        print(f"error: {name}: {exc}", file=sys.stderr)
+        return 2
+    for line in [*check.checked, *check.problems]:
+        print(line)
+    if check.ok:
+        print(f"OK: {name}")
+        return 0
+    print(f"FAILED: {len(check.problems)} problem(s) in {name}")
+    return 1
 
 
 if __name__ == "__main__":

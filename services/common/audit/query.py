@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime
 from typing import Any
 
 from services.common.audit.read import AuditMessage
@@ -45,6 +45,13 @@ class SubjectCall:
         )
 
 
+def on_china_days(at: datetime, since: date | None, until: date | None) -> bool:
+    """Whether ``at`` falls on a China day from ``since`` to ``until`` (both included; None:
+    open)."""
+    day = china_today(at)
+    return (since is None or day >= since) and (until is None or day <= until)
+
+
 def calls_about(
     messages: Iterable[AuditMessage],
     subject_key: str,
@@ -66,8 +73,7 @@ def calls_about(
             continue  # the verifier names it; a query reads what it can
         if record.get("subject_key") != subject_key:
             continue
-        day = china_today(record["at"])
-        if (since is not None and day < since) or (until is not None and day > until):
+        if not on_china_days(record["at"], since, until):
             continue
         found.append(
             SubjectCall(

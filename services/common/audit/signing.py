@@ -11,6 +11,9 @@ Keys: ``<city>.audit.key`` (private, the node's) and ``<city>.audit.pub`` (publi
 verifier); a key is named by its id, the first 8 hex digits of the SHA-256 of its raw public
 key. A rotated key stays published as ``<city>.audit.<key id>.pub``, so records it signed
 still verify.
+
+The same key signs a city's exports of its audit (export.py) under another domain prefix, so
+a head signature can never stand for an export's or the other way round.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 
 SIGNATURE_HEADER: Final = "creditlink-audit-signature"
 _DOMAIN: Final = b"creditlink-audit-head-v1"
+_EXPORT_DOMAIN: Final = b"creditlink-audit-export-v1"
 _PUBLIC_FILE = re.compile(r"(?P<city>[a-z][a-z0-9_-]*)\.audit(?:\.[0-9a-f]{8})?\.pub")
 
 
@@ -54,6 +58,11 @@ def signed_message(node_city: str, chain: str | None, seq: int, record_hash: str
     )
 
 
+def export_message(manifest: bytes) -> bytes:
+    """What an export's signature covers: the exact bytes of its manifest."""
+    return b"|".join((_EXPORT_DOMAIN, manifest))
+
+
 @dataclass(frozen=True, slots=True)
 class AuditSigner:
     """A city node's audit key: signs the head of each batch it sends."""
@@ -66,14 +75,22 @@ class AuditSigner:
         object.__setattr__(self, "key_id", key_id_of(self.private_key.public_key()))
 
     def header(self, chain: str | None, seq: int, record_hash: str) -> tuple[str, bytes]:
-        signature = self.private_key.sign(signed_message(self.node_city, chain, seq, record_hash))
-        value = f"{self.key_id}.{base64.urlsafe_b64encode(signature).decode('ascii')}"
-        return SIGNATURE_HEADER, value.encode("ascii")
+        message = signed_message(self.node_city, chain, seq, record_hash)
+        return SIGNATURE_HEADER, self._signature(message).encode("ascii")
+
+    def sign_export(self, manifest: bytes) -> str:
+        return self._signature(export_message(manifest))
+
+    def _signature(self, message: bytes) -> str:
+        """``<key id>.<signature>``, the signature in URL-safe base64."""
+        signature = self.private_key.sign(message)
+        return f"{self.key_id}.{base64.urlsafe_b64encode(signature).decode('ascii')}"
 
 
-def load_audit_signer(directory: Path, city: str, city_code: str) -> AuditSigner:
-    """``<directory>/<city>.audit.key``; a node without it refuses to start (make certs)."""
-    path = directory / f"{city}.audit.key"
+def load_audit_signer(location: Path, city: str, city_code: str) -> AuditSigner:
+    """``<location>/<city>.audit.key``, or the key file ``location`` names; a node without it
+    refuses to start (make certs)."""
+    path = location if location.is_file() else location / f"{city}.audit.key"
     try:
         key = serialization.load_pem_private_key(path.read_bytes(), password=None)
     except (OSError, ValueError) as exc:
@@ -114,7 +131,15 @@ class AuditKeyring:
         self, header: bytes, node_city: str, chain: str | None, seq: int, record_hash: str
     ) -> str | None:
         """Why ``header`` is not ``node_city``'s signature of this head, or None if it is."""
-        key_id, _, encoded = header.decode("ascii", "replace").partition(".")
+        message = signed_message(node_city, chain, seq, record_hash)
+        return self._problem(header.decode("ascii", "replace"), node_city, message)
+
+    def export_problem(self, signature: str, node_city: str, manifest: bytes) -> str | None:
+        """Why ``signature`` is not ``node_city``'s signature of this export's manifest."""
+        return self._problem(signature, node_city, export_message(manifest))
+
+    def _problem(self, value: str, node_city: str, message: bytes) -> str | None:
+        key_id, _, encoded = value.partition(".")
         known = self.keys.get(key_id)
         if known is None:
             return f"signed with key {key_id!r}, which is no published audit key"
@@ -123,7 +148,11 @@ class AuditKeyring:
             return f"signed with {city}'s key {key_id}, not {node_city}'s"
         try:
             signature = base64.urlsafe_b64decode(encoded.encode("ascii"))
-            public.verify(signature, signed_message(node_city, chain, seq, record_hash))
+            # The decoder skips stray characters and the last digit's unused bits: only the
+            # one encoding of the signature is accepted, so no changed byte still verifies.
+            if base64.urlsafe_b64encode(signature).decode("ascii") != encoded:
+                raise ValueError("not the signature's own encoding")
+            public.verify(signature, message)
         except (InvalidSignature, binascii.Error, ValueError):
             return f"the signature does not verify under {city}'s key {key_id}"
         return None

@@ -20,8 +20,8 @@ class ChainProblem:
     """One place where the chain is not what its writer wrote."""
 
     # changed | removed | reordered | duplicated | undecodable | bad-key | bad-signature |
-    # unsigned; against the heads peers hold (checkpoints.py): truncated | chain-deleted |
-    # rewritten | bad-checkpoint
+    # unsigned | other-city; against the heads peers hold (checkpoints.py): truncated |
+    # chain-deleted | rewritten | bad-checkpoint
     kind: str
     chain: str | None
     #: The topic offset of the record concerned; None where no record is (a deleted chain).
@@ -65,18 +65,29 @@ class _Decoded:
     signature: bytes | None = None
 
 
+#: Where a chain's records start when they are not the whole chain: the ``(seq, hash)`` of
+#: the record before the first one given (an export, export.py). A chain without one starts
+#: at seq 1 chaining to 64 zeros.
+Anchor = tuple[int, str]
+_GENESIS: Anchor = (0, GENESIS_HASH)
+
+
 def verify_chain(
     messages: Iterable[AuditMessage],
     serde: AvroSerde | None = None,
     keyring: AuditKeyring | None = None,
+    anchors: Mapping[str | None, Anchor] | None = None,
+    node_city: str | None = None,
     checkpoints: CheckpointsHeld | None = None,
 ) -> VerifyReport:
     """Check every chain in ``messages`` (in topic order); name each broken position.
 
     With ``keyring`` (the cities' published audit keys) also each head signature, and that
-    every record is covered by a valid signature of its city at or after it. With
-    ``checkpoints`` (the signed heads of one city's chains its peers hold) also that every
-    chain still reaches, and passes through, each head a peer holds."""
+    every record is covered by a valid signature of its city at or after it. ``anchors``
+    lets a chain start after seq 1; ``node_city`` names the only city whose records may be
+    there (a city's export holds its own node's records only). With ``checkpoints`` (the
+    signed heads of one city's chains its peers hold) also that every chain still reaches,
+    and passes through, each head a peer holds."""
     serde = serde or AvroSerde()
     report = VerifyReport()
     by_chain: dict[str | None, list[_Decoded]] = {}
@@ -92,6 +103,16 @@ def verify_chain(
             )
             continue
         seq = int(record["seq"])
+        if node_city is not None and record["node_city"] != node_city:
+            report.problems.append(
+                ChainProblem(
+                    "other-city",
+                    chain,
+                    message.offset,
+                    seq,
+                    f"written by {record['node_city']}'s node, not {node_city}'s",
+                )
+            )
         if key_seq != seq:
             report.problems.append(
                 ChainProblem(
@@ -117,7 +138,8 @@ def verify_chain(
             _Decoded(message.offset, seq, record, hash_ok, message.signature)
         )
     for chain, entries in by_chain.items():
-        report.problems.extend(_check_links(chain, entries))
+        anchor = (anchors or {}).get(chain, _GENESIS)
+        report.problems.extend(_check_links(chain, entries, anchor))
         if keyring is not None:
             report.problems.extend(_check_signatures(chain, entries, keyring))
         summary = ChainSummary(chain=chain, records=len(entries))
@@ -130,12 +152,15 @@ def verify_chain(
     return report
 
 
-def _check_links(chain: str | None, entries: Sequence[_Decoded]) -> list[ChainProblem]:
+def _check_links(
+    chain: str | None, entries: Sequence[_Decoded], anchor: Anchor
+) -> list[ChainProblem]:
     problems: list[ChainProblem] = []
     present = {e.seq for e in entries}
     seen: dict[int, _Decoded] = {}
     previous: _Decoded | None = None
-    expected = 1
+    anchor_seq, anchor_hash = anchor
+    expected = anchor_seq + 1
     for entry in entries:
         if entry.seq in seen:
             problems.append(
@@ -150,14 +175,18 @@ def _check_links(chain: str | None, entries: Sequence[_Decoded]) -> list[ChainPr
             continue
         seen[entry.seq] = entry
         if entry.seq < expected:
-            assert previous is not None  # expected > 1 only after a record
+            before = (
+                f"the anchor, seq {anchor_seq}"
+                if previous is None
+                else f"seq {previous.seq} (offset {previous.offset})"
+            )
             problems.append(
                 ChainProblem(
                     "reordered",
                     chain,
                     entry.offset,
                     entry.seq,
-                    f"seq {entry.seq} comes after seq {previous.seq} (offset {previous.offset})",
+                    f"seq {entry.seq} comes after {before}",
                 )
             )
             continue
@@ -187,9 +216,12 @@ def _check_links(chain: str | None, entries: Sequence[_Decoded]) -> list[ChainPr
                     f"(offset {entry.offset})",
                 )
             )
-        elif previous is None and entry.seq == 1 and entry.record["prev_hash"] != GENESIS_HASH:
+        elif previous is None and entry.record["prev_hash"] != anchor_hash:
+            to = "64 zeros" if anchor == _GENESIS else f"the anchor's hash {anchor_hash}"
             problems.append(
-                ChainProblem("changed", chain, entry.offset, 1, "seq 1 must chain to 64 zeros")
+                ChainProblem(
+                    "changed", chain, entry.offset, entry.seq, f"seq {entry.seq} must chain to {to}"
+                )
             )
         previous = entry
         expected = entry.seq + 1
