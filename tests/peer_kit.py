@@ -250,7 +250,7 @@ class FakeCreditCheck(credit_check_pb2_grpc.CreditCheckServiceServicer):
         results = []
         for query in request.subjects:
             try:
-                self._security.check_subject(call, query.subject_key, query.consent_token)
+                self._security.check_batch_subject(call, query.subject_key, query.consent_token)
             except Denied as denied:
                 results.append(
                     credit_check_pb2.SubjectCheckResult(

@@ -193,7 +193,7 @@ class CreditCheckServicer(credit_check_pb2_grpc.CreditCheckServiceServicer):
                 )
                 continue
             try:
-                self._security.check_subject(call, key, query.consent_token)
+                self._security.check_batch_subject(call, key, query.consent_token)
             except Denied as denied:
                 results.append(
                     _failed(key, f"subjects[{index}].consent_token", denied.denial, denied.details)

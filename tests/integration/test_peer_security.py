@@ -8,6 +8,7 @@ certificate from a foreign CA, an expired one, one naming a city outside the reg
 from __future__ import annotations
 
 import asyncio
+import re
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -19,7 +20,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from creditlink.peer.v1 import common_pb2, credit_check_pb2, credit_check_pb2_grpc
-from services.common.audit import AuditChainWriter, read_audit_topic, verify_chain
+from services.common.audit import AuditChainWriter, AuditMessage, read_audit_topic, verify_chain
+from services.common.audit.query import calls_about
 from services.common.avro import AvroSerde
 from services.common.certs import service_host
 from services.common.kafka import make_producer
@@ -70,10 +72,12 @@ class Node:
         channel = secure_channel(self.target, tls, expect_city="suzhou", service="lists")
         return channel, credit_check_pb2_grpc.CreditCheckServiceStub(channel)
 
-    async def audit_records(self) -> list[dict[str, Any]]:
+    async def audit_messages(self) -> list[AuditMessage]:
         await self.audit.flush()
-        messages = await read_audit_topic(self.settings, self.audit.topic)
-        return [self.serde.decode(m.value) for m in messages]
+        return await read_audit_topic(self.settings, self.audit.topic)
+
+    async def audit_records(self) -> list[dict[str, Any]]:
+        return [self.serde.decode(m.value) for m in await self.audit_messages()]
 
     async def audited_past(self, seq: int) -> None:
         """Wait until the chain is past ``seq``. The guard records a call once it has ended,
@@ -337,8 +341,10 @@ async def test_batch_refuses_malformed_subject_keys_item_by_item(node: Node) -> 
         "invalid-subject-key",
     ]
     last = (await node.audit_records())[-1]
-    # The call was answered: the items it refused are in its response, not its record.
+    # The call was answered; the items it refused for a malformed key are in its response,
+    # not its record (a malformed key may be a raw ID number, which the audit never holds).
     assert (last["status_code"], last["subject_key"], last["denial_code"]) == ("OK", None, None)
+    assert [s["subject_key"] for s in last["subjects"]] == [ORG]
 
 
 # --- consent ------------------------------------------------------------------------------
@@ -431,6 +437,22 @@ async def test_batch_refuses_only_the_items_without_consent(node: Node) -> None:
         )
     assert [r.error.code for r in response.results] == ["", "", "consent-wrong-subject"]
     assert len(response.results[1].memberships) == 1
+    # The one record of the call holds each subject with its own consent (or refusal).
+    last = (await node.audit_records())[-1]
+    assert [(s["subject_key"], s["denial_code"]) for s in last["subjects"]] == [
+        (ORG, None),
+        (PERSON, None),
+        (OTHER_PERSON, "consent-wrong-subject"),
+    ]
+    consents = [s["consent_reference"] for s in last["subjects"]]
+    assert consents[0] is None
+    assert consents[2] is None
+    assert re.fullmatch(r"[0-9a-f]{32}", consents[1] or "")
+    calls = calls_about(await node.audit_messages(), PERSON)
+    assert [(c.method.rsplit("/", 1)[-1], c.consent_reference) for c in calls][-1] == (
+        "CheckSubjects",
+        consents[1],
+    )
 
 
 async def test_a_city_cannot_consent_for_another_citys_resident(node: Node) -> None:

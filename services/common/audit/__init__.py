@@ -9,7 +9,8 @@ that hash — the link from the next record; removing a record leaves a gap in `
 reordering puts a ``seq`` out of place. :func:`verify_chain` names each such position.
 Each record is hashed under its own writer schema (named by its fingerprint), so one chain
 may hold records of several schema versions (v1 without ``denial_code``, v2 with it, v3 with
-``caller_role`` too) and still verify.
+``caller_role`` too, v4 with ``subjects``: each subject of a batch call and its consent) and
+still verify.
 
 **One writer per chain.** The topic has one partition, so the broker keeps one total order,
 but a chain can only be extended by one writer at a time. A node runs several peer-facing

@@ -61,3 +61,6 @@ class AuditEntry:
     #: The caller's role (``node``, ``department:<USCC>``, ``regulator:<USCC>``; PeerCallAudit
     #: v3), None for a caller not identified.
     caller_role: str | None = None
+    #: Each subject of a batch call: (subject key, consent reference, denial code)
+    #: (PeerCallAudit v4 ``subjects``); empty for a call about one subject or none.
+    subjects: tuple[tuple[str, str | None, str | None], ...] = ()

@@ -71,8 +71,13 @@ def calls_about(
             record: dict[str, Any] = serde.decode(message.value)
         except SerdeError:
             continue  # the verifier names it; a query reads what it can
+        consent, denial = record.get("consent_reference"), record.get("denial_code")
         if record.get("subject_key") != subject_key:
-            continue
+            # A batch call (PeerCallAudit v4) names each subject with its own consent.
+            batch = [s for s in record.get("subjects") or () if s["subject_key"] == subject_key]
+            if not batch:
+                continue
+            consent, denial = batch[0]["consent_reference"], batch[0]["denial_code"]
         if not on_china_days(record["at"], since, until):
             continue
         found.append(
@@ -85,8 +90,8 @@ def calls_about(
                 method=str(record["method"]),
                 purpose=str(record["purpose"]),
                 status_code=str(record["status_code"]),
-                denial_code=record.get("denial_code"),
-                consent_reference=record.get("consent_reference"),
+                denial_code=denial,
+                consent_reference=consent,
                 chain_key=message.key,
             )
         )

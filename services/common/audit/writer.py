@@ -199,6 +199,10 @@ class AuditChainWriter(QueuedAuditLog):
             "subject_key": entry.subject_key,
             "purpose": entry.purpose,
             "consent_reference": entry.consent_reference,
+            "subjects": [
+                {"subject_key": key, "consent_reference": consent, "denial_code": denial}
+                for key, consent, denial in entry.subjects
+            ],
             "status_code": entry.status_code,
             "denial_code": entry.denial_code,
             "caller_role": entry.caller_role,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextvars
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 import grpc
@@ -39,8 +39,16 @@ class PeerCall:
     #: The denial code of the refusal that ended the call (:func:`deny`), for its audit
     #: record: every refusal is audited with its reason (docs/design.md §3.2).
     denial: str | None = None
+    #: The subjects of a batch call as the servicer answered each (:meth:`answered`), for
+    #: the audit record's per-subject evidence.
+    subjects: list[tuple[str, str | None, str | None]] = field(default_factory=list)
     _purpose: str | None = None
     _traceparent: tuple[str | None] | None = None
+
+    def answered(self, subject_key: str, consent: ConsentGrant | None, denial: str | None) -> None:
+        """Note one subject of a batch call: its (well-formed) key, the consent honoured for
+        it, or why it was not answered."""
+        self.subjects.append((subject_key, consent.token_id if consent else None, denial))
 
     def may_see(self, data_class: str) -> bool:
         return self.decision is not None and self.decision.permits(data_class)

@@ -230,6 +230,7 @@ def _audit_entry(
         denial_code=call.denial if status is not grpc.StatusCode.OK else None,
         caller_role=identity.role.audit_role if identity else None,
         consent_reference=call.consent.token_id if call.consent else None,
+        subjects=tuple(call.subjects),
         traceparent=call.traceparent,
         peer_certificate_sha256=identity.certificate_sha256 if identity else None,
     )

@@ -226,6 +226,21 @@ class PeerSecurity:
             )
         return grant
 
+    def check_batch_subject(
+        self, call: PeerCall, subject_key: str, consent_token: str | None
+    ) -> ConsentGrant | None:
+        """:meth:`check_subject` for one subject of a batch call, noted on the call (with the
+        consent honoured or the reason refused) for the call's audit record; a malformed key
+        is not noted: it may be a raw ID number, which the audit never holds."""
+        try:
+            grant = self.check_subject(call, subject_key, consent_token)
+        except Denied as denied:
+            if subject_key_problem(subject_key) is None:
+                call.answered(subject_key, None, denied.denial)
+            raise
+        call.answered(subject_key, grant, None)
+        return grant
+
     def home_city(self, subject_key: str) -> str | None:
         """The code of the region city a natural person's key names as their home (the only
         city whose consent is honoured for them), or None."""
