@@ -1,9 +1,10 @@
 """The audit chain writer of every node, against the real broker.
 
 What a node relies on: every appended entry becomes one record of one unbroken chain, also
-entries made when their batch is sent; a durable append returns once the broker has the
-record; a writer started again continues the chain. (A writer that cannot extend its chain
-makes the guard refuse calls: tests/integration/test_peer_security.py.)
+entries made when their batch is sent; an append returns once the broker has the record,
+and fails when the broker does not acknowledge it; a writer started again continues the
+chain. (A writer that cannot extend its chain makes the guard refuse calls:
+tests/integration/test_peer_security.py.)
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaTimeoutError
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from services.common.audit import (
@@ -23,6 +25,7 @@ from services.common.audit import (
     SCHEMA,
     AuditChainWriter,
     AuditEntry,
+    AuditUnavailable,
     chain_hash,
     cli,
     format_key,
@@ -110,12 +113,14 @@ async def _records(settings: Settings) -> list[dict[str, object]]:
 async def test_every_entry_is_one_record_of_one_unbroken_chain(
     settings: Settings, writer: AuditChainWriter
 ) -> None:
+    appended = []
     for n in range(150):
-        writer.append_nowait(_entry(n))
+        appended.append(asyncio.create_task(writer.append(_entry(n))))
         if n % 40 == 0:
             await asyncio.sleep(0.03)  # several batches, not one
-    writer.append_nowait(lambda: _entry(150))  # an entry made when its batch is sent
-    await writer.flush()
+    # An entry made when its batch is sent.
+    appended.append(asyncio.create_task(writer.append(lambda: _entry(150))))
+    await asyncio.gather(*appended)
     assert writer.head[0] == 151
     records = await _records(settings)
     assert [r["seq"] for r in records] == list(range(1, 152))
@@ -123,29 +128,60 @@ async def test_every_entry_is_one_record_of_one_unbroken_chain(
     assert records[-1]["hash"] == writer.head[1]
 
 
-async def test_a_durable_append_returns_once_the_broker_has_the_record(
-    settings: Settings, writer_for: Writer
+async def test_an_append_returns_once_the_broker_has_the_record(
+    settings: Settings, writer: AuditChainWriter
 ) -> None:
-    writer = writer_for("durable", durable=True)
-    await writer.start()
     await writer.append(_entry(1))
     assert writer.head[0] == 1
-    records = await _records(settings)
+    records = await _records(settings)  # no flush: the record is there already
     assert [r["purpose"] for r in records] == ["call 1"]
+
+
+async def test_a_call_that_goes_away_does_not_take_its_batch_with_it(
+    settings: Settings, writer: AuditChainWriter
+) -> None:
+    """The calls of one batch wait on one delivery: a call cancelled while it waits (its
+    caller went away) leaves the others' wait, and its own record, alone."""
+    gone = asyncio.create_task(writer.append(_entry(1)))
+    stays = asyncio.create_task(writer.append(_entry(2)))
+    await asyncio.sleep(0)  # both queued, in one batch
+    gone.cancel()
+    await stays
+    assert writer.healthy
+    assert [r["purpose"] for r in await _records(settings)] == ["call 1", "call 2"]
+
+
+async def test_a_record_the_broker_does_not_acknowledge_fails_its_append_and_the_writer(
+    settings: Settings,
+    writer_for: Writer,
+    producer: AIOKafkaProducer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    writer = writer_for("refused")
+    await writer.start()
+
+    async def unacknowledged(*_: object, **__: object) -> asyncio.Future[None]:
+        delivery = asyncio.get_running_loop().create_future()
+        delivery.set_exception(KafkaTimeoutError("no acknowledgement"))
+        return delivery
+
+    monkeypatch.setattr(producer, "send_batch", unacknowledged)
+    with pytest.raises(AuditUnavailable, match="not delivered"):
+        await writer.append(_entry(1))
+    assert not writer.healthy
+    with pytest.raises(AuditUnavailable, match="failed"):
+        await writer.append(_entry(2))
 
 
 async def test_a_writer_started_again_continues_the_chain(
     settings: Settings, writer: AuditChainWriter, writer_for: Writer
 ) -> None:
-    for n in range(5):
-        writer.append_nowait(_entry(n))
-    await writer.flush()
+    await asyncio.gather(*(writer.append(_entry(n)) for n in range(5)))
     again = writer_for()
     await again.start()
     assert again.head == writer.head
     assert again.head[0] == 5
-    again.append_nowait(_entry(5))
-    await again.flush()
+    await again.append(_entry(5))
     records = await _records(settings)
     assert [r["seq"] for r in records] == list(range(1, 7))
 
@@ -188,9 +224,7 @@ async def test_a_writer_continues_a_chain_written_with_schema_v1(
     assert writer.head == (2, previous)
     refused = _entry(3)
     refused.status_code, refused.denial_code = "PERMISSION_DENIED", "policy-denied"
-    writer.append_nowait(refused)
-    writer.append_nowait(_entry(4))
-    await writer.flush()
+    await asyncio.gather(writer.append(refused), writer.append(_entry(4)))
     messages = await read_audit_topic(settings, settings.topic(AUDIT_TOPIC))
     # One chain, two schema versions of it (v1 and the latest): each hashed under its own.
     latest = serde.writer_schema(SCHEMA).version
@@ -220,25 +254,22 @@ async def test_signed_heads_vouch_for_the_chain_and_a_forged_extension_is_unsign
     # Records signed with a key since rotated away stay verifiable.
     writer = writer_for("signed", signer=AuditSigner(SUZHOU, old))
     await writer.start()
-    for n in range(30):
-        writer.append_nowait(_entry(n))
-    await writer.flush()
+    await asyncio.gather(*(writer.append(_entry(n)) for n in range(30)))
     rotated = writer_for("signed", signer=AuditSigner(SUZHOU, new))
     await rotated.start()
+    appended = []
     for n in range(30, 60):
-        rotated.append_nowait(_entry(n))
+        appended.append(asyncio.create_task(rotated.append(_entry(n))))
         if n % 10 == 0:
             await asyncio.sleep(0.03)
-    await rotated.flush()
+    await asyncio.gather(*appended)
     messages = await read_audit_topic(settings, settings.topic(AUDIT_TOPIC))
     assert sum(m.signature is not None for m in messages) >= 2
     assert verify_chain(messages, keyring=keyring).ok
     # The writer of an unsigned chain (the same topic) extends "signed" with valid hashes.
     forger = writer_for("signed")
     await forger.start()
-    for n in range(60, 63):
-        forger.append_nowait(_entry(n))
-    await forger.flush()
+    await asyncio.gather(*(forger.append(_entry(n)) for n in range(60, 63)))
     messages = await read_audit_topic(settings, settings.topic(AUDIT_TOPIC))
     report = verify_chain(messages, keyring=keyring)
     assert verify_chain(messages).ok  # the hashes alone cannot tell
@@ -252,8 +283,7 @@ async def test_signed_heads_vouch_for_the_chain_and_a_forged_extension_is_unsign
     )
     impostor = writer_for("signed", signer=AuditSigner(SUZHOU, wuxi))
     await impostor.start()
-    impostor.append_nowait(_entry(63))
-    await impostor.flush()
+    await impostor.append(_entry(63))
     messages = await read_audit_topic(settings, settings.topic(AUDIT_TOPIC))
     problems = verify_chain(messages, keyring=keyring).problems
     assert [(p.kind, p.seq) for p in problems] == [("unsigned", 61), ("bad-signature", 64)]
@@ -266,15 +296,13 @@ async def test_audit_verify_names_unsigned_records_from_the_command_line(
     new_audit_key_files(tmp_path, "suzhou")
     writer = writer_for("cli", signer=load_audit_signer(tmp_path, "suzhou", SUZHOU))
     await writer.start()
-    writer.append_nowait(_entry(1))
-    await writer.flush()
+    await writer.append(_entry(1))
     argv = ["verify", "--bootstrap", settings.kafka_bootstrap, "--topic", writer.topic]
     signed = ["--keys", str(tmp_path), "--region", str(settings.region_file)]
     assert await asyncio.to_thread(cli.main, [*argv, *signed]) == 0
     forger = writer_for("cli")
     await forger.start()
-    forger.append_nowait(_entry(2))
-    await forger.flush()
+    await forger.append(_entry(2))
     assert await asyncio.to_thread(cli.main, argv) == 0  # without keys the hashes pass
     assert await asyncio.to_thread(cli.main, [*argv, *signed]) == 1
 
@@ -282,8 +310,7 @@ async def test_audit_verify_names_unsigned_records_from_the_command_line(
 async def test_audit_query_from_the_command_line(
     settings: Settings, writer: AuditChainWriter, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    writer.append_nowait(_entry(1))
-    await writer.flush()
+    await writer.append(_entry(1))
     argv = ["query", "--bootstrap", settings.kafka_bootstrap, "--topic", writer.topic]
     assert await asyncio.to_thread(cli.main, [*argv, "--subject", ORG]) == 0
     out = capsys.readouterr().out

@@ -610,6 +610,72 @@ async def test_calls_are_refused_while_the_audit_chain_cannot_be_extended(node: 
         await producer.stop()
 
 
+async def test_an_answer_waits_for_its_record_and_only_a_refusal_outlives_a_lost_one(
+    node: Node, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A call is answered once the broker has its audit record. A record the broker does not
+    acknowledge fails a call that had succeeded; a refusal, which fails anyway, still
+    answers with its own status and denial code."""
+    producer = make_producer(node.settings, client_id="audit-test-unacknowledged")
+    await producer.start()
+    audit = AuditChainWriter(node.settings, node.serde, producer, node_city="320500", chain="lost")
+    await audit.start()
+    security = make_security(node.consent.keyring)
+    server = await start_peer_server(
+        bind="127.0.0.1:0",
+        tls=node.pki.tls("suzhou"),
+        services=[credit_check_binding(FakeCreditCheck(security, {}))],
+        security=security,
+        audit=audit,
+    )
+    channels = {
+        caller: secure_channel(
+            f"127.0.0.1:{server.port}", node.pki.tls(caller), expect_city="suzhou", service="lists"
+        )
+        for caller in ("wuxi", "jiashan")
+    }
+
+    async def check(caller: str) -> object:
+        stub = credit_check_pb2_grpc.CreditCheckServiceStub(channels[caller])
+        request = credit_check_pb2.CheckSubjectRequest(subject_key=ORG, purpose=CHECK_PURPOSE)
+        return await stub.CheckSubject(request, timeout=10)
+
+    async def unacknowledged(*_: object, **__: object) -> asyncio.Future[None]:
+        # Held long enough for the refusal below to enter while the writer is still healthy.
+        delivery = asyncio.get_running_loop().create_future()
+        asyncio.get_running_loop().call_later(
+            0.5, delivery.set_exception, ConnectionError("no acknowledgement")
+        )
+        return delivery
+
+    try:
+        await check("wuxi")
+        assert audit.head[0] == 1
+        # On the broker before the answer came: no flush.
+        messages = await read_audit_topic(node.settings, audit.topic)
+        assert [m.key for m in messages if m.key.startswith("lost:")] == ["lost:1"]
+        for channel in channels.values():
+            await channel.channel_ready()
+        monkeypatch.setattr(producer, "send_batch", unacknowledged)
+        answered = asyncio.create_task(check("wuxi"))
+        await asyncio.sleep(0.2)
+        refused = asyncio.create_task(check("jiashan"))  # Jiashan may not call
+        outcomes = await asyncio.gather(answered, refused, return_exceptions=True)
+        failed, denied = outcomes
+        assert isinstance(failed, grpc.aio.AioRpcError), failed
+        assert failed.code() == grpc.StatusCode.UNAVAILABLE
+        assert _denial(failed) == "audit-unavailable"
+        assert isinstance(denied, grpc.aio.AioRpcError), denied
+        assert denied.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert _denial(denied) == "policy-denied"
+        assert not audit.healthy
+    finally:
+        for channel in channels.values():
+            await channel.close()
+        await server.stop(0)
+        await producer.stop()
+
+
 async def test_restarted_writer_continues_the_chain(node: Node) -> None:
     head = node.audit.head
     producer = make_producer(node.settings, client_id="audit-test-2")

@@ -19,6 +19,14 @@ decimal ``<seq>`` when the node has a single writer and passes ``chain=None``). 
 checks every chain of the topic independently. A writer resumes its chain after a restart
 from the last record of that chain on the topic.
 
+**Nothing served is missing.** A node answers a peer call only once the broker has
+acknowledged its record (the producers of ``services/common/kafka.py`` send with
+``acks=all``), so a node killed at any moment leaves on the topic a record for every call it
+served. The records of many concurrent calls still go in one batch: a call waits for the
+batch its record is in (``writer``). A refusal is the exception: grpc.aio sends it as it is
+made and its record follows, and it is answered even when that record cannot be delivered;
+a call that would have succeeded is failed instead.
+
 **Signatures.** A hash chain alone does not say who wrote it: anyone who can write the
 topic can extend a chain with valid hashes. So each node signs its chains with its Ed25519
 audit key (``<city>.audit.key``; ``signing.py``): the last record of every batch a writer

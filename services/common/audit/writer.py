@@ -1,15 +1,15 @@
-"""Appending to a chain: entries queued per call, then linked and sent as one batch per
-linger (:class:`AuditChainWriter`)."""
+"""Appending to a chain: entries queued per call, then linked and sent one batch at a time,
+each call waiting for its batch's acknowledgement (:class:`AuditChainWriter`)."""
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import hashlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.producer.message_accumulator import BatchBuilder
 
 from services.common.audit.chain import (
     EVENT_TYPE,
@@ -26,16 +26,22 @@ from services.common.cloudevents import HeaderTemplate, source_for
 from services.common.settings import Settings
 from services.common.topic_names import AUDIT_TOPIC as AUDIT_TOPIC
 
+#: How long a batch waits for more calls before it is sent. Every call of the batch waits
+#: this plus the broker's acknowledgement before it is answered; shorter, the batches get
+#: small and their produce requests cost CPU (``python -m bench lists``: 0-1 ms cost more
+#: server CPU per call, 20 ms fewer calls/s than 5-10 ms; docs/peer-calls.md).
+LINGER_MS = 5
+
 
 class QueuedAuditLog:
-    """Entries queued per call and handed on one batch per ``linger_ms``, in queue order:
-    the queue of :class:`AuditChainWriter`. A subclass says
-    how a batch is handed on (:meth:`_hand_on`) and sets ``_started`` once it may be."""
+    """Entries queued per call and handed on one batch at a time, in queue order: the queue
+    of :class:`AuditChainWriter`. :meth:`append` returns once the entry's batch is
+    delivered (for the writer: acknowledged by the broker). A subclass says how a batch is
+    delivered (:meth:`_hand_on`) and sets ``_started`` once it may be."""
 
     _name = "audit log"
 
-    def __init__(self, *, durable: bool, linger_ms: int) -> None:
-        self._durable = durable
+    def __init__(self, *, linger_ms: int) -> None:
         self._linger = linger_ms / 1000
         self._failure: BaseException | None = None
         self._started = False
@@ -47,50 +53,39 @@ class QueuedAuditLog:
     def healthy(self) -> bool:
         return self._started and self._failure is None
 
-    @property
-    def durable(self) -> bool:
-        return self._durable
-
     async def append(self, entry: AuditEntry | Callable[[], AuditEntry]) -> None:
-        """Queue ``entry`` for the chain; with ``durable``, wait until it is delivered.
-
-        Raises :class:`AuditUnavailable` when the chain cannot be extended or the record
-        cannot be delivered.
-        """
-        delivered = self.append_nowait(entry)
-        if self._durable:
-            try:
-                await delivered
-            except Exception as exc:
-                raise AuditUnavailable(f"audit record not delivered: {exc!r}") from exc
-
-    def append_nowait(self, entry: AuditEntry | Callable[[], AuditEntry]) -> asyncio.Future[None]:
-        """Queue ``entry`` for the chain; the future settles once its record is delivered.
+        """Queue ``entry`` for the chain and wait until its record is delivered.
 
         ``entry`` may be a function that makes the entry, called when its batch is handed
         on: what only the audit needs is then worked out in the batch, not in the call.
-        Raises :class:`AuditUnavailable` when the chain cannot be extended.
+        Raises :class:`AuditUnavailable` when the chain cannot be extended or the record
+        cannot be delivered.
         """
         if not self._started:
             raise AuditUnavailable(f"{self._name} not started")
         if self._failure is not None:
             raise AuditUnavailable(f"{self._name} failed: {self._failure!r}")
         self._queued.append(entry)
-        if self._queued_delivered is None:
-            self._queued_delivered = asyncio.get_running_loop().create_future()
-            # Nobody need look at a non-durable delivery: failures also land in _failure.
-            self._queued_delivered.add_done_callback(_consume_exception)
+        delivered = self._queued_delivered
+        if delivered is None:
+            delivered = self._queued_delivered = asyncio.get_running_loop().create_future()
         if self._sender is None or self._sender.done():
             self._sender = asyncio.get_running_loop().create_task(self._send_queued())
-        return self._queued_delivered
+        try:
+            # Shielded: every call of the batch waits on this one future, and a call cancelled
+            # (its caller went away) must not cancel it under the others.
+            await asyncio.shield(delivered)
+        except Exception as exc:
+            raise AuditUnavailable(f"audit record not delivered: {exc!r}") from exc
 
     async def _send_queued(self) -> None:
-        """Hand on what is queued, oldest first, until nothing is (one sender at a time, so
-        the chain follows the order of the queue).
+        """Deliver what is queued, one batch at a time and oldest first, until nothing is
+        (one sender, so the chain follows the order of the queue).
 
-        Each round first waits ``linger_ms``, so that under load a batch carries the records
-        of many calls: each produce request costs the producing process a fixed ~0.3 ms of
-        CPU.
+        The next batch is taken only once the broker has acknowledged this one: the calls
+        that end meanwhile wait for the acknowledgement anyway, and so go together in the
+        next batch, which grows with the load. Each round first waits ``linger_ms`` for
+        more: each produce request costs the producing process a fixed ~0.3 ms of CPU.
         """
         while self._queued:
             if self._linger:
@@ -98,6 +93,10 @@ class QueuedAuditLog:
             entries, delivered = self._queued, self._queued_delivered
             self._queued, self._queued_delivered = [], None
             assert delivered is not None
+            if self._failure is not None:
+                # Sent after a batch that was not delivered, these would follow a gap.
+                delivered.set_exception(AuditUnavailable(f"{self._name} failed"))
+                continue
             await self._hand_on(entries, delivered)
 
     async def _hand_on(
@@ -108,30 +107,28 @@ class QueuedAuditLog:
         """Deliver one batch; settle ``delivered`` when it is (or failed: set ``_failure``)."""
         raise NotImplementedError
 
-    async def _sent(self) -> None:
-        """Wait until everything queued so far has been handed on."""
-        while self._sender is not None and not self._sender.done():
-            await asyncio.shield(self._sender)
-
     async def flush(self) -> None:
         """Wait until every entry appended so far is delivered (or has failed)."""
-        raise NotImplementedError
+        while self._sender is not None and not self._sender.done():
+            await asyncio.shield(self._sender)
 
 
 class AuditChainWriter(QueuedAuditLog):
     """Appends :class:`AuditEntry` values to one chain.
 
-    :meth:`append_nowait` only queues the entry, in call order. One sender task takes what is
-    queued every ``linger_ms``, links each record in that order (its ``seq``, ``prev_hash``
-    and ``hash``), encodes it and sends them all as one batch of the audit partition. Doing
-    the audit per call, between two calls' gRPC work, cost a peer call several times what
-    the same work costs done for fifty records in a row (docs/peer-calls.md).
+    :meth:`append` queues the entry, in call order, and returns once the broker has
+    acknowledged its record (the producer's ``acks``; ``services/common/kafka.py`` makes every
+    producer ``acks=all``). One sender task takes what is queued, ``linger_ms`` after the
+    previous batch was acknowledged, links each record in that order (its ``seq``,
+    ``prev_hash`` and ``hash``), encodes it and sends them all as one batch of the audit
+    partition: the calls of a batch share one produce request and one wait. Doing the audit
+    per call, between two calls' gRPC work, cost a peer call several times what the same
+    work costs done for fifty records in a row (docs/peer-calls.md).
 
-    ``durable=True`` makes :meth:`append` wait for the broker's acknowledgement of the
-    record. The default returns once the entry is queued in this process, so the audit costs
-    a peer call microseconds; a record that cannot be linked or delivered marks the writer
-    unavailable, and the guard in ``services/common/peer/guard.py`` then refuses calls rather
-    than serve them unaudited.
+    A record that cannot be linked or is not acknowledged fails the :meth:`append` of every
+    call in its batch and marks the writer unavailable: later batches are not sent (they
+    would follow a gap), and the guard in ``services/common/peer/guard.py`` refuses calls
+    rather than serve them unaudited.
     """
 
     _name = "audit writer"
@@ -145,11 +142,10 @@ class AuditChainWriter(QueuedAuditLog):
         node_city: str,
         chain: str | None = None,
         service: str = "peer-gateway",
-        durable: bool = False,
-        linger_ms: int = 20,
+        linger_ms: int = LINGER_MS,
         signer: AuditSigner | None = None,
     ) -> None:
-        super().__init__(durable=durable, linger_ms=linger_ms)
+        super().__init__(linger_ms=linger_ms)
         #: Signs the head of every batch sent (signing.py); None writes an unsigned chain,
         #: which a verifier with the city's keys reports.
         self._signer = signer
@@ -232,7 +228,7 @@ class AuditChainWriter(QueuedAuditLog):
         entries: list[AuditEntry | Callable[[], AuditEntry]],
         delivered: asyncio.Future[None],
     ) -> None:
-        """Link and send one batch of the audit partition."""
+        """Link, send and wait for the acknowledgement of one batch of the audit partition."""
         try:
             records = [self._link(e) for e in entries]
             if self._signer is not None and records:
@@ -241,14 +237,16 @@ class AuditChainWriter(QueuedAuditLog):
                 key, value, headers = records[-1]
                 signature = self._signer.header(self._chain, self._seq, self._hash)
                 records[-1] = (key, value, [*headers, signature])
-            deliveries = await self._send_batches(records)
+            await asyncio.gather(*await self._send_batches(records))
         except Exception as exc:
             self._failure = exc
             delivered.set_exception(exc)
             return
-        asyncio.gather(*deliveries).add_done_callback(
-            functools.partial(self._on_delivery, delivered)
-        )
+        except asyncio.CancelledError:
+            self._failure = asyncio.CancelledError("audit delivery cancelled")
+            delivered.cancel()
+            raise
+        delivered.set_result(None)
 
     async def _send_batches(
         self, records: list[tuple[bytes, bytes, list[tuple[str, bytes]]]]
@@ -257,31 +255,21 @@ class AuditChainWriter(QueuedAuditLog):
         batch = self._producer.create_batch()
         for key, value, headers in records:
             if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
-                deliveries.append(await self._producer.send_batch(batch, self._topic, partition=0))
+                deliveries.append(await self._send(batch))
                 batch = self._producer.create_batch()
                 batch.append(key=key, value=value, timestamp=None, headers=headers)
-        deliveries.append(await self._producer.send_batch(batch, self._topic, partition=0))
+        deliveries.append(await self._send(batch))
         return deliveries
 
-    def _on_delivery(self, delivered: asyncio.Future[None], outcome: asyncio.Future[Any]) -> None:
-        if outcome.cancelled():
-            self._failure = asyncio.CancelledError("audit delivery cancelled")
-            delivered.cancel()
-        elif (error := outcome.exception()) is not None:
-            self._failure = error
-            delivered.set_exception(error)
-        else:
-            delivered.set_result(None)
-
-    async def flush(self) -> None:
-        """Wait until every entry appended so far is linked and with the broker."""
-        await self._sent()
-        await self._producer.flush()
-
-
-def _consume_exception(future: asyncio.Future[None]) -> None:
-    if not future.cancelled():
-        future.exception()
+    async def _send(self, batch: BatchBuilder) -> asyncio.Future[Any]:
+        # Closed, a batch goes with the producer's next request instead of waiting out the
+        # producer's own linger: this one has lingered in the writer already, and its calls
+        # are waiting for the acknowledgement.
+        batch.close()
+        future: asyncio.Future[Any] = await self._producer.send_batch(
+            batch, self._topic, partition=0
+        )
+        return future
 
 
 def _check_hash_is_last(serde: AvroSerde) -> None:

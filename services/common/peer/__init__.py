@@ -47,7 +47,8 @@ is the request's top-level ``subject_key`` once it is known to be well formed (n
 malformed key, which may be a raw ID number, and none for batch and stream requests); the
 purpose is, in this order: the ``scenario`` enum name and/or the ``purpose`` text of the
 request (``"TENDERING: WXZB-2024-1"``), the ``creditlink-purpose`` metadata entry, or the
-method's default (``LIST_SYNC`` …).
+method's default (``LIST_SYNC`` …). A call is answered only once the broker has
+acknowledged its record, so a crash loses no record of a call that was served.
 Health and reflection calls are neither authorized nor audited.
 """
 

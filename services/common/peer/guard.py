@@ -22,6 +22,10 @@ from services.common.peer.names import LatencySink
 from services.common.peer.purpose import _default_purpose, _field
 from services.common.peer.security import PeerSecurity, check_subject_key
 
+_AUDIT_UNAVAILABLE = Denied(
+    grpc.StatusCode.UNAVAILABLE, "audit-unavailable", "audit log unavailable"
+)
+
 
 def _status_of(context: grpc.aio.ServicerContext, error: BaseException | None) -> grpc.StatusCode:
     code = context.code()
@@ -48,6 +52,12 @@ class PeerCallGuard:
     with their denial code); the servicer's behaviour; then, whatever the outcome (refusals
     too), the latency by method and status (``creditlink_grpc_latency_seconds``) and one
     hash-chained audit record, which names the denial code of a refusal.
+
+    A call is answered only once the broker has acknowledged its record, so a node that
+    crashes has recorded every call it served. A call whose record is not acknowledged
+    fails (UNAVAILABLE, ``audit-unavailable``), though it had succeeded. A refusal goes out
+    as it is made (``abort`` sends the status at once), so its record cannot hold it back;
+    that record is still appended, and a refusal is answered whether or not it is delivered.
 
     The guard wraps each method handler once, when :func:`start_peer_server` registers the
     servicer, rather than being a ``grpc.aio.ServerInterceptor``: grpc.aio runs interceptors
@@ -91,7 +101,7 @@ class PeerCallGuard:
                     error = exc
                     raise
                 finally:
-                    if (delivered := leave(call, _status_of(context, error))) is not None:
+                    if (delivered := leave(call, context, _status_of(context, error))) is not None:
                         await delivered
 
             factory = (
@@ -124,7 +134,7 @@ class PeerCallGuard:
                 error = exc
                 raise
             finally:
-                if (delivered := leave(call, _status_of(context, error))) is not None:
+                if (delivered := leave(call, context, _status_of(context, error))) is not None:
                     await delivered
 
         factory = (
@@ -158,7 +168,7 @@ class PeerCallGuard:
     ) -> Denied | None:
         """Fill ``call`` in; the refusal to abort the call with, if any."""
         if self._audit is not None and not self._audit.healthy:
-            return Denied(grpc.StatusCode.UNAVAILABLE, "audit-unavailable", "audit log unavailable")
+            return _AUDIT_UNAVAILABLE
         security = self._security
         call.request = request
         call.metadata = context.invocation_metadata() or ()
@@ -186,12 +196,13 @@ class PeerCallGuard:
     def _leave(
         self,
         call: PeerCall,
+        context: grpc.aio.ServicerContext,
         status: grpc.StatusCode,
         *,
         latency: Callable[[grpc.StatusCode, float], None],
     ) -> Awaitable[None] | None:
         """Record the latency and append the audit record; what to await before answering
-        (a durable audit writer's delivery), if anything."""
+        (the record's acknowledgement), if anything."""
         elapsed = time.monotonic() - call.started
         if call.limited_as is not None and self._limits is not None:
             self._limits.release(call)
@@ -203,14 +214,7 @@ class PeerCallGuard:
             _audit_entry, call, status, elapsed, datetime.now(UTC), self._node
         )
         refuse = status is grpc.StatusCode.OK  # a call that failed anyway still answers
-        if self._audit.durable:
-            return _audited(self._audit.append(entry), refuse=refuse)
-        try:
-            self._audit.append_nowait(entry)
-        except AuditUnavailable:
-            if refuse:
-                raise
-        return None
+        return _audited(self._audit.append(entry), context, refuse=refuse)
 
 
 def _audit_entry(
@@ -236,14 +240,17 @@ def _audit_entry(
     )
 
 
-async def _audited(appended: Awaitable[None], *, refuse: bool) -> None:
-    """Wait for a durable audit record; a record that cannot be written fails a call that
-    had succeeded."""
+async def _audited(
+    appended: Awaitable[None], context: grpc.aio.ServicerContext, *, refuse: bool
+) -> None:
+    """Wait for the broker's acknowledgement of a call's audit record; a record that cannot
+    be written fails a call that had succeeded (``refuse``), as a call is refused while the
+    audit is unavailable."""
     try:
         await appended
     except AuditUnavailable:
         if refuse:
-            raise
+            await _AUDIT_UNAVAILABLE.abort(context)
 
 
 class _Registrar:

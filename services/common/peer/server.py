@@ -49,7 +49,7 @@ class PeerServer:
 
     async def stop(self, grace: float = DEFAULT_GRACE_SECONDS) -> None:
         """Report NOT_SERVING, let running calls finish for ``grace`` seconds, then stop and
-        hand the audit records of the last calls to the broker."""
+        wait for the audit records still on their way (a refusal's follows its answer)."""
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
         if self._audit is not None and self._audit.healthy:

@@ -1,0 +1,103 @@
+"""``kill -9`` right after the last answer: every call a node answered is on its audit chain.
+
+A Suzhou lists node runs as its own process (``python -m services.lists``, started by
+tests/kit/lists_region.py) on the real broker and serves over mutual TLS. Wuxi makes
+``CALLS`` CheckSubject calls to it, ``CALLERS`` at a time; the moment the last one is
+answered the node is killed with SIGKILL, so no shutdown code (the writer's flush in
+``PeerServer.stop``) runs. The guard answers a call only once the broker has acknowledged its
+audit record (services/common/peer/guard.py), so the node's chain on the topic holds one
+``OK`` record of Wuxi's CheckSubject for every ``OK`` answer — nothing else called it — and
+verifies with no gap, every record under a signed head.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from pathlib import Path
+
+import grpc
+import pytest
+
+from creditlink.peer.v1 import credit_check_pb2
+from services.common.audit import AUDIT_TOPIC, parse_key, read_audit_topic, verify_chain
+from services.common.audit.signing import AuditKeyring
+from services.common.avro import AvroSerde
+from services.common.certs import issue_dev_certificates
+from tests.kit.lists import SUZHOU, WUXI, organisation_key
+from tests.kit.lists_region import ListsRegion
+
+pytestmark = [pytest.mark.kafka, pytest.mark.timeout(120)]
+
+CALLS = 1200
+CALLERS = 16
+CHECK_SUBJECT = "/creditlink.peer.v1.CreditCheckService/CheckSubject"
+#: The per-city limits (docs/design.md §3.3) would refuse part of a burst this size.
+UNLIMITED = {
+    "CREDITLINK_PEER_CALLER_RATE": "1000000",
+    "CREDITLINK_PEER_CALLER_BURST": "1000000",
+    "CREDITLINK_PEER_MAX_CALLS_PER_CALLER": "100000",
+}
+
+
+async def test_kill_9_after_the_last_answer_leaves_every_answered_call_on_the_chain(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    region = ListsRegion(tmp_path, kafka_bootstrap, cities=("suzhou",), extra_env=UNLIMITED)
+    # The caller's certificate, from the run's CA: Wuxi calls, but runs no node here (a
+    # node would also call Suzhou, and its calls would be on the chain too).
+    issue_dev_certificates(region.tls_dir, ["wuxi"])
+    await region.provision()
+    suzhou = region.nodes["suzhou"]
+    suzhou.start()
+    try:
+        await region.wait_ready("suzhou")
+        async with region.channel("wuxi", "suzhou") as channel:
+            stub = region.check_stub(channel)
+            numbers = iter(range(CALLS))  # shared by the callers: each call made once
+            answered = 0
+            failed: list[grpc.StatusCode] = []
+
+            async def caller() -> None:
+                nonlocal answered
+                for n in numbers:
+                    request = credit_check_pb2.CheckSubjectRequest(
+                        subject_key=organisation_key(n),
+                        scenario=credit_check_pb2.SCENARIO_GOVERNMENT_PROCUREMENT,
+                        purpose=f"crash {n}",
+                    )
+                    try:
+                        await stub.CheckSubject(request, timeout=10)
+                    except grpc.aio.AioRpcError as error:
+                        failed.append(error.code())
+                        continue
+                    answered += 1
+
+            process = suzhou.process
+            await asyncio.gather(*(caller() for _ in range(CALLERS)))
+            suzhou.kill()
+        assert process is not None
+        assert process.returncode == -signal.SIGKILL
+    finally:
+        await region.close()
+
+    # Every call answered OK, so the chain holds exactly these calls: an unanswered call may
+    # have been recorded, and would blur the count.
+    assert not failed, f"{len(failed)} calls failed: {failed[:5]}"
+    assert answered == CALLS
+    settings = suzhou.settings
+    messages = await read_audit_topic(settings, settings.topic(AUDIT_TOPIC))
+    codes = {key: city.admin_code for key, city in region.region.cities.items()}
+    report = verify_chain(messages, keyring=AuditKeyring.from_directory(region.tls_dir, codes))
+    assert report.ok, report
+    serde = AvroSerde()
+    chain = [serde.decode(m.value) for m in messages if parse_key(m.key)[0] == "lists"]
+    assert [r["seq"] for r in chain] == list(range(1, len(chain) + 1))
+    audited = [
+        r
+        for r in chain
+        if (r["caller_city"], r["callee_city"], r["method"]) == (WUXI, SUZHOU, CHECK_SUBJECT)
+        and r["status_code"] == "OK"
+    ]
+    assert len(audited) == answered
+    assert len({r["purpose"] for r in audited}) == answered
