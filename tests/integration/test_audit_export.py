@@ -41,9 +41,8 @@ def _entry(day: int, hour: int) -> AuditEntry:
 
 async def _batch(writer: AuditChainWriter, day: int, hours: range) -> None:
     """One batch of the writer (signed at its end if the writer signs)."""
-    for hour in hours:
-        writer.append_nowait(_entry(day, hour))
-    await writer.flush()
+    # Appended together, the entries are linked and sent (and signed) as one batch.
+    await asyncio.gather(*(writer.append(_entry(day, hour)) for hour in hours))
 
 
 async def _started(writer: AuditChainWriter) -> AuditChainWriter:
