@@ -1,0 +1,197 @@
+"""Replication on a real 3-broker KRaft cluster (``deploy/local/kafka.sh cluster-up``).
+
+The catalogue's production profile gives every topic 3 replicas and min.insync.replicas 2;
+with the producers' acks=all (``services/common/kafka.py``) a broker killed while they write
+loses no acknowledged record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiokafka import TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+from deploy.broker import Cluster
+from services.common.kafka import make_consumer, make_producer
+from services.common.settings import Settings, load_settings
+from services.common.topics import (
+    MIN_INSYNC_REPLICAS,
+    Replication,
+    TopicSpec,
+    load_catalogue,
+    provision,
+)
+
+pytestmark = pytest.mark.cluster
+
+RECORDS = "credit.records.v1"  # 6 partitions: leaders on every broker
+SENT = 5_000
+
+
+@pytest.fixture
+def cluster_settings(kafka_cluster: Cluster, topic_prefix: str, tmp_path: Path) -> Settings:
+    return load_settings(
+        {
+            "CREDITLINK_CITY": "suzhou",
+            "KAFKA_BOOTSTRAP": kafka_cluster.bootstrap,
+            "CREDITLINK_TOPIC_PREFIX": topic_prefix,
+            "CREDITLINK_DATA_DIR": str(tmp_path / "data"),
+        }
+    )
+
+
+def production_spec(name: str) -> TopicSpec:
+    return next(spec for spec in load_catalogue(profile="production") if spec.name == name)
+
+
+async def describe(bootstrap: str, topics: list[str]) -> dict[str, list[dict[str, Any]]]:
+    """topic -> its partitions' metadata (leader, replicas, isr)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        return {t["topic"]: t["partitions"] for t in await admin.describe_topics(topics)}
+    finally:
+        await admin.close()
+
+
+async def min_insync_replicas(bootstrap: str, topics: list[str]) -> dict[str, str]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        responses = await admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, name) for name in topics]
+        )
+    finally:
+        await admin.close()
+    found = {}
+    for response in responses:
+        for _error, _message, _type, name, entries, *_ in response.resources:
+            found[name] = next(e[1] for e in entries if e[0] == MIN_INSYNC_REPLICAS)
+    return found
+
+
+async def test_the_production_profile_gives_every_topic_three_replicas_and_min_isr_two(
+    kafka_cluster: Cluster, topic_prefix: str
+) -> None:
+    bootstrap = kafka_cluster.bootstrap
+    catalogue = load_catalogue(profile="production")
+    names = sorted(topic_prefix + spec.name for spec in catalogue)
+
+    first = await provision(bootstrap, catalogue, prefix=topic_prefix)
+    assert sorted(first.created) == names
+    assert first.drift == []
+
+    partitions = await describe(bootstrap, names)
+    nodes = set(kafka_cluster.node_ids)
+    assert {
+        name: {len(p["replicas"]) for p in partitions[name]}
+        for name in names
+        if any(set(p["replicas"]) != nodes for p in partitions[name])
+    } == {}
+    assert set((await min_insync_replicas(bootstrap, names)).values()) == {"2"}
+
+    second = await provision(bootstrap, catalogue, prefix=topic_prefix)
+    assert (second.created, second.drift, sorted(second.unchanged)) == ([], [], names)
+    # The development profile asks for less; more than a profile asks for is not drift.
+    development = await provision(bootstrap, load_catalogue(), prefix=topic_prefix)
+    assert (development.created, development.drift) == ([], [])
+
+
+async def test_a_topic_made_with_one_replica_is_reported_under_replicated(
+    kafka_cluster: Cluster, topic_prefix: str
+) -> None:
+    bootstrap = kafka_cluster.bootstrap
+    spec = production_spec(RECORDS)
+    name = topic_prefix + spec.name
+    # As the one-broker setup would have made it.
+    one_replica = dataclasses.replace(spec, replication=Replication(1, 1))
+    assert (await provision(bootstrap, [one_replica], prefix=topic_prefix)).created == [name]
+
+    report = await provision(bootstrap, [spec], prefix=topic_prefix)
+    assert sorted((d.topic, d.setting, d.expected, d.actual) for d in report.drift) == [
+        (name, MIN_INSYNC_REPLICAS, "2", "1"),
+        (name, "replicas", "3", "1"),
+    ]
+    assert report.unchanged == []
+
+    # --fix-config raises min.insync.replicas; the replicas stay drift, with what fixes them.
+    fixed = await provision(bootstrap, [spec], prefix=topic_prefix, fix_config=True)
+    assert [(d.setting, d.actual) for d in fixed.fixed] == [(MIN_INSYNC_REPLICAS, "1")]
+    assert [(d.setting, d.actual) for d in fixed.drift] == [("replicas", "1")]
+    assert "reassign the partitions" in str(fixed.drift[0])
+
+
+async def test_a_broker_killed_while_producing_loses_no_acknowledged_record(
+    kafka_cluster: Cluster, cluster_settings: Settings
+) -> None:
+    bootstrap = kafka_cluster.bootstrap
+    spec = production_spec(RECORDS)
+    await provision(bootstrap, [spec], prefix=cluster_settings.topic_prefix)
+    topic = cluster_settings.topic(RECORDS)
+    victim = next(
+        p["leader"] for p in (await describe(bootstrap, [topic]))[topic] if p["partition"] == 0
+    )
+    keys = [f"L:{i:018d}" for i in range(SENT)]
+
+    producer = make_producer(cluster_settings, client_id="cluster-test")
+    await producer.start()
+    try:
+        sent = []
+        for i, key in enumerate(keys):
+            if i == SENT // 3:
+                # Mid-stream, with batches in flight to the victim: it leads partition 0.
+                await asyncio.to_thread(kafka_cluster.kill, victim)
+                killed_at = time.monotonic()
+            sent.append(await producer.send(topic, key=key.encode(), value=f"record {i}".encode()))
+        # Every send is acknowledged: acks=all with two of three replicas still in sync.
+        acknowledged = await asyncio.gather(*sent)
+        failover_s = time.monotonic() - killed_at
+    finally:
+        await producer.stop()
+    assert len(acknowledged) == SENT
+
+    consumer = make_consumer(cluster_settings, RECORDS, group_id=None)
+    await consumer.start()
+    try:
+        partitions = [TopicPartition(topic, p) for p in range(spec.partitions)]
+        ends = await consumer.end_offsets(partitions)
+        seen: Counter[str] = Counter()
+        deadline = time.monotonic() + 60
+        while True:
+            for messages in (await consumer.getmany(timeout_ms=500)).values():
+                seen.update(m.key.decode() for m in messages if m.key is not None)
+            # Positions exist once the reader has its partitions, after the first fetch.
+            if consumer.assignment() == set(partitions) and all(
+                [await consumer.position(tp) >= ends[tp] for tp in partitions]
+            ):
+                break
+            assert time.monotonic() < deadline, f"read {sum(seen.values())} of {sum(ends.values())}"
+    finally:
+        await consumer.stop()
+    # Exactly once each: the idempotent producer's retries after the failover wrote no copy.
+    assert sum(ends.values()) == SENT
+    assert set(seen) == set(keys)
+    assert {key: n for key, n in seen.items() if n != 1} == {}
+
+    # The killed broker comes back, catches up and is in sync again on every partition.
+    await asyncio.to_thread(kafka_cluster.up)
+    deadline = time.monotonic() + 60
+    while True:
+        lagging = [
+            p["partition"]
+            for p in (await describe(bootstrap, [topic]))[topic]
+            if victim not in p["isr"]
+        ]
+        if not lagging:
+            break
+        assert time.monotonic() < deadline, f"broker {victim} not back in the ISR of {lagging}"
+        await asyncio.sleep(0.5)
+    print(f"broker {victim} killed; all {SENT} acknowledged {failover_s:.1f} s after the kill")
