@@ -206,11 +206,17 @@ render_config() {
     mv -f "$tmp" "$CONF"
 }
 
+# A cluster id is what `kafka-storage.sh random-uuid` prints: 16 random bytes in unpadded
+# base64url (Kafka's Uuid.toString), not starting with '-' (it would read as an option). Made
+# here rather than by StorageTool: one JVM less, which costs seconds on a busy 2-core box.
 ensure_cluster_id() {
     if [ ! -s "$CLUSTER_ID_FILE" ]; then
         mkdir -p "$KAFKA_STATE"
-        # shellcheck disable=SC2046
-        "$JAVA" $(tool_log_opts) -cp "$LIB/*" kafka.tools.StorageTool random-uuid | tail -n 1 >"$CLUSTER_ID_FILE.tmp"
+        local id="-"
+        while [ "${id:0:1}" = "-" ]; do
+            id="$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n')"
+        done
+        echo "$id" >"$CLUSTER_ID_FILE.tmp"
         mv -f "$CLUSTER_ID_FILE.tmp" "$CLUSTER_ID_FILE"
     fi
 }
@@ -223,8 +229,7 @@ format_storage() {
     local id
     id="$(tr -d '[:space:]' <"$CLUSTER_ID_FILE")"
     log "formatting $DATA (cluster id $id)"
-    # Static quorum (controller.quorum.voters): format without --standalone. Every node of a
-    # cluster is formatted with the one cluster id.
+    # Static quorum (controller.quorum.voters): format without --standalone.
     # shellcheck disable=SC2046
     "$JAVA" $(tool_log_opts) -cp "$LIB/*" kafka.tools.StorageTool \
         format -t "$id" -c "$CONF" --ignore-formatted >&2
@@ -392,7 +397,7 @@ cluster_config() {
     MIN_ISR=2
 }
 
-# Points the node functions (render_config, format_storage, start_node, broker_pid) at node $1.
+# Points the node functions (render_config, start_node, broker_pid, print_log_tail) at node $1.
 select_node() {
     NODE_ID=$1
     NODE_STATE="$KAFKA_STATE/node-$1"
@@ -405,7 +410,7 @@ select_node() {
 cmd_cluster_up() {
     cmd_fetch
     cluster_config
-    local n=${#CLUSTER_PORTS[@]} i pid pids=() started=() formats=()
+    local n=${#CLUSTER_PORTS[@]} i pid pids=() started=() unformatted=()
     for ((i = 1; i <= n; i++)); do
         select_node "$i"
         pid="$(broker_pid || true)"
@@ -420,15 +425,18 @@ cmd_cluster_up() {
     done
     if [ "${#started[@]}" -gt 0 ]; then
         ensure_cluster_id
-        # One StorageTool JVM per node, side by side: mostly JVM start-up, which overlaps.
         for i in "${started[@]}"; do
             select_node "$i"
-            format_storage &
-            formats+=("$!")
+            # Formatted before: a restart keeps its data and cluster id.
+            [ -f "$DATA/meta.properties" ] || unformatted+=("$CONF")
         done
-        for pid in "${formats[@]}"; do
-            wait "$pid" || die "formatting a node's storage failed (see above)"
-        done
+        if [ "${#unformatted[@]}" -gt 0 ]; then
+            log "formatting ${#unformatted[@]} node(s) (cluster id $(tr -d '[:space:]' <"$CLUSTER_ID_FILE"))"
+            # shellcheck disable=SC2046
+            "$JAVA" $(tool_log_opts) -cp "$LIB/*" "$HERE/FormatStorage.java" \
+                "$(tr -d '[:space:]' <"$CLUSTER_ID_FILE")" "${unformatted[@]}" >&2 ||
+                die "formatting the nodes' storage failed (see above)"
+        fi
         for i in "${started[@]}"; do
             select_node "$i"
             start_node
