@@ -46,7 +46,7 @@ def kafka_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]
     try:
         yield cluster
     finally:
-        cluster.down()
+        cluster.down(graceful=False)  # its data goes with the temporary directory
 
 
 @pytest.fixture(scope="session")
