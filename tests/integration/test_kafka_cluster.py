@@ -78,6 +78,30 @@ async def min_insync_replicas(bootstrap: str, topics: list[str]) -> dict[str, st
     return found
 
 
+async def read_back(settings: Settings, spec: TopicSpec) -> tuple[Counter[str], int]:
+    """How often each key is on the topic, read committed from the start, and how many
+    records the topic holds (the sum of its end offsets)."""
+    topic = settings.topic(spec.name)
+    partitions = [TopicPartition(topic, p) for p in range(spec.partitions)]
+    consumer = make_consumer(settings, spec.name, group_id=None)
+    await consumer.start()
+    try:
+        ends = await consumer.end_offsets(partitions)
+        seen: Counter[str] = Counter()
+        deadline = time.monotonic() + 60
+        while True:
+            for messages in (await consumer.getmany(timeout_ms=500)).values():
+                seen.update(m.key.decode() for m in messages if m.key is not None)
+            # Positions exist once the reader has its partitions, after the first fetch.
+            if consumer.assignment() == set(partitions) and all(
+                [await consumer.position(tp) >= ends[tp] for tp in partitions]
+            ):
+                return seen, sum(ends.values())
+            assert time.monotonic() < deadline, f"read {seen.total()} of {sum(ends.values())}"
+    finally:
+        await consumer.stop()
+
+
 async def test_the_production_profile_gives_every_topic_three_replicas_and_min_isr_two(
     kafka_cluster: Cluster, topic_prefix: str
 ) -> None:
@@ -129,6 +153,37 @@ async def test_a_topic_made_with_one_replica_is_reported_under_replicated(
     assert "reassign the partitions" in str(fixed.drift[0])
 
 
+async def test_consumer_offsets_and_transaction_state_are_replicated_as_the_data(
+    kafka_cluster: Cluster, cluster_settings: Settings
+) -> None:
+    # Kafka creates both on first use: a group's first commit, a transactional producer's start.
+    spec = production_spec(RECORDS)
+    await provision(kafka_cluster.bootstrap, [spec], prefix=cluster_settings.topic_prefix)
+    producer = make_producer(cluster_settings, client_id="tx", transactional_id="cluster-tx")
+    await producer.start()
+    try:
+        async with producer.transaction():
+            await producer.send_and_wait(cluster_settings.topic(RECORDS), b"v", key=b"k")
+    finally:
+        await producer.stop()
+    consumer = make_consumer(cluster_settings, RECORDS, group_id="cluster-group")
+    await consumer.start()
+    try:
+        await consumer.getmany(timeout_ms=2000)
+        await consumer.commit()
+    finally:
+        await consumer.stop()
+
+    internal = ["__consumer_offsets", "__transaction_state"]
+    partitions = await describe(kafka_cluster.bootstrap, internal)
+    assert {name: {len(p["replicas"]) for p in partitions[name]} for name in internal} == {
+        name: {3} for name in internal
+    }
+    assert await min_insync_replicas(kafka_cluster.bootstrap, internal) == {
+        name: "2" for name in internal
+    }
+
+
 async def test_a_broker_killed_while_producing_loses_no_acknowledged_record(
     kafka_cluster: Cluster, cluster_settings: Settings
 ) -> None:
@@ -157,32 +212,20 @@ async def test_a_broker_killed_while_producing_loses_no_acknowledged_record(
     finally:
         await producer.stop()
     assert len(acknowledged) == SENT
+    # The killed broker restarts (a JVM start, seconds) while the records are read back from
+    # the two that stayed up.
+    restart = asyncio.create_task(asyncio.to_thread(kafka_cluster.up))
 
-    consumer = make_consumer(cluster_settings, RECORDS, group_id=None)
-    await consumer.start()
     try:
-        partitions = [TopicPartition(topic, p) for p in range(spec.partitions)]
-        ends = await consumer.end_offsets(partitions)
-        seen: Counter[str] = Counter()
-        deadline = time.monotonic() + 60
-        while True:
-            for messages in (await consumer.getmany(timeout_ms=500)).values():
-                seen.update(m.key.decode() for m in messages if m.key is not None)
-            # Positions exist once the reader has its partitions, after the first fetch.
-            if consumer.assignment() == set(partitions) and all(
-                [await consumer.position(tp) >= ends[tp] for tp in partitions]
-            ):
-                break
-            assert time.monotonic() < deadline, f"read {sum(seen.values())} of {sum(ends.values())}"
+        seen, stored = await read_back(cluster_settings, spec)
     finally:
-        await consumer.stop()
+        await restart  # no node may be starting when the cluster is stopped
     # Exactly once each: the idempotent producer's retries after the failover wrote no copy.
-    assert sum(ends.values()) == SENT
+    assert stored == SENT
     assert set(seen) == set(keys)
     assert {key: n for key, n in seen.items() if n != 1} == {}
 
-    # The killed broker comes back, catches up and is in sync again on every partition.
-    await asyncio.to_thread(kafka_cluster.up)
+    # The killed broker has come back; it catches up and is in sync again on every partition.
     deadline = time.monotonic() + 60
     while True:
         lagging = [
