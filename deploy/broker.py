@@ -189,6 +189,9 @@ class Cluster:
             "KAFKA_STATE": str(self.state_dir),
             "KAFKA_CLUSTER_PORTS": ",".join(map(str, self.ports)),
             "KAFKA_CLUSTER_CONTROLLER_PORTS": ",".join(map(str, self.controller_ports)),
+            # Three JVMs starting at once on a shared 2-core box took 20-60 s to answer, by
+            # the load; more than kafka.sh's 60 s default before a start counts as failed.
+            "KAFKA_READY_TIMEOUT": os.environ.get("KAFKA_READY_TIMEOUT", "120"),
         }
         return _kafka_sh(command, env, timeout)
 

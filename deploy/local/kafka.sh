@@ -447,8 +447,9 @@ cmd_cluster_up() {
         log "all $n nodes from $KAFKA_STATE already running"
     fi
 
-    # Ready when every node is a live (registered, unfenced) broker: a node that was down
-    # counts only once it has caught up with the metadata log.
+    # Ready when the metadata names every node as a live (registered, unfenced) broker. A node
+    # that died less than broker.session.timeout.ms (9 s) ago may still be named: whoever needs
+    # it back in sync checks the ISR (tests/integration/test_kafka_cluster.py does).
     local rc=0
     probe "$KAFKA_READY_TIMEOUT" "$(IFS=,; echo "${pids[*]}")" "$n" "$CLUSTER_BOOTSTRAP" \
         >/dev/null || rc=$?
