@@ -225,7 +225,7 @@ def start_cluster(state_dir: Path, nodes: int = 3) -> Cluster:
     try:
         cluster.up()
     except BaseException:
-        # Nodes that did start must not outlive a failed start.
-        cluster.down()
+        # Nodes that did start must not outlive a failed start; its data is of no use.
+        cluster.down(graceful=False)
         raise
     return cluster
