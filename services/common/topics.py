@@ -155,15 +155,42 @@ class ProvisionReport:
     fixed: list[Drift] = field(default_factory=list)
 
 
-def _config_entries(response: Any) -> dict[str, dict[str, str]]:
-    """topic -> {config name: value} from a DescribeConfigs response (any version)."""
+def _config_entries(response: Any) -> tuple[dict[str, dict[str, str]], dict[str, int]]:
+    """topic -> {config name: value} from a DescribeConfigs response (any version), and
+    topic -> error code for those it could not describe."""
     result: dict[str, dict[str, str]] = {}
+    errors: dict[str, int] = {}
     for resource in response.resources:
         error_code, _message, _rtype, name, entries = resource[:5]
         if error_code:
-            continue
-        result[name] = {entry[0]: entry[1] for entry in entries}
-    return result
+            errors[name] = error_code
+        else:
+            result[name] = {entry[0]: entry[1] for entry in entries}
+    return result, errors
+
+
+async def _topic_configs(
+    admin: AIOKafkaAdminClient, names: Sequence[str]
+) -> dict[str, dict[str, str]]:
+    """Every topic's configs. On a cluster, the broker that answers may not know yet of a topic
+    created a moment ago (each learns it from the controller in its own time) and answers
+    UNKNOWN_TOPIC_OR_PARTITION: ask again rather than report the topic's settings as unset."""
+    found: dict[str, dict[str, str]] = {}
+    pending = list(names)
+    errors: dict[str, int] = {}
+    for _ in range(50):
+        errors = {}
+        for response in await admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, name) for name in pending]
+        ):
+            configs, failed = _config_entries(response)
+            found.update(configs)
+            errors.update(failed)
+        pending = [name for name in pending if name not in found]
+        if not pending:
+            return found
+        await asyncio.sleep(0.1)
+    raise RuntimeError(f"describing the configs of {', '.join(pending)} failed: errors {errors}")
 
 
 async def provision(
@@ -237,12 +264,7 @@ async def provision(
                     report.drift.append(
                         Drift(name, "replicas", str(spec.replication.replicas), str(replicas))
                     )
-            responses = await admin.describe_configs(
-                [ConfigResource(ConfigResourceType.TOPIC, name) for name in present]
-            )
-            actual_configs: dict[str, dict[str, str]] = {}
-            for response in responses:
-                actual_configs.update(_config_entries(response))
+            actual_configs = await _topic_configs(admin, present)
             to_fix: list[str] = []
             for name in present:
                 actual = actual_configs.get(name, {})
