@@ -53,28 +53,44 @@ def production_spec(name: str) -> TopicSpec:
 
 
 async def describe(bootstrap: str, topics: list[str]) -> dict[str, list[dict[str, Any]]]:
-    """topic -> its partitions' metadata (leader, replicas, isr)."""
+    """topic -> its partitions' metadata (leader, replicas, isr), asking again while the
+    answering broker does not know a topic yet."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
+    found: dict[str, list[dict[str, Any]]] = {}
     try:
-        return {t["topic"]: t["partitions"] for t in await admin.describe_topics(topics)}
+        for _ in range(50):
+            for topic in await admin.describe_topics([t for t in topics if t not in found]):
+                if topic["error_code"] == 0 and topic["partitions"]:
+                    found[topic["topic"]] = topic["partitions"]
+            if len(found) == len(topics):
+                break
+            await asyncio.sleep(0.1)
     finally:
         await admin.close()
+    return found
 
 
 async def min_insync_replicas(bootstrap: str, topics: list[str]) -> dict[str, str]:
+    """Each topic's min.insync.replicas. A broker that does not know a new topic yet answers
+    with an error for it (services/common/topics.py, ``_topic_configs``): ask again."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
+    found: dict[str, str] = {}
     try:
-        responses = await admin.describe_configs(
-            [ConfigResource(ConfigResourceType.TOPIC, name) for name in topics]
-        )
+        for _ in range(50):
+            pending = [name for name in topics if name not in found]
+            if not pending:
+                break
+            for response in await admin.describe_configs(
+                [ConfigResource(ConfigResourceType.TOPIC, name) for name in pending]
+            ):
+                for error, _message, _type, name, entries, *_ in response.resources:
+                    if not error:
+                        found[name] = next(e[1] for e in entries if e[0] == MIN_INSYNC_REPLICAS)
+            await asyncio.sleep(0.1)
     finally:
         await admin.close()
-    found = {}
-    for response in responses:
-        for _error, _message, _type, name, entries, *_ in response.resources:
-            found[name] = next(e[1] for e in entries if e[0] == MIN_INSYNC_REPLICAS)
     return found
 
 
