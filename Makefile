@@ -53,9 +53,12 @@ kafka-down: ## stop the broker
 kafka-wipe: ## stop the broker and delete its data
 	$(KAFKA) wipe
 
+# The catalogue's replication profile: development (one broker) or production (RF 3, min ISR 2).
+REPLICATION ?= development
+
 .PHONY: topics
-topics: venv ## create this node's topics from the catalogue and report drift
-	$(PY) -m services.common.topics apply --prefix "$${CREDITLINK_TOPIC_PREFIX:-}"
+topics: venv ## create this node's topics from the catalogue and report drift (REPLICATION=production)
+	$(PY) -m services.common.topics apply --prefix "$${CREDITLINK_TOPIC_PREFIX:-}" --replication "$(REPLICATION)"
 
 # --- quality -----------------------------------------------------------------------------
 .PHONY: lint

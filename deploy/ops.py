@@ -27,6 +27,7 @@ from services.common.region import Region
 from services.common.roles import Role
 from services.common.settings import load_settings
 from services.common.topic_names import AUDIT_TOPIC
+from services.common.topics import DEFAULT_PROFILE
 
 console = Console()
 errors = Console(stderr=True)
@@ -264,10 +265,11 @@ def city_add(
 
 
 # --- topics -------------------------------------------------------------------------------
-def topics_apply(city: str, check: bool, fix_config: bool) -> int:
+def topics_apply(city: str, check: bool, fix_config: bool, replication: str) -> int:
     """Create the city's missing topics from the catalogue and show drift."""
     prefix = _region().city(city).topic_prefix
     args = ["apply", "--prefix", prefix, "--bootstrap", _bootstrap()]
+    args += ["--replication", replication]
     args += ["--check"] if check else []
     args += ["--fix-config"] if fix_config else []
     return _python_module("services.common.topics", *args)
@@ -556,7 +558,13 @@ def _parser() -> argparse.ArgumentParser:
     _city(apply, "suzhou")
     _flag(apply, "check", False, "exit 1 if drift remains")
     _flag(apply, "fix-config", False, "apply config drift")
-    apply.set_defaults(run=lambda a: topics_apply(a.city, a.check, a.fix_config))
+    apply.add_argument(
+        "--replication",
+        default=DEFAULT_PROFILE,
+        metavar="PROFILE",
+        help="the catalogue's replication profile: development (one broker) or production",
+    )
+    apply.set_defaults(run=lambda a: topics_apply(a.city, a.check, a.fix_config, a.replication))
 
     city = groups.add_parser("city", help="cities of the region")
     city_commands = city.add_subparsers(dest="command", metavar="COMMAND", required=True)

@@ -1,7 +1,8 @@
 """Test harness: a real Kafka broker for the run, and an isolated topic prefix per test.
 
 A broker answering at ``KAFKA_BOOTSTRAP`` is reused; otherwise one is started in a temporary
-state directory on free ports and stopped when the run ends.
+state directory on free ports and stopped when the run ends. Tests marked ``cluster`` get a
+3-broker cluster of their own (``kafka_cluster``), started only when one of them runs.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 from hypothesis import settings as hypothesis_settings
 
-from deploy.broker import Broker, broker_answers, start_broker
+from deploy.broker import Broker, Cluster, broker_answers, start_broker, start_cluster
 from services.common.settings import Settings, load_settings
 from services.common.topics import load_catalogue, provision
 
@@ -35,6 +36,17 @@ def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
         yield broker
     finally:
         broker.down()
+
+
+@pytest.fixture(scope="session")
+def kafka_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """A 3-broker KRaft cluster started for this run, never one found running: its tests kill
+    brokers. A cluster that does not start fails the test that asked for it."""
+    cluster = start_cluster(tmp_path_factory.mktemp("kafka-cluster"))
+    try:
+        yield cluster
+    finally:
+        cluster.down(graceful=False)  # its data goes with the temporary directory
 
 
 @pytest.fixture(scope="session")

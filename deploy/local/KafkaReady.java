@@ -1,9 +1,13 @@
-// Readiness probe for the local broker: a real metadata round trip through AdminClient.
-// Run with Java's single-file source launcher and the broker's jars on the class path:
-//   java -cp '<lib>/*' deploy/local/KafkaReady.java <bootstrap> <timeout_s> [broker_pid]
-// Exit 0 when the broker answers describeCluster and listTopics (prints the cluster id and
-// node count to stderr), 1 on timeout, 2 if broker_pid is given and that process has died.
+// Readiness probe for the local broker or cluster: a real metadata round trip through
+// AdminClient. Run with Java's single-file source launcher and the broker's jars on the class
+// path:
+//   java -cp '<lib>/*' deploy/local/KafkaReady.java <bootstrap> <timeout_s> [pids|-] [nodes]
+// Exit 0 when describeCluster names at least `nodes` live brokers (default 1) and listTopics
+// answers (prints the cluster id and node count to stderr), 1 on timeout, 2 if one of the
+// comma-separated broker pids has died.
 
+import java.util.ArrayList;
+import java.util.List;
 import java.util.Properties;
 import java.util.concurrent.TimeUnit;
 import org.apache.kafka.clients.admin.Admin;
@@ -14,12 +18,18 @@ import org.apache.kafka.clients.admin.ListTopicsOptions;
 public class KafkaReady {
     public static void main(String[] args) throws Exception {
         if (args.length < 2) {
-            System.err.println("usage: KafkaReady <bootstrap> <timeout_s> [broker_pid]");
+            System.err.println("usage: KafkaReady <bootstrap> <timeout_s> [pids|-] [nodes]");
             System.exit(64);
         }
         String bootstrap = args[0];
         long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(Long.parseLong(args[1]));
-        Long pid = args.length > 2 ? Long.valueOf(args[2]) : null;
+        List<Long> pids = new ArrayList<>();
+        if (args.length > 2 && !args[2].equals("-")) {
+            for (String pid : args[2].split(",")) {
+                pids.add(Long.valueOf(pid));
+            }
+        }
+        int wanted = args.length > 3 ? Integer.parseInt(args[3]) : 1;
 
         Properties p = new Properties();
         p.put(AdminClientConfig.BOOTSTRAP_SERVERS_CONFIG, bootstrap);
@@ -32,9 +42,11 @@ public class KafkaReady {
         String last = "no attempt";
         Admin admin = Admin.create(p); // never closed: the JVM exits right after
         while (System.nanoTime() < deadline) {
-            if (pid != null && ProcessHandle.of(pid).map(h -> !h.isAlive()).orElse(true)) {
-                System.err.println("KafkaReady: broker process " + pid + " has exited");
-                System.exit(2);
+            for (Long pid : pids) {
+                if (ProcessHandle.of(pid).map(h -> !h.isAlive()).orElse(true)) {
+                    System.err.println("KafkaReady: broker process " + pid + " has exited");
+                    System.exit(2);
+                }
             }
             try {
                 DescribeClusterResult c = admin.describeCluster();
@@ -42,12 +54,12 @@ public class KafkaReady {
                 int nodes = c.nodes().get(2, TimeUnit.SECONDS).size();
                 int topics = admin.listTopics(new ListTopicsOptions().listInternal(true))
                         .names().get(2, TimeUnit.SECONDS).size();
-                if (nodes > 0) {
+                if (nodes >= wanted) {
                     System.err.println("KafkaReady: " + bootstrap + " answers: cluster " + id
                             + ", " + nodes + " node(s), " + topics + " topic(s)");
                     System.exit(0);
                 }
-                last = "no nodes in metadata";
+                last = nodes + " of " + wanted + " node(s) in metadata";
             } catch (Exception e) {
                 Throwable t = e.getCause() != null ? e.getCause() : e;
                 last = t.getClass().getSimpleName() + ": " + t.getMessage();

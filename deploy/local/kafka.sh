@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# A real single-node Apache Kafka (KRaft) broker for development and tests, assembled from
-# Maven Central jars and run with plain `java`: no Docker, no tarball.
+# A real single-node Apache Kafka (KRaft) broker for development and tests, or a 3-node
+# cluster on one machine, assembled from Maven Central jars and run with plain `java`: no
+# Docker, no tarball.
 #
 #   deploy/local/kafka.sh fetch    resolve the broker's jars into the cache (once)
 #   deploy/local/kafka.sh up       fetch, format storage (once), start, wait until it answers;
@@ -9,12 +10,22 @@
 #   deploy/local/kafka.sh wipe     down + delete the state dir (keeps the jar cache)
 #   deploy/local/kafka.sh status   does the broker answer?
 #
+#   deploy/local/kafka.sh cluster-up      the same for a cluster of KRaft nodes, each broker and
+#                                         controller (all voters), internal topics at RF 3 /
+#                                         min ISR 2; starts the nodes not running (so it also
+#                                         restarts one that died), waits until every node is
+#                                         a live broker; prints KAFKA_BOOTSTRAP=<3 addresses>
+#   deploy/local/kafka.sh cluster-down | cluster-wipe | cluster-status
+#
 # Environment (see README.md):
 #   KAFKA_VERSION          default 4.1.1 (3.9.x also works: log4j 1 via the kafka-3 profile)
 #   KAFKA_CACHE            jar cache, default <repo>/.cache/kafka  (lib-<version>/ inside)
-#   KAFKA_STATE            data, config, logs, pid; default <repo>/.cache/kafka/state
+#   KAFKA_STATE            data, config, logs, pid; default <repo>/.cache/kafka/state, for the
+#                          cluster <repo>/.cache/kafka/cluster (node-<id>/ inside)
 #   KAFKA_PORT             client port, default 19092
 #   KAFKA_CONTROLLER_PORT  controller port, default 19093
+#   KAFKA_CLUSTER_PORTS    the cluster's client ports, one per node, default 19192,19193,19194
+#   KAFKA_CLUSTER_CONTROLLER_PORTS  its controller ports, default 19195,19196,19197
 #   KAFKA_READY_TIMEOUT    seconds to wait for the broker to answer, default 60
 #   KAFKA_HEAP_OPTS        default -Xms256m -Xmx512m
 #   KAFKA_JVM_OPTS         extra JVM options for the broker
@@ -29,9 +40,14 @@ REPO="$(cd "$HERE/../.." && pwd)"
 
 KAFKA_VERSION="${KAFKA_VERSION:-4.1.1}"
 KAFKA_CACHE="${KAFKA_CACHE:-$REPO/.cache/kafka}"
-KAFKA_STATE="${KAFKA_STATE:-$REPO/.cache/kafka/state}"
+case "${1:-}" in
+cluster-*) KAFKA_STATE="${KAFKA_STATE:-$REPO/.cache/kafka/cluster}" ;;
+*) KAFKA_STATE="${KAFKA_STATE:-$REPO/.cache/kafka/state}" ;;
+esac
 KAFKA_PORT="${KAFKA_PORT:-19092}"
 KAFKA_CONTROLLER_PORT="${KAFKA_CONTROLLER_PORT:-19093}"
+KAFKA_CLUSTER_PORTS="${KAFKA_CLUSTER_PORTS:-19192,19193,19194}"
+KAFKA_CLUSTER_CONTROLLER_PORTS="${KAFKA_CLUSTER_CONTROLLER_PORTS:-19195,19196,19197}"
 KAFKA_READY_TIMEOUT="${KAFKA_READY_TIMEOUT:-60}"
 KAFKA_HEAP_OPTS="${KAFKA_HEAP_OPTS:--Xms256m -Xmx512m}"
 KAFKA_JVM_OPTS="${KAFKA_JVM_OPTS:-}"
@@ -42,11 +58,21 @@ MVN="${MVN:-mvn}"
 LIB="$KAFKA_CACHE/lib-$KAFKA_VERSION"
 STAMP="$LIB/.complete"
 BOOTSTRAP="127.0.0.1:$KAFKA_PORT"
-CONF="$KAFKA_STATE/server.properties"
-DATA="$KAFKA_STATE/data"
-LOGS="$KAFKA_STATE/logs"
-PIDFILE="$KAFKA_STATE/kafka.pid"
 CLUSTER_ID_FILE="$KAFKA_STATE/cluster.id"
+
+# The node the functions below act on: the single broker, or one cluster node (select_node).
+NODE_ID=1
+NODE_STATE="$KAFKA_STATE"
+QUORUM_VOTERS="1@127.0.0.1:$KAFKA_CONTROLLER_PORT"
+REPLICAS=1
+MIN_ISR=1
+node_paths() {
+    CONF="$NODE_STATE/server.properties"
+    DATA="$NODE_STATE/data"
+    LOGS="$NODE_STATE/logs"
+    PIDFILE="$NODE_STATE/kafka.pid"
+}
+node_paths
 
 log() { echo "kafka.sh: $*" >&2; }
 die() { echo "kafka.sh: error: $*" >&2; exit 1; }
@@ -127,10 +153,12 @@ cmd_fetch() {
 # TCP probe only (no JVM): is anything listening on 127.0.0.1:$1?
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
-# Real metadata call through AdminClient. $1 timeout seconds, $2 optional broker pid.
+# Real metadata call through AdminClient. $1 timeout seconds, $2 optional broker pid(s),
+# comma-separated; $3 how many live brokers make it ready (default 1), $4 bootstrap.
 probe() {
     # shellcheck disable=SC2046
-    "$JAVA" $(tool_log_opts) -cp "$LIB/*" "$HERE/KafkaReady.java" "$BOOTSTRAP" "$1" ${2:+"$2"}
+    "$JAVA" $(tool_log_opts) -cp "$LIB/*" "$HERE/KafkaReady.java" "${4:-$BOOTSTRAP}" "$1" \
+        "${2:--}" "${3:-1}"
 }
 
 # Pid of the broker started from this state dir, if it runs: the pid file, else any process
@@ -161,11 +189,15 @@ broker_pid() {
 }
 
 render_config() {
-    mkdir -p "$KAFKA_STATE" "$DATA" "$LOGS"
+    mkdir -p "$NODE_STATE" "$DATA" "$LOGS"
     local tmp="$CONF.tmp.$$"
-    sed -e "s|\${KAFKA_PORT}|$KAFKA_PORT|g" \
+    sed -e "s|\${KAFKA_NODE_ID}|$NODE_ID|g" \
+        -e "s|\${KAFKA_QUORUM_VOTERS}|$QUORUM_VOTERS|g" \
+        -e "s|\${KAFKA_PORT}|$KAFKA_PORT|g" \
         -e "s|\${KAFKA_CONTROLLER_PORT}|$KAFKA_CONTROLLER_PORT|g" \
         -e "s|\${KAFKA_DATA_DIR}|$DATA|g" \
+        -e "s|\${KAFKA_REPLICAS}|$REPLICAS|g" \
+        -e "s|\${KAFKA_MIN_ISR}|$MIN_ISR|g" \
         "$HERE/server.properties.template" >"$tmp"
     if [ "$(major_version)" -lt 4 ]; then
         # Share groups do not exist in 3.x; drop their settings to avoid "unknown config" noise.
@@ -174,15 +206,26 @@ render_config() {
     mv -f "$tmp" "$CONF"
 }
 
+# A cluster id is what `kafka-storage.sh random-uuid` prints: 16 random bytes in unpadded
+# base64url (Kafka's Uuid.toString), not starting with '-' (it would read as an option). Made
+# here rather than by StorageTool: one JVM less, which costs seconds on a busy 2-core box.
+ensure_cluster_id() {
+    if [ ! -s "$CLUSTER_ID_FILE" ]; then
+        mkdir -p "$KAFKA_STATE"
+        local id="-"
+        while [ "${id:0:1}" = "-" ]; do
+            id="$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n')"
+        done
+        echo "$id" >"$CLUSTER_ID_FILE.tmp"
+        mv -f "$CLUSTER_ID_FILE.tmp" "$CLUSTER_ID_FILE"
+    fi
+}
+
 format_storage() {
     if [ -f "$DATA/meta.properties" ]; then
         return 0 # formatted before: a restart keeps its data and cluster id
     fi
-    if [ ! -s "$CLUSTER_ID_FILE" ]; then
-        # shellcheck disable=SC2046
-        "$JAVA" $(tool_log_opts) -cp "$LIB/*" kafka.tools.StorageTool random-uuid | tail -n 1 >"$CLUSTER_ID_FILE.tmp"
-        mv -f "$CLUSTER_ID_FILE.tmp" "$CLUSTER_ID_FILE"
-    fi
+    ensure_cluster_id
     local id
     id="$(tr -d '[:space:]' <"$CLUSTER_ID_FILE")"
     log "formatting $DATA (cluster id $id)"
@@ -200,6 +243,22 @@ print_log_tail() {
             tail -n 40 "$f" >&2
         fi
     done
+}
+
+# Starts the selected node's JVM and writes its pid file.
+start_node() {
+    : >"$LOGS/kafka.out"
+    # New session (setsid): the broker outlives this script and its terminal; no fd of
+    # ours stays open in it, so callers capturing our stdout are not held up. This script
+    # has no job control, so setsid execs in place and $! is the broker's pid.
+    # shellcheck disable=SC2046,SC2086
+    setsid "$JAVA" $KAFKA_HEAP_OPTS \
+        -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:InitiatingHeapOccupancyPercent=35 \
+        -XX:+ExplicitGCInvokesConcurrent -Djava.awt.headless=true \
+        -Dkafka.logs.dir="$LOGS" $(log_opts) $KAFKA_JVM_OPTS \
+        -cp "$LIB/*" kafka.Kafka "$CONF" \
+        </dev/null >>"$LOGS/kafka.out" 2>&1 9>&- &
+    echo "$!" >"$PIDFILE"
 }
 
 cmd_up() {
@@ -225,19 +284,8 @@ cmd_up() {
         render_config
         format_storage
         log "starting Kafka $KAFKA_VERSION on $BOOTSTRAP (state $KAFKA_STATE)"
-        : >"$LOGS/kafka.out"
-        # New session (setsid): the broker outlives this script and its terminal; no fd of
-        # ours stays open in it, so callers capturing our stdout are not held up. This script
-        # has no job control, so setsid execs in place and $! is the broker's pid.
-        # shellcheck disable=SC2046,SC2086
-        setsid "$JAVA" $KAFKA_HEAP_OPTS \
-            -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:InitiatingHeapOccupancyPercent=35 \
-            -XX:+ExplicitGCInvokesConcurrent -Djava.awt.headless=true \
-            -Dkafka.logs.dir="$LOGS" $(log_opts) $KAFKA_JVM_OPTS \
-            -cp "$LIB/*" kafka.Kafka "$CONF" \
-            </dev/null >>"$LOGS/kafka.out" 2>&1 9>&- &
-        pid=$!
-        echo "$pid" >"$PIDFILE"
+        start_node
+        pid="$(cat "$PIDFILE")"
     fi
 
     local rc=0
@@ -264,22 +312,37 @@ cmd_down() {
         return 0
     fi
     log "stopping broker pid $pid"
-    kill -TERM "$pid" 2>/dev/null || true
-    local i
-    for i in $(seq 1 100); do # 20 s
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.2
-    done
-    if kill -0 "$pid" 2>/dev/null; then
-        log "still alive after 20 s: SIGKILL"
-        kill -KILL "$pid" 2>/dev/null || true
-        for i in $(seq 1 25); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.2
-        done
-    fi
+    stop_pids "$pid"
     rm -f "$PIDFILE"
     log "stopped"
+}
+
+# Which of the pids given still run (printed, space-separated).
+alive_pids() {
+    local pid alive=()
+    for pid in "$@"; do
+        kill -0 "$pid" 2>/dev/null && alive+=("$pid")
+    done
+    echo "${alive[*]}"
+}
+
+# SIGTERM to every pid given at once, up to 20 s, then SIGKILL to those still alive.
+stop_pids() {
+    local i alive
+    kill -TERM "$@" 2>/dev/null || true
+    for i in $(seq 1 100); do # 20 s
+        alive="$(alive_pids "$@")"
+        [ -z "$alive" ] && return 0
+        sleep 0.2
+    done
+    log "still alive after 20 s: SIGKILL $alive"
+    # shellcheck disable=SC2086
+    kill -KILL $alive 2>/dev/null || true
+    for i in $(seq 1 25); do
+        # shellcheck disable=SC2086
+        [ -z "$(alive_pids $alive)" ] && return 0
+        sleep 0.2
+    done
 }
 
 cmd_wipe() {
@@ -310,6 +373,146 @@ cmd_status() {
     return 1
 }
 
+# --- cluster: KAFKA_CLUSTER_PORTS / KAFKA_CLUSTER_CONTROLLER_PORTS, one node per port -------
+CLUSTER_PORTS=()
+CLUSTER_CONTROLLER_PORTS=()
+CLUSTER_BOOTSTRAP=""
+
+# Reads the cluster's ports; every node is a voter, so QUORUM_VOTERS names them all.
+cluster_config() {
+    IFS=, read -r -a CLUSTER_PORTS <<<"$KAFKA_CLUSTER_PORTS"
+    IFS=, read -r -a CLUSTER_CONTROLLER_PORTS <<<"$KAFKA_CLUSTER_CONTROLLER_PORTS"
+    local n=${#CLUSTER_PORTS[@]} i voters=() addresses=()
+    [ "$n" -ge 3 ] || die "a cluster needs 3 nodes or more (KAFKA_CLUSTER_PORTS has $n)"
+    [ "${#CLUSTER_CONTROLLER_PORTS[@]}" -eq "$n" ] ||
+        die "KAFKA_CLUSTER_CONTROLLER_PORTS needs one port per node ($n)"
+    for ((i = 1; i <= n; i++)); do
+        voters+=("$i@127.0.0.1:${CLUSTER_CONTROLLER_PORTS[i - 1]}")
+        addresses+=("127.0.0.1:${CLUSTER_PORTS[i - 1]}")
+    done
+    QUORUM_VOTERS="$(IFS=,; echo "${voters[*]}")"
+    CLUSTER_BOOTSTRAP="$(IFS=,; echo "${addresses[*]}")"
+    # What production asks of the data (schemas/topics.yaml, `production`): one broker may die.
+    REPLICAS=3
+    MIN_ISR=2
+}
+
+# Points the node functions (render_config, start_node, broker_pid, print_log_tail) at node $1.
+select_node() {
+    NODE_ID=$1
+    NODE_STATE="$KAFKA_STATE/node-$1"
+    KAFKA_PORT="${CLUSTER_PORTS[$1 - 1]}"
+    KAFKA_CONTROLLER_PORT="${CLUSTER_CONTROLLER_PORTS[$1 - 1]}"
+    BOOTSTRAP="127.0.0.1:$KAFKA_PORT"
+    node_paths
+}
+
+cmd_cluster_up() {
+    cmd_fetch
+    cluster_config
+    local n=${#CLUSTER_PORTS[@]} i pid pids=() started=() unformatted=()
+    for ((i = 1; i <= n; i++)); do
+        select_node "$i"
+        pid="$(broker_pid || true)"
+        if [ -z "$pid" ]; then
+            if port_open "$KAFKA_PORT" || port_open "$KAFKA_CONTROLLER_PORT"; then
+                die "node $i: port $KAFKA_PORT or $KAFKA_CONTROLLER_PORT is in use; set KAFKA_CLUSTER_PORTS / KAFKA_CLUSTER_CONTROLLER_PORTS"
+            fi
+            render_config
+            started+=("$i")
+        fi
+        pids[i]="$pid"
+    done
+    if [ "${#started[@]}" -gt 0 ]; then
+        ensure_cluster_id
+        for i in "${started[@]}"; do
+            select_node "$i"
+            # Formatted before: a restart keeps its data and cluster id.
+            [ -f "$DATA/meta.properties" ] || unformatted+=("$CONF")
+        done
+        if [ "${#unformatted[@]}" -gt 0 ]; then
+            log "formatting ${#unformatted[@]} node(s) (cluster id $(tr -d '[:space:]' <"$CLUSTER_ID_FILE"))"
+            # shellcheck disable=SC2046
+            "$JAVA" $(tool_log_opts) -cp "$LIB/*" "$HERE/FormatStorage.java" \
+                "$(tr -d '[:space:]' <"$CLUSTER_ID_FILE")" "${unformatted[@]}" >&2 ||
+                die "formatting the nodes' storage failed (see above)"
+        fi
+        for i in "${started[@]}"; do
+            select_node "$i"
+            start_node
+            pids[i]="$(cat "$PIDFILE")"
+        done
+        log "started node(s) ${started[*]} of $n on $CLUSTER_BOOTSTRAP (state $KAFKA_STATE)"
+    else
+        log "all $n nodes from $KAFKA_STATE already running"
+    fi
+
+    # Ready when the metadata names every node as a live (registered, unfenced) broker. A node
+    # that died less than broker.session.timeout.ms (9 s) ago may still be named: whoever needs
+    # it back in sync checks the ISR (tests/integration/test_kafka_cluster.py does).
+    local rc=0
+    probe "$KAFKA_READY_TIMEOUT" "$(IFS=,; echo "${pids[*]}")" "$n" "$CLUSTER_BOOTSTRAP" \
+        >/dev/null || rc=$?
+    if [ "$rc" -eq 0 ]; then
+        echo "KAFKA_BOOTSTRAP=$CLUSTER_BOOTSTRAP"
+        return 0
+    fi
+    if [ "$rc" -eq 2 ]; then
+        log "a node exited during startup"
+    else
+        log "the cluster did not have $n live brokers within ${KAFKA_READY_TIMEOUT}s; its nodes are left running (kafka.sh cluster-down stops them)"
+    fi
+    for ((i = 1; i <= n; i++)); do
+        select_node "$i"
+        print_log_tail
+    done
+    exit 1
+}
+
+cmd_cluster_down() {
+    cluster_config
+    local n=${#CLUSTER_PORTS[@]} i pid pids=()
+    for ((i = 1; i <= n; i++)); do
+        select_node "$i"
+        if pid="$(broker_pid)"; then
+            pids+=("$pid")
+        fi
+    done
+    if [ "${#pids[@]}" -eq 0 ]; then
+        log "no node running from $KAFKA_STATE"
+    else
+        # All at once: a node stopped alone moves its leaderships to the others first, and
+        # the last ones would wait for a controller quorum that is already gone.
+        log "stopping node pid(s) ${pids[*]}"
+        stop_pids "${pids[@]}"
+        log "stopped"
+    fi
+    for ((i = 1; i <= n; i++)); do
+        select_node "$i"
+        rm -f "$PIDFILE"
+    done
+}
+
+cmd_cluster_wipe() {
+    cmd_cluster_down
+    if [ -d "$KAFKA_STATE" ]; then
+        rm -rf "$KAFKA_STATE"
+        log "removed $KAFKA_STATE"
+    fi
+}
+
+cmd_cluster_status() {
+    cluster_config
+    [ -f "$STAMP" ] || die "jars for Kafka $KAFKA_VERSION not fetched yet (kafka.sh fetch)"
+    local n=${#CLUSTER_PORTS[@]}
+    if probe 5 - "$n" "$CLUSTER_BOOTSTRAP" >/dev/null; then
+        log "up: $n live brokers on $CLUSTER_BOOTSTRAP (state $KAFKA_STATE)"
+        return 0
+    fi
+    log "$CLUSTER_BOOTSTRAP does not answer with $n live brokers"
+    return 1
+}
+
 # Serialise up/down/wipe on one state dir (two test workers calling `up` at once must not
 # start two brokers). fd 9 is closed for the broker itself.
 lock_state() {
@@ -326,8 +529,12 @@ up) lock_state && cmd_up ;;
 down) lock_state && cmd_down ;;
 wipe) lock_state && cmd_wipe ;;
 status) cmd_status ;;
+cluster-up) lock_state && cmd_cluster_up ;;
+cluster-down) lock_state && cmd_cluster_down ;;
+cluster-wipe) lock_state && cmd_cluster_wipe ;;
+cluster-status) cmd_cluster_status ;;
 *)
-    echo "usage: $0 {fetch|up|down|wipe|status}   (see the header of this file)" >&2
+    echo "usage: $0 {fetch|up|down|wipe|status|cluster-up|cluster-down|cluster-wipe|cluster-status}   (see the header of this file)" >&2
     exit 64
     ;;
 esac

@@ -570,6 +570,19 @@ def _port(address: str) -> int:
     return int(address.rpartition(":")[2])
 
 
+def test_topics_are_replicated_as_the_cluster_can_hold(
+    rendered: dict[str, list[dict[str, Any]]], compose_models: dict[str, dict[str, Any]]
+) -> None:
+    # Compose runs one broker; a Kubernetes node is given a production cluster (k8s/README.md).
+    for city in CITIES:
+        (compose,) = [
+            c for c in compose_containers(compose_models[city]) if c.module == TOPICS_MODULE
+        ]
+        assert compose.option("--replication") == "development", compose.where
+        (k8s,) = [c for c in k8s_containers(rendered[city]) if c.module == TOPICS_MODULE]
+        assert k8s.option("--replication") == "production", k8s.where
+
+
 def test_ports_probes_and_scraping_follow_the_region_file(
     rendered: dict[str, list[dict[str, Any]]], compose_models: dict[str, dict[str, Any]]
 ) -> None:
