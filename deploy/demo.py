@@ -25,10 +25,12 @@ from deploy.scenario import Scenario
 from services.common.region import Region
 
 # Short refresh periods so a freshly imported score distribution is published within
-# seconds (production keeps the services' defaults).
+# seconds, and audit heads reach the peers quickly (production keeps the services' defaults).
 DEMO_ENVIRONMENT = {
     "CREDITLINK_SCORES_REFRESH_SECONDS": "2",
     "CREDITLINK_SCORES_PEER_SYNC_SECONDS": "2",
+    # Signed audit heads handed to the peers every 2 s, so step 5 has them at once.
+    "CREDITLINK_AUDIT_CHECKPOINT_SECONDS": "2",
 }
 
 
@@ -69,6 +71,7 @@ async def play(
             lambda city, path: import_scores_with(bootstrap, deployment, region, city, path)
         )
         await scenario.alert()
+        await scenario.evidence()
     finally:
         await scenario.close()
     return scenario

@@ -43,6 +43,10 @@ from creditlink.peer.v1 import (
     score_recognition_pb2_grpc,
 )
 from deploy.region import Deployment
+from services.common.audit import AUDIT_TOPIC, read_audit_topic, verify_chain
+from services.common.audit.checkpoints import read_checkpoints
+from services.common.audit.signing import AuditKeyring
+from services.common.audit.verify import CheckpointsHeld
 from services.common.avro import AvroSerde
 from services.common.clock import china_today
 from services.common.identifiers import org_code_check_char, uscc_check_char
@@ -50,7 +54,8 @@ from services.common.peer import TlsFiles, secure_channel
 from services.common.pseudonym import load_region_key, pseudonym
 from services.common.region import Region
 from services.common.roles import Role, load_city_roles
-from services.common.settings import load_settings
+from services.common.settings import Settings, load_settings
+from services.common.topic_names import CHECKPOINTS_TOPIC
 from services.common.workdays import add_working_days
 from services.intake.figures.queries import query_quality
 from tests.kit.identifiers import make_resident_id
@@ -92,6 +97,8 @@ class Outcomes:
     ack_seen_at_origin: bool = False
     #: Wuxi's recognition request after the resident withdrew consent at Suzhou.
     revocation: dict[str, Any] = field(default_factory=dict)
+    #: Per city: its audit verified against the heads its peers hold (records, heads, ok).
+    evidence: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: Consumer lag of every group of the region once it is idle after the scenario.
     idle_lag: dict[str, int] = field(default_factory=dict)
 
@@ -107,6 +114,8 @@ class Outcomes:
             and bool(self.alert)
             and self.ack_seen_at_origin
             and self.revocation.get("denial") == "consent-revoked"
+            and len(self.evidence) == 3
+            and all(e["ok"] and e["heads_held"] for e in self.evidence.values())
         )
 
 
@@ -781,6 +790,63 @@ class Scenario:
                 else "[red]nothing[/red]"
             )
         )
+
+    async def evidence(self) -> None:
+        """Each city's audit chains, checked as an outsider would: signed by the city's key,
+        and passing through every signed head the other cities hold (docs/trust.md)."""
+        self.say("\n[bold]5. The evidence: each city's audit against what its peers hold[/bold]")
+        cert_dir = self.deployment.cert_dir
+        codes = {key: city.admin_code for key, city in self.region.cities.items()}
+        keyring = AuditKeyring.from_directory(cert_dir, codes)
+        local = ("suzhou", "wuxi", "changzhou")
+
+        def settings_of(city: str) -> Settings:
+            prefix = self.region.city(city).topic_prefix
+            return load_settings(
+                {
+                    "CREDITLINK_CITY": city,
+                    "KAFKA_BOOTSTRAP": self.bootstrap,
+                    "CREDITLINK_TOPIC_PREFIX": prefix,
+                }
+            )
+
+        for city in local:
+            code = codes[city]
+
+            async def verified(city: str = city, code: str = code) -> tuple[Any, int] | None:
+                held = []
+                for peer in (p for p in local if p != city):
+                    peer_settings = settings_of(peer)
+                    kept = await read_checkpoints(
+                        peer_settings, peer_settings.topic(CHECKPOINTS_TOPIC)
+                    )
+                    held += [c for c in kept if c.city == code]
+                if not held:
+                    return None  # heads are handed every few seconds
+                own = settings_of(city)
+                messages = await read_audit_topic(own, own.topic(AUDIT_TOPIC))
+                report = verify_chain(
+                    messages, keyring=keyring, checkpoints=CheckpointsHeld(code, held, keyring)
+                )
+                # A batch still being written can leave its first records unsigned a moment.
+                return (report, len(held)) if report.ok else None
+
+            found = await eventually(verified, within=30, every=1.0)
+            report, heads = found if found is not None else (None, 0)
+            records = sum(s.records for s in report.chains.values()) if report else 0
+            self.outcomes.evidence[city] = {
+                "records": records,
+                "heads_held": heads,
+                "ok": report is not None,
+            }
+            self.say(
+                f"{self.region.city(city).name}: {records} audit records, "
+                + (
+                    f"[green]signed and through all {heads} heads its peers hold[/green]"
+                    if report
+                    else "[red]not verified against its peers' heads[/red]"
+                )
+            )
 
 
 def _percent(rate: float | None) -> str:

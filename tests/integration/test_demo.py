@@ -61,6 +61,11 @@ def test_demo_scenario_outcomes(kafka_broker: Broker, tmp_path: Path) -> None:
     assert outcomes.alert["origin"] == "320400"
     assert "320500" in outcomes.alert["targets"]
     assert outcomes.ack_seen_at_origin
+    # The evidence: each city's audit passes through the signed heads its peers hold.
+    assert set(outcomes.evidence) == {"suzhou", "wuxi", "changzhou"}
+    assert all(
+        e["ok"] and e["heads_held"] > 0 and e["records"] > 0 for e in outcomes.evidence.values()
+    )
     assert outcomes.ok
 
     # Idle after the scenario, every consumer group of the region is at lag 0 (`region status`
