@@ -39,10 +39,11 @@ from services.common.audit.chain import parse_key
 from services.common.audit.heads import Checkpoint, signed_heads
 from services.common.audit.read import (
     AuditMessage,
-    _read_range,
-    _reader,
     audit_message,
+    audit_reader,
+    end_offsets,
     read_audit_topic,
+    read_range,
 )
 from services.common.audit.signing import AuditKeyring
 from services.common.avro import AvroSerde, SerdeError
@@ -201,22 +202,15 @@ class CheckpointHander:
         self._interval = interval
         self._heads: dict[str | None, Checkpoint] = {}
         self._recent: dict[str | None, collections.deque[AuditMessage]] = {}
-        #: Set after each round in which every peer confirmed every head known then.
-        self.handed = asyncio.Event()
-
-    @property
-    def heads(self) -> Mapping[str | None, Checkpoint]:
-        return self._heads
 
     async def run(self, stopping: asyncio.Event) -> None:
-        consumer = _reader(self._settings)
+        consumer = audit_reader(self._settings)
         await consumer.start()
         try:
             partition = TopicPartition(self._settings.topic(AUDIT_TOPIC), 0)
             consumer.assign([partition])
-            begin = (await consumer.beginning_offsets([partition]))[partition]
-            end = (await consumer.end_offsets([partition]))[partition]
-            self.take(await _read_range(consumer, partition, max(begin, end - _RESUME_WINDOW), end))
+            begin, end = await end_offsets(consumer, partition)
+            self.take(await read_range(consumer, partition, max(begin, end - _RESUME_WINDOW), end))
             consumer.seek(partition, end)
             while not stopping.is_set():
                 deadline = asyncio.get_running_loop().time() + self._interval
@@ -274,9 +268,7 @@ class CheckpointHander:
 
     async def hand_round(self) -> None:
         """Hand every peer what it lacks, concurrently; a failure waits for the next round."""
-        results = await asyncio.gather(*(self._hand(peer) for peer in self._peers))
-        if all(results):
-            self.handed.set()
+        await asyncio.gather(*(self._hand(peer) for peer in self._peers))
 
     def due(self, peer: str) -> list[Checkpoint]:
         """The heads ``peer`` lacks, but for those only peers' hand-overs led to."""
@@ -288,10 +280,10 @@ class CheckpointHander:
             and not self._only_exchanges(chain, handed.get(chain, 0), head.seq)
         ]
 
-    async def _hand(self, peer: _Peer) -> bool:
+    async def _hand(self, peer: _Peer) -> None:
         due = self.due(peer.key)
         if not due:
-            return True
+            return
         if peer.open_channel is None:
             peer.open_channel = peer.channel()
         stub = audit_evidence_pb2_grpc.AuditEvidenceServiceStub(peer.open_channel)
@@ -310,10 +302,9 @@ class CheckpointHander:
                 code=exc.code().name,
                 details=exc.details(),
             )
-            return False
+            return
         for head in due:
             peer.handed[head.chain] = head.seq
-        return True
 
 
 def _proto(head: Checkpoint) -> audit_evidence_pb2.AuditCheckpoint:

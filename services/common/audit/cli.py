@@ -210,8 +210,7 @@ def _export(settings: Settings, args: argparse.Namespace) -> int:
     # The key counts as the city's where its public half is not published beside it; where
     # it is published, as the key of the city it is published for (so an export signed with
     # another city's key fails its own check).
-    own = (signer.node_city, signer.private_key.public_key())
-    keyring = AuditKeyring({signer.key_id: own, **published.keys})
+    keyring = AuditKeyring({**AuditKeyring.of(signer).keys, **published.keys})
     messages = asyncio.run(read_audit_topic(settings, args.topic))
     bundle = build_bundle(
         messages,

@@ -37,13 +37,13 @@ def audit_message(message: ConsumerRecord[bytes, bytes]) -> AuditMessage:
     )
 
 
-async def _end_offsets(consumer: AIOKafkaConsumer, partition: TopicPartition) -> tuple[int, int]:
+async def end_offsets(consumer: AIOKafkaConsumer, partition: TopicPartition) -> tuple[int, int]:
     begin = (await consumer.beginning_offsets([partition]))[partition]
     end = (await consumer.end_offsets([partition]))[partition]
     return begin, end
 
 
-async def _read_range(
+async def read_range(
     consumer: AIOKafkaConsumer, partition: TopicPartition, start: int, end: int
 ) -> list[AuditMessage]:
     messages: list[AuditMessage] = []
@@ -63,7 +63,7 @@ async def _read_range(
             return messages
 
 
-def _reader(settings: Settings) -> AIOKafkaConsumer:
+def audit_reader(settings: Settings) -> AIOKafkaConsumer:
     # Uncommitted reads: a writer recovering its tail must see its own records even if a
     # transaction marker is pending; the audit producer is not transactional anyway.
     return make_consumer(settings, group_id=None, isolation_level="read_uncommitted")
@@ -71,13 +71,13 @@ def _reader(settings: Settings) -> AIOKafkaConsumer:
 
 async def read_audit_topic(settings: Settings, topic: str) -> list[AuditMessage]:
     """Every message of the (physical) audit topic, oldest first, up to its current end."""
-    consumer = _reader(settings)
+    consumer = audit_reader(settings)
     await consumer.start()
     try:
         partition = TopicPartition(topic, 0)
         consumer.assign([partition])
-        begin, end = await _end_offsets(consumer, partition)
-        return await _read_range(consumer, partition, begin, end)
+        begin, end = await end_offsets(consumer, partition)
+        return await read_range(consumer, partition, begin, end)
     finally:
         await consumer.stop()
 
@@ -87,16 +87,16 @@ async def read_chain_tail(
 ) -> dict[str, Any] | None:
     """The last record of ``chain`` on ``topic`` (decoded), or None for a new chain."""
     serde = AvroSerde()
-    consumer = _reader(settings)
+    consumer = audit_reader(settings)
     await consumer.start()
     try:
         partition = TopicPartition(topic, 0)
         consumer.assign([partition])
-        begin, end = await _end_offsets(consumer, partition)
+        begin, end = await end_offsets(consumer, partition)
         stop = end
         while stop > begin:
             start = max(begin, stop - _TAIL_WINDOW)
-            window = await _read_range(consumer, partition, start, stop)
+            window = await read_range(consumer, partition, start, stop)
             for message in reversed(window):
                 if parse_key(message.key)[0] == chain:
                     return serde.decode(message.value, reader=serde.writer_of(message.value))
