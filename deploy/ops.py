@@ -428,10 +428,15 @@ def _audit_topic(city: str) -> list[str]:
     return ["--bootstrap", _bootstrap(), "--topic", topic]
 
 
-def audit_verify(city: str, against_peers: bool = False) -> int:
+def audit_verify(city: str, against_peers: bool = False, receipts: bool = False) -> int:
     """Verify the city's audit hash chains and signatures; names the position of any
-    tampering. With ``against_peers`` also against the signed heads its peers hold."""
+    tampering. With ``against_peers`` also against the signed heads its peers hold; with
+    ``receipts`` against every other city's chain, by the receipts each side keeps."""
     deployment = _deployment()
+    others = [
+        ["--receipts-with", load_settings(_city_env(peer.key)).topic(AUDIT_TOPIC)]
+        for peer in _region().peers_of(city)
+    ]
     return _python_module(
         "services.common.audit",
         "verify",
@@ -441,6 +446,7 @@ def audit_verify(city: str, against_peers: bool = False) -> int:
         "--region",
         str(deployment.region_file),
         *(["--against-peers", "--city", city] if against_peers else []),
+        *([arg for pair in others for arg in pair] if receipts else []),
     )
 
 
@@ -638,7 +644,12 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also check against the signed heads the city's peers hold",
     )
-    verify.set_defaults(run=lambda a: audit_verify(a.city, a.against_peers))
+    verify.add_argument(
+        "--receipts",
+        action="store_true",
+        help="also check the receipts each side keeps against every other city's chain",
+    )
+    verify.set_defaults(run=lambda a: audit_verify(a.city, a.against_peers, a.receipts))
 
     query = groups.add_parser("audit-query", help=_first_line(audit_query))
     _city(query, "suzhou")

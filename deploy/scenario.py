@@ -46,7 +46,7 @@ from deploy.region import Deployment
 from services.common.audit import AUDIT_TOPIC, read_audit_topic, verify_chain
 from services.common.audit.checkpoints import read_checkpoints
 from services.common.audit.signing import AuditKeyring
-from services.common.audit.verify import CheckpointsHeld
+from services.common.audit.verify import CheckpointsHeld, check_receipts_of
 from services.common.avro import AvroSerde
 from services.common.clock import china_today
 from services.common.identifiers import org_code_check_char, uscc_check_char
@@ -115,7 +115,9 @@ class Outcomes:
             and self.ack_seen_at_origin
             and self.revocation.get("denial") == "consent-revoked"
             and len(self.evidence) == 3
-            and all(e["ok"] and e["heads_held"] for e in self.evidence.values())
+            and all(
+                e["ok"] and e["heads_held"] and e["receipts_ok"] for e in self.evidence.values()
+            )
         )
 
 
@@ -793,7 +795,8 @@ class Scenario:
 
     async def evidence(self) -> None:
         """Each city's audit chains, checked as an outsider would: signed by the city's key,
-        and passing through every signed head the other cities hold (docs/trust.md)."""
+        passing through every signed head the other cities hold, and each receipt of its
+        calls to peers matching the peer's record (docs/trust.md)."""
         self.say("\n[bold]5. The evidence: each city's audit against what its peers hold[/bold]")
         cert_dir = self.deployment.cert_dir
         codes = {key: city.admin_code for key, city in self.region.cities.items()}
@@ -834,10 +837,24 @@ class Scenario:
             found = await eventually(verified, within=30, every=1.0)
             report, heads = found if found is not None else (None, 0)
             records = sum(s.records for s in report.chains.values()) if report else 0
+            # Its calls to peers: each receipt it keeps names the peer's record of the call.
+            own = settings_of(city)
+            calls = await read_audit_topic(own, own.topic(AUDIT_TOPIC))
+            receipts, receipt_problems = 0, []
+            for peer in (p for p in local if p != city):
+                peer_settings = settings_of(peer)
+                answered = await read_audit_topic(peer_settings, peer_settings.topic(AUDIT_TOPIC))
+                count, problems = check_receipts_of(calls, answered)
+                receipts += count
+                receipt_problems += problems
+            for problem in receipt_problems:
+                self.say(f"[red]{problem}[/red]")
             self.outcomes.evidence[city] = {
                 "records": records,
                 "heads_held": heads,
                 "ok": report is not None,
+                "receipts": receipts,
+                "receipts_ok": not receipt_problems,
             }
             self.say(
                 f"{self.region.city(city).name}: {records} audit records, "
@@ -845,6 +862,11 @@ class Scenario:
                     f"[green]signed and through all {heads} heads its peers hold[/green]"
                     if report
                     else "[red]not verified against its peers' heads[/red]"
+                )
+                + (
+                    f"; {receipts} calls to peers, each receipt matching the peer's record"
+                    if not receipt_problems
+                    else f"; [red]{len(receipt_problems)} receipt problem(s)[/red]"
                 )
             )
 

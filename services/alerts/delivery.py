@@ -23,7 +23,8 @@ import structlog
 from creditlink.peer.v1 import alert_exchange_pb2, alert_exchange_pb2_grpc
 from services.alerts.model import Alert, RetryPolicy, now_ms, to_ms
 from services.alerts.store import AlertStore
-from services.common.peer import TlsFiles, secure_channel
+from services.common.audit import QueuedAuditLog
+from services.common.peer import OutboundEvidence, TlsFiles, secure_channel
 from services.common.region import City, Region
 
 if TYPE_CHECKING:
@@ -45,12 +46,15 @@ log = structlog.get_logger()
 
 
 class PeerClients:
-    """One mTLS channel per peer city's alerts endpoint, created on first use."""
+    """One mTLS channel per peer city's alerts endpoint, created on first use; with
+    ``evidence`` (the node's audit chain), each call made on one is an OUTBOUND record of
+    it, with the callee's receipt (services/common/peer/outbound.py)."""
 
     def __init__(self, region: Region, tls: TlsFiles) -> None:
         self._region = region
         self._tls = tls
         self._channels: dict[str, Any] = {}
+        self.evidence: tuple[QueuedAuditLog, str] | None = None
 
     def endpoint(self, city_code: str) -> str | None:
         city = self._city(city_code)
@@ -69,8 +73,19 @@ class PeerClients:
             return None
         channel = self._channels.get(endpoint)
         if channel is None:
+            interceptors: tuple[OutboundEvidence, ...] = ()
+            if self.evidence is not None:
+                audit, node_city = self.evidence
+                interceptors = (
+                    OutboundEvidence(audit, node_city=node_city, callee_city=city.admin_code),
+                )
             channel = secure_channel(
-                endpoint, self._tls, expect_city=city.key, service="alerts", options=CHANNEL_OPTIONS
+                endpoint,
+                self._tls,
+                expect_city=city.key,
+                service="alerts",
+                options=CHANNEL_OPTIONS,
+                interceptors=interceptors,
             )
             self._channels[endpoint] = channel
         return cast(

@@ -154,6 +154,7 @@ class AlertsNode:
                 signer=self.options.security.audit_signer,
             )
             await audit.start()
+            self.clients.evidence = (audit, self.city_code)
         self.servicer = AlertExchangeServicer(
             city_code=self.city_code,
             book=book,

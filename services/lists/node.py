@@ -36,6 +36,7 @@ from services.common.avro import AvroSerde
 from services.common.consent import ConsentIssuer, load_private_key
 from services.common.kafka import EventPublisher, make_producer
 from services.common.peer import (
+    OutboundEvidence,
     PeerSecurity,
     PeerServer,
     ServiceBinding,
@@ -129,7 +130,8 @@ class ListsNode:
             service=SERVICE,
             signer=self.security.audit_signer,
         )
-        # Refusals of what peers send are OUTBOUND records of a second chain (one writer each).
+        # Calls to peers, and refusals of what they send, are OUTBOUND records of a second
+        # chain (one writer each).
         self.mirror_audit = AuditChainWriter(
             settings,
             self.serde,
@@ -203,6 +205,11 @@ class ListsNode:
         self.feed_started = asyncio.Event()
 
     def _channel_factory(self, peer: City) -> Callable[[], grpc.aio.Channel]:
+        # Every call to the peer is an OUTBOUND record of the mirror chain, with its receipt.
+        evidence = OutboundEvidence(
+            self.mirror_audit, node_city=self.city.admin_code, callee_city=peer.admin_code
+        )
+
         def make() -> grpc.aio.Channel:
             return secure_channel(
                 peer.endpoint("lists"),
@@ -210,6 +217,7 @@ class ListsNode:
                 expect_city=peer.key,
                 service="lists",
                 options=CHANNEL_OPTIONS,
+                interceptors=(evidence,),
             )
 
         return make

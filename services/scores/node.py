@@ -18,7 +18,8 @@ What runs, once started:
   candidate version and published when :class:`~services.scores.scales.RefreshPolicy` says so;
 - **peer-scale sync**: every ``peer_sync_seconds`` each connected peer's current scale is
   fetched with ``GetScoreScale`` over mTLS and, when new, mirrored onto the own scales topic,
-  so ``RecognizeScore`` can link to the caller's scale;
+  so ``RecognizeScore`` can link to the caller's scale; a peer whose scale stays the same is
+  polled less and less often (:meth:`ScoresNode.poll_peer_scales`);
 - **gRPC server**: ``ScoreRecognitionService`` behind the common bootstrap (mTLS, policy,
   consent, hash-chained audit on ``audit.peer-calls.v1``, health, reflection).
 """
@@ -27,7 +28,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -42,6 +44,7 @@ from services.common.avro import AvroSerde, SerdeError
 from services.common.kafka import EventPublisher, make_consumer, make_producer
 from services.common.logging import get_logger
 from services.common.peer import (
+    OutboundEvidence,
     PeerSecurity,
     PeerServer,
     TlsFiles,
@@ -75,6 +78,8 @@ SCALE_PUBLISHED_EVENT: Final = "cn.creditlink.score-scale.published.v1"
 SCALE_MIRRORED_EVENT: Final = "cn.creditlink.score-scale.mirrored.v1"
 PEER_CALL_TIMEOUT_SECONDS: Final = 5.0
 RECOVERY_TIMEOUT_SECONDS: Final = 120.0
+#: A peer's unchanged scale is polled at most this many sync intervals apart (30 s: 4 min).
+SCALE_POLL_BACKOFF: Final = 8
 
 
 class KafkaRecognitionRecorder:
@@ -186,6 +191,8 @@ class ScoresNode:
     population: ScorePopulation = field(default_factory=ScorePopulation, init=False)
     _tasks: list[asyncio.Task[Any]] = field(default_factory=list, init=False)
     _channels: dict[str, grpc.aio.Channel] = field(default_factory=dict, init=False)
+    #: Per peer city: when its scale is next polled, and the interval it is polled at.
+    _scale_polls: dict[str, tuple[float, float]] = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
         self.city_code = self.region.city(self.settings.city).admin_code
@@ -314,7 +321,7 @@ class ScoresNode:
         )
         self._tasks.append(
             asyncio.create_task(
-                self._every(self.peer_sync_seconds, self.sync_peer_scales, first_delay=0.0)
+                self._every(self.peer_sync_seconds, self.poll_peer_scales, first_delay=0.0)
             )
         )
         self.log.info(
@@ -387,16 +394,49 @@ class ScoresNode:
     def _channel(self, city: str) -> grpc.aio.Channel:
         channel = self._channels.get(city)
         if channel is None:
+            # Each call to a peer is an OUTBOUND record of this node's chain, with its receipt.
+            assert self.audit is not None, "peers are called only once the node started"
+            evidence = OutboundEvidence(
+                self.audit,
+                node_city=self.city_code,
+                callee_city=self.region.city(city).admin_code,
+            )
             channel = secure_channel(
-                self.peer_targets[city], self.tls, expect_city=city, service="scores"
+                self.peer_targets[city],
+                self.tls,
+                expect_city=city,
+                service="scores",
+                interceptors=(evidence,),
             )
             self._channels[city] = channel
         return channel
 
-    async def sync_peer_scales(self) -> list[PublishedScale]:
-        """Fetch every peer's current scale; mirror the versions not yet known. Return them."""
+    async def poll_peer_scales(self) -> None:
+        """:meth:`sync_peer_scales` for the peers due. A peer whose scale came back unchanged
+        is polled half as often, down to once every ``SCALE_POLL_BACKOFF`` intervals; one that
+        sent a new version, or none yet, every interval again. Each poll is a peer call on
+        both cities' audit chains, and a city publishes a new scale rarely: an idle region
+        would otherwise fill its evidence with polls (docs/score-linking.md)."""
+        now = time.monotonic()
+        due = [c for c in self.peer_targets if self._scale_polls.get(c, (now, 0.0))[0] <= now]
+        if not due:
+            return
+        mirrored = {scale.city_code for scale in await self.sync_peer_scales(due)}
+        base = self.peer_sync_seconds
+        for city in due:
+            code = self.region.city(city).admin_code
+            interval = self._scale_polls.get(city, (now, base / 2))[1]
+            if code in mirrored or self.catalogue.current(code) is None:
+                interval = base
+            else:
+                interval = min(interval * 2, base * SCALE_POLL_BACKOFF)
+            self._scale_polls[city] = (now + interval - base / 10, interval)
+
+    async def sync_peer_scales(self, cities: Iterable[str] | None = None) -> list[PublishedScale]:
+        """Fetch each peer's (of ``cities``, default all) current scale; mirror the versions
+        not yet known. Return them."""
         mirrored: list[PublishedScale] = []
-        for city in sorted(self.peer_targets):
+        for city in sorted(self.peer_targets if cities is None else cities):
             expected = self.region.city(city).admin_code
             stub = pb_grpc.ScoreRecognitionServiceStub(self._channel(city))
             try:

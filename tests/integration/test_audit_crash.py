@@ -8,6 +8,10 @@ answered the node is killed with SIGKILL, so no shutdown code (the writer's flus
 audit record (services/common/peer/guard.py), so the node's chain on the topic holds one
 ``OK`` record of Wuxi's CheckSubject for every ``OK`` answer — nothing else called it — and
 verifies with no gap, every record under a signed head.
+
+Wuxi's calls go through the kit's :class:`OutboundEvidence` with a chain of its own on Wuxi's
+audit topic: it holds one OUTBOUND record per answer, each with the receipt Suzhou returned,
+signed with Suzhou's audit key and naming the very record Suzhou's chain holds.
 """
 
 from __future__ import annotations
@@ -20,10 +24,21 @@ import grpc
 import pytest
 
 from creditlink.peer.v1 import credit_check_pb2
-from services.common.audit import AUDIT_TOPIC, parse_key, read_audit_topic, verify_chain
-from services.common.audit.signing import AuditKeyring
+from services.common.audit import (
+    AUDIT_TOPIC,
+    AuditChainWriter,
+    parse_key,
+    read_audit_topic,
+    verify_chain,
+)
+from services.common.audit.signing import AuditKeyring, load_audit_signer
+from services.common.audit.verify import check_receipts
 from services.common.avro import AvroSerde
 from services.common.certs import issue_dev_certificates
+from services.common.kafka import make_producer
+from services.common.peer import OutboundEvidence, secure_channel
+from services.common.settings import load_settings
+from services.common.topics import load_catalogue, provision
 from tests.kit.lists import SUZHOU, WUXI, organisation_key
 from tests.kit.lists_region import ListsRegion
 
@@ -49,10 +64,32 @@ async def test_kill_9_after_the_last_answer_leaves_every_answered_call_on_the_ch
     issue_dev_certificates(region.tls_dir, ["wuxi"])
     await region.provision()
     suzhou = region.nodes["suzhou"]
+    wuxi_settings = load_settings(
+        {**suzhou.env, "CREDITLINK_CITY": "wuxi", "CREDITLINK_TOPIC_PREFIX": f"{region.run}wuxi."}
+    )
+    await provision(kafka_bootstrap, load_catalogue(), prefix=wuxi_settings.topic_prefix)
+    producer = make_producer(wuxi_settings, client_id="crash-caller")
+    await producer.start()
+    outbound = AuditChainWriter(
+        wuxi_settings,
+        AvroSerde(),
+        producer,
+        node_city=WUXI,
+        chain="caller",
+        signer=load_audit_signer(region.tls_dir, "wuxi", WUXI),
+    )
+    await outbound.start()
     suzhou.start()
     try:
         await region.wait_ready("suzhou")
-        async with region.channel("wuxi", "suzhou") as channel:
+        evidence = OutboundEvidence(outbound, node_city=WUXI, callee_city=SUZHOU)
+        async with secure_channel(
+            suzhou.target,
+            region.tls("wuxi"),
+            expect_city="suzhou",
+            service="lists",
+            interceptors=(evidence,),
+        ) as channel:
             stub = region.check_stub(channel)
             numbers = iter(range(CALLS))  # shared by the callers: each call made once
             answered = 0
@@ -79,6 +116,8 @@ async def test_kill_9_after_the_last_answer_leaves_every_answered_call_on_the_ch
         assert process is not None
         assert process.returncode == -signal.SIGKILL
     finally:
+        await outbound.flush()
+        await producer.stop()
         await region.close()
 
     # Every call answered OK, so the chain holds exactly these calls: an unanswered call may
@@ -101,3 +140,25 @@ async def test_kill_9_after_the_last_answer_leaves_every_answered_call_on_the_ch
     ]
     assert len(audited) == answered
     assert len({r["purpose"] for r in audited}) == answered
+
+    # The caller's side: one OUTBOUND record per answer, each with Suzhou's receipt, which
+    # names Suzhou's record of that very call; all signatures (heads, receipts) verify.
+    theirs = await read_audit_topic(wuxi_settings, wuxi_settings.topic(AUDIT_TOPIC))
+    keyring = AuditKeyring.from_directory(region.tls_dir, codes)
+    caller_report = verify_chain(theirs, keyring=keyring)
+    assert caller_report.ok, caller_report
+    outbound_records = [serde.decode(m.value) for m in theirs]
+    assert len(outbound_records) == answered
+    assert {r["direction"] for r in outbound_records} == {"OUTBOUND"}
+    assert all(r["receipt"] is not None for r in outbound_records)
+    by_seq = {r["seq"]: r for r in chain}
+    for record in outbound_records:
+        receipt = record["receipt"]
+        callee = by_seq[receipt["callee_seq"]]
+        assert receipt["callee_chain"] == "lists"
+        assert (callee["hash"], callee["exchange_sha256"]) == (
+            receipt["callee_hash"],
+            record["exchange_sha256"],
+        )
+        assert callee["purpose"] == record["purpose"]
+    assert check_receipts(messages, theirs) == []

@@ -66,6 +66,11 @@ def test_demo_scenario_outcomes(kafka_broker: Broker, tmp_path: Path) -> None:
     assert all(
         e["ok"] and e["heads_held"] > 0 and e["records"] > 0 for e in outcomes.evidence.values()
     )
+    # And every city's calls to its peers are on its own chain with receipts that match the
+    # peers' records (list mirrors, checkpoints, scales, alert delivery all call peers).
+    assert all(e["receipts"] > 0 and e["receipts_ok"] for e in outcomes.evidence.values()), (
+        outcomes.evidence
+    )
     assert outcomes.ok
 
     # Idle after the scenario, every consumer group of the region is at lag 0 (`region status`

@@ -584,7 +584,13 @@ async def test_a_change_to_suzhous_entry_streamed_by_wuxi_is_refused_and_audited
                 for _k, v in await harness.read_topic("changzhou", AUDIT_TOPIC)
                 if v is not None
             ]
-            return [r for r in records if r["direction"] == "OUTBOUND"]
+            # Changzhou's calls to peers are OUTBOUND records too; the refusal is the one
+            # record with a denial whose method is no call Changzhou made.
+            return [
+                r
+                for r in records
+                if r["direction"] == "OUTBOUND" and r["denial_code"] == "not-issuing-city"
+            ]
 
         [record] = await eventually(audited)
     finally:

@@ -9,8 +9,8 @@ that hash — the link from the next record; removing a record leaves a gap in `
 reordering puts a ``seq`` out of place. :func:`verify_chain` names each such position.
 Each record is hashed under its own writer schema (named by its fingerprint), so one chain
 may hold records of several schema versions (v1 without ``denial_code``, v2 with it, v3 with
-``caller_role`` too, v4 with ``subjects``: each subject of a batch call and its consent) and
-still verify.
+``caller_role`` too, v4 with ``subjects``: each subject of a batch call and its consent, v5
+with ``exchange_sha256`` and ``receipt``) and still verify.
 
 **One writer per chain.** The topic has one partition, so the broker keeps one total order,
 but a chain can only be extended by one writer at a time. A node runs several peer-facing
@@ -44,6 +44,12 @@ stolen key — needs the heads its peers hold: each lists node hands its city's 
 every peer, which keeps them (``checkpoints``), and ``verify --against-peers`` names where a
 chain no longer passes through a held head (``truncated``, ``chain-deleted``, ``rewritten``;
 docs/trust.md, "Checkpoints held by peers").
+
+**Receipts.** An answered call also gets the node's signed receipt in its trailer (its chain
+position, the record's hash and the digest of the exchange it recorded, PeerCallAudit v5), and
+the calling node keeps it in an OUTBOUND record of its own chain (services/common/peer/
+outbound.py), so each call is on both cities' chains; ``verify --receipts-with`` checks two
+cities' chains against each other's receipts (docs/trust.md, "Receipts").
 
     python -m services.common.audit verify --bootstrap 127.0.0.1:19092 \\
         --topic suzhou.audit.peer-calls.v1 --keys deploy/local/certs

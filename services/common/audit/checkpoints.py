@@ -184,7 +184,8 @@ class CheckpointHander:
     would refuse the whole call for it. A peer that cannot be reached gets the newest heads
     on a later round; heads in between need not reach it, since each head vouches for the
     chain before it. A head after which the chain only recorded peers handing their own
-    checkpoints is not handed (:meth:`_only_exchanges`): an idle region exchanges nothing.
+    checkpoints, or this node handing its own, is not handed (:meth:`_only_exchanges`): an
+    idle region exchanges nothing.
     """
 
     def __init__(
@@ -244,9 +245,10 @@ class CheckpointHander:
                 self._heads[chain] = head
 
     def _only_exchanges(self, chain: str | None, after: int, head: int) -> bool:
-        """Whether records ``after`` + 1 .. ``head`` of ``chain`` are all peers handing
-        checkpoints here: then handing that head would only make the peer's own chain grow,
-        and its head come back, for ever. Those records are pinned by the next head that
+        """Whether records ``after`` + 1 .. ``head`` of ``chain`` are all checkpoints handed
+        (peers handing theirs here, or this node's own hands to them, recorded OUTBOUND):
+        then handing that head would only make the peer's own chain grow, and its head come
+        back, for ever. Those records are pinned by the next head that
         also covers another call."""
         wanted = set(range(after + 1, head + 1))
         if len(wanted) > _QUIET_WINDOW:
@@ -261,7 +263,7 @@ class CheckpointHander:
                 )
             except (SerdeError, ValueError):
                 return False
-            if record["method"] != HAND_CHECKPOINTS or record["direction"] != "INBOUND":
+            if record["method"] != HAND_CHECKPOINTS:
                 return False
             found += 1
         return found == len(wanted)

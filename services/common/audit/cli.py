@@ -12,8 +12,9 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from services.common.audit.read import AuditMessage, read_audit_topic
 from services.common.audit.signing import AuditKeyring
-from services.common.audit.verify import verify_topic
+from services.common.audit.verify import check_receipts, verify_topic
 from services.common.topic_names import AUDIT_TOPIC as AUDIT_TOPIC
 from services.common.topic_names import CHECKPOINTS_TOPIC
 
@@ -57,6 +58,13 @@ def main(argv: list[str] | None = None) -> int:
         metavar="TOPIC",
         help="a peer's checkpoint topic to read (repeatable; default: every other city's "
         "<prefix>audit.checkpoints.v1)",
+    )
+    verify.add_argument(
+        "--receipts-with",
+        action="append",
+        metavar="TOPIC",
+        help="another city's audit topic (repeatable): the receipts each side keeps of calls "
+        "to the other must match the other's records, both ways",
     )
     query = sub.add_parser("query", help="the calls about one subject, oldest first")
     query.add_argument("--bootstrap", required=True, help="Kafka bootstrap host:port")
@@ -110,6 +118,11 @@ def main(argv: list[str] | None = None) -> int:
             print("error: --against-peers needs --keys", file=sys.stderr)
             return 2
     report = asyncio.run(verify_topic(settings, args.topic, keyring, held))
+    for other in args.receipts_with or ():
+        ours, theirs = asyncio.run(_both(settings, args.topic, other))
+        problems = check_receipts(ours, theirs, names=(args.topic, other))
+        print(f"receipts: {args.topic} and {other} checked against each other")
+        report.problems.extend(problems)
     for summary in report.chains.values():
         name = "(default)" if summary.chain is None else summary.chain
         print(
@@ -123,6 +136,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     print(f"FAILED: {len(report.problems)} problem(s) on {args.topic} at {checked}")
     return 1
+
+
+async def _both(
+    settings: Settings, ours: str, theirs: str
+) -> tuple[list[AuditMessage], list[AuditMessage]]:
+    return await read_audit_topic(settings, ours), await read_audit_topic(settings, theirs)
 
 
 def _checkpoints_held(

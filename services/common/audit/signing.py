@@ -37,6 +37,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 SIGNATURE_HEADER: Final = "creditlink-audit-signature"
 _DOMAIN: Final = b"creditlink-audit-head-v1"
 _EXPORT_DOMAIN: Final = b"creditlink-audit-export-v1"
+_RECEIPT_DOMAIN: Final = b"creditlink-audit-receipt-v1"
 _PUBLIC_FILE = re.compile(r"(?P<city>[a-z][a-z0-9_-]*)\.audit(?:\.[0-9a-f]{8})?\.pub")
 
 
@@ -54,6 +55,23 @@ def signed_message(node_city: str, chain: str | None, seq: int, record_hash: str
             (chain or "").encode(),
             str(seq).encode(),
             record_hash.encode(),
+        )
+    )
+
+
+def receipt_message(
+    callee_city: str, chain: str | None, seq: int, record_hash: str, exchange: str
+) -> bytes:
+    """What a receipt's signature covers: the callee city, where it recorded the call (chain,
+    seq, the record's hash) and the exchange digest it recorded."""
+    return b"|".join(
+        (
+            _RECEIPT_DOMAIN,
+            callee_city.encode(),
+            (chain or "").encode(),
+            str(seq).encode(),
+            record_hash.encode(),
+            exchange.encode(),
         )
     )
 
@@ -77,6 +95,11 @@ class AuditSigner:
     def header(self, chain: str | None, seq: int, record_hash: str) -> tuple[str, bytes]:
         message = signed_message(self.node_city, chain, seq, record_hash)
         return SIGNATURE_HEADER, self._signature(message).encode("ascii")
+
+    def receipt_signature(
+        self, chain: str | None, seq: int, record_hash: str, exchange: str
+    ) -> str:
+        return self._signature(receipt_message(self.node_city, chain, seq, record_hash, exchange))
 
     def sign_export(self, manifest: bytes) -> str:
         return self._signature(export_message(manifest))
@@ -133,6 +156,19 @@ class AuditKeyring:
         """Why ``header`` is not ``node_city``'s signature of this head, or None if it is."""
         message = signed_message(node_city, chain, seq, record_hash)
         return self._problem(header.decode("ascii", "replace"), node_city, message)
+
+    def receipt_problem(
+        self,
+        signature: str,
+        callee_city: str,
+        chain: str | None,
+        seq: int,
+        record_hash: str,
+        exchange: str,
+    ) -> str | None:
+        """Why ``signature`` is not ``callee_city``'s receipt for this record, or None."""
+        message = receipt_message(callee_city, chain, seq, record_hash, exchange)
+        return self._problem(signature, callee_city, message)
 
     def export_problem(self, signature: str, node_city: str, manifest: bytes) -> str | None:
         """Why ``signature`` is not ``node_city``'s signature of this export's manifest."""

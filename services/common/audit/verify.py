@@ -6,7 +6,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from services.common.audit.chain import GENESIS_HASH, chain_hash, parse_key
+from services.common.audit.chain import GENESIS_HASH, Receipt, chain_hash, parse_key
 from services.common.audit.heads import Checkpoint
 from services.common.audit.read import AuditMessage, read_audit_topic
 from services.common.audit.signing import AuditKeyring
@@ -20,8 +20,9 @@ class ChainProblem:
     """One place where the chain is not what its writer wrote."""
 
     # changed | removed | reordered | duplicated | undecodable | bad-key | bad-signature |
-    # unsigned | other-city; against the heads peers hold (checkpoints.py): truncated |
-    # chain-deleted | rewritten | bad-checkpoint
+    # unsigned | other-city | bad-receipt | receipt-mismatch; against the heads peers hold
+    # (checkpoints.py): truncated | chain-deleted | rewritten | bad-checkpoint; against the
+    # other side's chain (check_receipts): receipt-unmatched | receipt-mismatch
     kind: str
     chain: str | None
     #: The topic offset of the record concerned; None where no record is (a deleted chain).
@@ -142,6 +143,7 @@ def verify_chain(
         report.problems.extend(_check_links(chain, entries, anchor))
         if keyring is not None:
             report.problems.extend(_check_signatures(chain, entries, keyring))
+            report.problems.extend(_check_receipts(chain, entries, keyring))
         summary = ChainSummary(chain=chain, records=len(entries))
         seqs = [e.seq for e in entries]
         summary.first_seq, summary.last_seq = min(seqs), max(seqs)
@@ -260,6 +262,151 @@ def _check_signatures(
                 f"seq {span}: no valid signature of the city's audit key at or after it",
             )
         )
+    return problems
+
+
+def _check_receipts(
+    chain: str | None, entries: Sequence[_Decoded], keyring: AuditKeyring
+) -> list[ChainProblem]:
+    """Each receipt an OUTBOUND record keeps is the callee city's signature, over the
+    exchange the caller recorded (PeerCallAudit v5; services/common/peer/outbound.py)."""
+    problems: list[ChainProblem] = []
+    for entry in entries:
+        kept = entry.record.get("receipt")
+        if entry.record["direction"] != "OUTBOUND" or kept is None:
+            continue
+        receipt = Receipt.from_record(kept)
+        callee = str(entry.record["callee_city"])
+        why = keyring.receipt_problem(
+            receipt.signature,
+            callee,
+            receipt.callee_chain,
+            receipt.callee_seq,
+            receipt.callee_hash,
+            receipt.exchange_sha256,
+        )
+        if why is not None:
+            problems.append(
+                ChainProblem(
+                    "bad-receipt", chain, entry.offset, entry.seq, f"receipt of {callee}: {why}"
+                )
+            )
+        elif (ours := entry.record.get("exchange_sha256")) != receipt.exchange_sha256:
+            problems.append(
+                ChainProblem(
+                    "receipt-mismatch",
+                    chain,
+                    entry.offset,
+                    entry.seq,
+                    f"{callee} recorded exchange {receipt.exchange_sha256[:12]}…, this node "
+                    f"sent and received {str(ours)[:12]}…",
+                )
+            )
+    return problems
+
+
+def check_receipts(
+    ours: Iterable[AuditMessage],
+    theirs: Iterable[AuditMessage],
+    serde: AvroSerde | None = None,
+    names: tuple[str, str] = ("this topic", "the other topic"),
+) -> list[ChainProblem]:
+    """The receipts each of two cities keeps against the other's chain, both ways.
+
+    ``ours`` and ``theirs`` are the audit topics of two cities. Every OUTBOUND record of one
+    that names the other as callee and keeps its receipt must find, at the receipt's chain
+    and seq of the other, the record with the receipt's hash and exchange digest
+    (``receipt-mismatch`` when the record differs, ``receipt-unmatched`` when none is
+    there). Problems name the position of the receipt's own record; the side is in the
+    detail. A receipt's signature is checked by :func:`verify_chain` with the keys."""
+    serde = serde or AvroSerde()
+    a, b = _records(ours, serde), _records(theirs, serde)
+    return [*_against(a, b, names[0]), *_against(b, a, names[1])]
+
+
+def check_receipts_of(
+    callers: Iterable[AuditMessage],
+    callees: Iterable[AuditMessage],
+    serde: AvroSerde | None = None,
+    name: str = "the caller's topic",
+) -> tuple[int, list[ChainProblem]]:
+    """One way of :func:`check_receipts`: the receipts on ``callers`` of calls to the city of
+    ``callees``; how many there are, and their problems. Read ``callers`` first: a receipt
+    then only names records already on ``callees``."""
+    serde = serde or AvroSerde()
+    a, b = _records(callers, serde), _records(callees, serde)
+    return _receipts_to(a, b), _against(a, b, name)
+
+
+def _receipts_to(
+    callers: Mapping[tuple[str | None, int], tuple[int, dict[str, Any]]],
+    callees: Mapping[tuple[str | None, int], tuple[int, dict[str, Any]]],
+) -> int:
+    cities = {str(record["node_city"]) for _, record in callees.values()}
+    return sum(
+        1
+        for _, record in callers.values()
+        if record["direction"] == "OUTBOUND"
+        and record.get("receipt") is not None
+        and str(record["callee_city"]) in cities
+    )
+
+
+def _records(
+    messages: Iterable[AuditMessage], serde: AvroSerde
+) -> dict[tuple[str | None, int], tuple[int, dict[str, Any]]]:
+    """(chain, seq) -> (offset, record); what does not decode is verify_chain's to report."""
+    found: dict[tuple[str | None, int], tuple[int, dict[str, Any]]] = {}
+    for message in messages:
+        try:
+            record = serde.decode(message.value, reader=serde.writer_of(message.value))
+        except (SerdeError, KeyError, TypeError, ValueError):
+            continue
+        found.setdefault((parse_key(message.key)[0], int(record["seq"])), (message.offset, record))
+    return found
+
+
+def _against(
+    callers: Mapping[tuple[str | None, int], tuple[int, dict[str, Any]]],
+    callees: Mapping[tuple[str | None, int], tuple[int, dict[str, Any]]],
+    side: str,
+) -> list[ChainProblem]:
+    cities = {str(record["node_city"]) for _, record in callees.values()}
+    problems: list[ChainProblem] = []
+    for (chain, seq), (offset, record) in sorted(callers.items(), key=lambda item: item[1][0]):
+        kept = record.get("receipt")
+        if record["direction"] != "OUTBOUND" or kept is None:
+            continue
+        if str(record["callee_city"]) not in cities:
+            continue
+        receipt = Receipt.from_record(kept)
+        where = f"{record['callee_city']}'s chain {receipt.callee_chain!r} seq {receipt.callee_seq}"
+        found = callees.get((receipt.callee_chain, receipt.callee_seq))
+        if found is None:
+            problems.append(
+                ChainProblem(
+                    "receipt-unmatched",
+                    chain,
+                    offset,
+                    seq,
+                    f"receipt on {side} names {where}, which holds no record",
+                )
+            )
+        elif (
+            found[1]["hash"] != receipt.callee_hash
+            or found[1].get("exchange_sha256") != receipt.exchange_sha256
+        ):
+            problems.append(
+                ChainProblem(
+                    "receipt-mismatch",
+                    chain,
+                    offset,
+                    seq,
+                    f"receipt on {side} names {where} (offset {found[0]}) with hash "
+                    f"{receipt.callee_hash[:12]}…, the record there is "
+                    f"{str(found[1]['hash'])[:12]}…",
+                )
+            )
     return problems
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeAlias
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.producer.message_accumulator import BatchBuilder
@@ -32,6 +32,9 @@ from services.common.topic_names import AUDIT_TOPIC as AUDIT_TOPIC
 #: server CPU per call, 20 ms fewer calls/s than 5-10 ms; docs/peer-calls.md).
 LINGER_MS = 5
 
+#: Where a record went: its chain, ``seq`` and ``hash`` (what a receipt names).
+Position: TypeAlias = tuple[str | None, int, str]
+
 
 class QueuedAuditLog:
     """Entries queued per call and handed on one batch at a time, in queue order: the queue
@@ -46,15 +49,21 @@ class QueuedAuditLog:
         self._failure: BaseException | None = None
         self._started = False
         self._queued: list[AuditEntry | Callable[[], AuditEntry]] = []
-        self._queued_delivered: asyncio.Future[None] | None = None
+        self._queued_delivered: asyncio.Future[list[Position]] | None = None
         self._sender: asyncio.Task[None] | None = None
 
     @property
     def healthy(self) -> bool:
         return self._started and self._failure is None
 
-    async def append(self, entry: AuditEntry | Callable[[], AuditEntry]) -> None:
-        """Queue ``entry`` for the chain and wait until its record is delivered.
+    @property
+    def signer(self) -> AuditSigner | None:
+        """The key that signs receipts of the calls this log records, if any."""
+        return None
+
+    async def append(self, entry: AuditEntry | Callable[[], AuditEntry]) -> Position:
+        """Queue ``entry`` for the chain, wait until its record is delivered, and say where
+        it went.
 
         ``entry`` may be a function that makes the entry, called when its batch is handed
         on: what only the audit needs is then worked out in the batch, not in the call.
@@ -65,6 +74,7 @@ class QueuedAuditLog:
             raise AuditUnavailable(f"{self._name} not started")
         if self._failure is not None:
             raise AuditUnavailable(f"{self._name} failed: {self._failure!r}")
+        index = len(self._queued)
         self._queued.append(entry)
         delivered = self._queued_delivered
         if delivered is None:
@@ -74,9 +84,10 @@ class QueuedAuditLog:
         try:
             # Shielded: every call of the batch waits on this one future, and a call cancelled
             # (its caller went away) must not cancel it under the others.
-            await asyncio.shield(delivered)
+            positions = await asyncio.shield(delivered)
         except Exception as exc:
             raise AuditUnavailable(f"audit record not delivered: {exc!r}") from exc
+        return positions[index]
 
     async def _send_queued(self) -> None:
         """Deliver what is queued, one batch at a time and oldest first, until nothing is
@@ -102,9 +113,10 @@ class QueuedAuditLog:
     async def _hand_on(
         self,
         entries: list[AuditEntry | Callable[[], AuditEntry]],
-        delivered: asyncio.Future[None],
+        delivered: asyncio.Future[list[Position]],
     ) -> None:
-        """Deliver one batch; settle ``delivered`` when it is (or failed: set ``_failure``)."""
+        """Deliver one batch; settle ``delivered`` with each entry's position when it is (or
+        failed: set ``_failure``)."""
         raise NotImplementedError
 
     async def flush(self) -> None:
@@ -169,6 +181,11 @@ class AuditChainWriter(QueuedAuditLog):
         return self._topic
 
     @property
+    def signer(self) -> AuditSigner | None:
+        """The key that signs this chain's heads, and the receipts of calls it records."""
+        return self._signer
+
+    @property
     def head(self) -> tuple[int, str]:
         """(seq, hash) of the last record linked or recovered (:meth:`flush` links all)."""
         return self._seq, self._hash
@@ -205,6 +222,8 @@ class AuditChainWriter(QueuedAuditLog):
             "latency_ms": entry.latency_ms,
             "trace_id": entry.traceparent.split("-")[1] if entry.traceparent else None,
             "peer_certificate_sha256": entry.peer_certificate_sha256,
+            "exchange_sha256": entry.exchange_sha256,
+            "receipt": entry.receipt.as_record() if entry.receipt is not None else None,
             "at": entry.at,
             "prev_hash": self._hash,
             "hash": "",
@@ -226,11 +245,15 @@ class AuditChainWriter(QueuedAuditLog):
     async def _hand_on(
         self,
         entries: list[AuditEntry | Callable[[], AuditEntry]],
-        delivered: asyncio.Future[None],
+        delivered: asyncio.Future[list[Position]],
     ) -> None:
         """Link, send and wait for the acknowledgement of one batch of the audit partition."""
+        positions: list[Position] = []
         try:
-            records = [self._link(e) for e in entries]
+            records = []
+            for queued in entries:
+                records.append(self._link(queued))
+                positions.append((self._chain, self._seq, self._hash))
             if self._signer is not None and records:
                 # One signature per batch, over its last record: the chain hashes vouch for
                 # the rest (a signature costs more than the rest of a record's audit).
@@ -246,7 +269,7 @@ class AuditChainWriter(QueuedAuditLog):
             self._failure = asyncio.CancelledError("audit delivery cancelled")
             delivered.cancel()
             raise
-        delivered.set_result(None)
+        delivered.set_result(positions)
 
     async def _send_batches(
         self, records: list[tuple[bytes, bytes, list[tuple[str, bytes]]]]

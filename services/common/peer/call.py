@@ -9,6 +9,7 @@ from typing import Any, NoReturn
 
 import grpc
 
+from services.common.audit.chain import ExchangeDigest
 from services.common.cloudevents import is_valid_traceparent
 from services.common.consent import ConsentGrant
 from services.common.peer.identity import PeerIdentity
@@ -42,6 +43,9 @@ class PeerCall:
     #: The subjects of a batch call as the servicer answered each (:meth:`answered`), for
     #: the audit record's per-subject evidence.
     subjects: list[tuple[str, str | None, str | None]] = field(default_factory=list)
+    #: The exchange as served so far (request, responses), for the record and the receipt;
+    #: None when the node gives no receipts.
+    exchange: ExchangeDigest | None = None
     _purpose: str | None = None
     _traceparent: tuple[str | None] | None = None
 

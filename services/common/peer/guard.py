@@ -14,6 +14,14 @@ from typing import Any
 import grpc
 
 from services.common.audit import AuditEntry, AuditUnavailable, QueuedAuditLog
+from services.common.audit.chain import (
+    RECEIPT_TRAILER,
+    ExchangeDigest,
+    Receipt,
+    encoded_message,
+)
+from services.common.audit.signing import AuditSigner
+from services.common.audit.writer import Position
 from services.common.observability import GRPC_LATENCY
 from services.common.peer.call import Denied, PeerCall, _current_call
 from services.common.peer.issuers import CityIssuers
@@ -53,6 +61,12 @@ class PeerCallGuard:
     too), the latency by method and status (``creditlink_grpc_latency_seconds``) and one
     hash-chained audit record, which names the denial code of a refusal.
 
+    An answered call (status OK) also carries the node's signed receipt, the
+    ``creditlink-receipt`` trailer: where its record went and the digest of the exchange it
+    recorded (``Receipt``), signed with the city's audit key, so the caller can keep it in
+    its own OUTBOUND record (``outbound.py``). A stream's receipt covers the request and
+    every message it sent, and comes with its end (docs/trust.md, "Receipts").
+
     A call is answered only once the broker has acknowledged its record, so a node that
     crashes has recorded every call it served. A call whose record is not acknowledged
     fails (UNAVAILABLE, ``audit-unavailable``), though it had succeeded. A refusal goes out
@@ -80,11 +94,13 @@ class PeerCallGuard:
         self._node = security.city_code
         self._latency_sink = latency
         self._limits = limits
+        self._signer: AuditSigner | None = audit.signer if audit is not None else None
 
     def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         """``handler`` (of the full method name ``/package.Service/Method``) behind the guard."""
         enter = functools.partial(self._enter, method=method)
         leave = functools.partial(self._leave, latency=self._latency(method))
+        receipts = self._signer is not None and self._audit is not None
 
         if handler.unary_unary or handler.stream_unary:
             inner = handler.unary_unary or handler.stream_unary
@@ -96,7 +112,13 @@ class PeerCallGuard:
                 try:
                     if (refusal := enter(call, request, context)) is not None:
                         await refusal.abort(context)
-                    return await inner(request, context)
+                    response = await inner(request, context)
+                    if receipts:
+                        exchange = ExchangeDigest(method)
+                        exchange.add(encoded_message(request))
+                        exchange.add(encoded_message(response))
+                        call.exchange = exchange
+                    return response
                 except BaseException as exc:
                     error = exc
                     raise
@@ -124,12 +146,20 @@ class PeerCallGuard:
             try:
                 if (refusal := enter(call, request, context)) is not None:
                     await refusal.abort(context)
+                exchange = call.exchange = ExchangeDigest(method) if receipts else None
+                if exchange is not None:
+                    exchange.add(encoded_message(request))
                 produced = inner_stream(request, context)
                 if inspect.isasyncgen(produced):
                     async for message in produced:
+                        if exchange is not None:
+                            exchange.add(encoded_message(message))
                         yield message
                 else:
-                    await produced  # a behaviour that writes with context.write()
+                    # A behaviour that writes with context.write() sends nothing the guard
+                    # sees: its stream gets no exchange digest and no receipt.
+                    call.exchange = None
+                    await produced
             except BaseException as exc:
                 error = exc
                 raise
@@ -213,8 +243,11 @@ class PeerCallGuard:
         entry = functools.partial(
             _audit_entry, call, status, elapsed, datetime.now(UTC), self._node
         )
-        refuse = status is grpc.StatusCode.OK  # a call that failed anyway still answers
-        return _audited(self._audit.append(entry), context, refuse=refuse)
+        answered = status is grpc.StatusCode.OK  # a call that failed anyway still answers
+        signer = self._signer if answered and call.exchange is not None else None
+        return _audited(
+            self._audit.append(entry), context, refuse=answered, signer=signer, call=call
+        )
 
 
 def _audit_entry(
@@ -237,20 +270,36 @@ def _audit_entry(
         subjects=tuple(call.subjects),
         traceparent=call.traceparent,
         peer_certificate_sha256=identity.certificate_sha256 if identity else None,
+        exchange_sha256=(
+            call.exchange.hexdigest()
+            if call.exchange is not None and status is grpc.StatusCode.OK
+            else None
+        ),
     )
 
 
 async def _audited(
-    appended: Awaitable[None], context: grpc.aio.ServicerContext, *, refuse: bool
+    appended: Awaitable[Position],
+    context: grpc.aio.ServicerContext,
+    *,
+    refuse: bool,
+    signer: AuditSigner | None,
+    call: PeerCall,
 ) -> None:
-    """Wait for the broker's acknowledgement of a call's audit record; a record that cannot
-    be written fails a call that had succeeded (``refuse``), as a call is refused while the
-    audit is unavailable."""
+    """Wait for the broker's acknowledgement of a call's audit record, then (with ``signer``)
+    send the call's receipt as a trailer; a record that cannot be written fails a call that
+    had succeeded (``refuse``), as a call is refused while the audit is unavailable."""
     try:
-        await appended
+        chain, seq, record_hash = await appended
     except AuditUnavailable:
         if refuse:
             await _AUDIT_UNAVAILABLE.abort(context)
+        return
+    if signer is not None and call.exchange is not None:
+        exchange = call.exchange.hexdigest()
+        signature = signer.receipt_signature(chain, seq, record_hash, exchange)
+        receipt = Receipt(chain, seq, record_hash, exchange, signature)
+        context.set_trailing_metadata(((RECEIPT_TRAILER, receipt.trailer()),))
 
 
 class _Registrar:

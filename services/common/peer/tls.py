@@ -61,6 +61,7 @@ def secure_channel(
     expect_city: str,
     service: str,
     options: Sequence[tuple[str, Any]] = (),
+    interceptors: Sequence[Any] = (),
 ) -> grpc.aio.Channel:
     """An mTLS channel to ``service`` (``lists``, ``scores``, ``alerts``, ``intake``) of
     ``expect_city``, at ``target``.
@@ -70,6 +71,14 @@ def secure_channel(
     may issue a certificate for the name (its name constraints, ``services/common/certs.py``),
     so a server presenting another city's certificate fails the handshake. Certificates name
     no loopback address; a node reached at ``127.0.0.1`` is checked the same way.
+
+    ``interceptors``: a node's :class:`~services.common.peer.outbound.OutboundEvidence`,
+    which records each call it makes on the channel.
     """
     all_options = [*options, ("grpc.ssl_target_name_override", service_host(expect_city, service))]
-    return grpc.aio.secure_channel(target, tls.channel_credentials(), options=all_options)
+    return grpc.aio.secure_channel(
+        target,
+        tls.channel_credentials(),
+        options=all_options,
+        interceptors=list(interceptors) or None,
+    )
