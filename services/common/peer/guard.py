@@ -100,7 +100,13 @@ class PeerCallGuard:
         """``handler`` (of the full method name ``/package.Service/Method``) behind the guard."""
         enter = functools.partial(self._enter, method=method)
         leave = functools.partial(self._leave, latency=self._latency(method))
-        receipts = self._signer is not None and self._audit is not None
+        # Receipts for calls with one request message; a client stream's requests are read
+        # by the servicer, not seen here, so such calls are recorded without one.
+        receipts = (
+            self._signer is not None
+            and self._audit is not None
+            and (handler.unary_unary is not None or handler.unary_stream is not None)
+        )
 
         if handler.unary_unary or handler.stream_unary:
             inner = handler.unary_unary or handler.stream_unary
