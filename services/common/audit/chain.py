@@ -47,10 +47,9 @@ def exchange_digest(method: str, messages: Iterable[bytes]) -> str:
     message as exchanged (the request, then every response), each as its length in 8
     big-endian bytes and its deterministic protobuf encoding (PeerCallAudit v5). Both sides
     compute it, each from what it sent and received."""
-    digest = hashlib.sha256(_EXCHANGE_DOMAIN + b"|" + method.encode() + b"|")
+    digest = ExchangeDigest(method)
     for message in messages:
-        digest.update(len(message).to_bytes(8, "big"))
-        digest.update(message)
+        digest.add(message)
     return digest.hexdigest()
 
 

@@ -46,17 +46,13 @@ def key_id_of(public_key: Ed25519PublicKey) -> str:
     return hashlib.sha256(raw).hexdigest()[:8]
 
 
+def _joined(domain: bytes, *parts: str) -> bytes:
+    return b"|".join((domain, *(part.encode() for part in parts)))
+
+
 def signed_message(node_city: str, chain: str | None, seq: int, record_hash: str) -> bytes:
     """What a head signature covers: the writing city, the chain, the position, the hash."""
-    return b"|".join(
-        (
-            _DOMAIN,
-            node_city.encode(),
-            (chain or "").encode(),
-            str(seq).encode(),
-            record_hash.encode(),
-        )
-    )
+    return _joined(_DOMAIN, node_city, chain or "", str(seq), record_hash)
 
 
 def receipt_message(
@@ -64,16 +60,7 @@ def receipt_message(
 ) -> bytes:
     """What a receipt's signature covers: the callee city, where it recorded the call (chain,
     seq, the record's hash) and the exchange digest it recorded."""
-    return b"|".join(
-        (
-            _RECEIPT_DOMAIN,
-            callee_city.encode(),
-            (chain or "").encode(),
-            str(seq).encode(),
-            record_hash.encode(),
-            exchange.encode(),
-        )
-    )
+    return _joined(_RECEIPT_DOMAIN, callee_city, chain or "", str(seq), record_hash, exchange)
 
 
 def export_message(manifest: bytes) -> bytes:

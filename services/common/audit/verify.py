@@ -321,7 +321,7 @@ def check_receipts(
     detail. A receipt's signature is checked by :func:`verify_chain` with the keys."""
     serde = serde or AvroSerde()
     a, b = _records(ours, serde), _records(theirs, serde)
-    return [*_against(a, b, names[0]), *_against(b, a, names[1])]
+    return [*_against(a, b, names[0])[1], *_against(b, a, names[1])[1]]
 
 
 def check_receipts_of(
@@ -334,22 +334,7 @@ def check_receipts_of(
     ``callees``; how many there are, and their problems. Read ``callers`` first: a receipt
     then only names records already on ``callees``."""
     serde = serde or AvroSerde()
-    a, b = _records(callers, serde), _records(callees, serde)
-    return _receipts_to(a, b), _against(a, b, name)
-
-
-def _receipts_to(
-    callers: Mapping[tuple[str | None, int], tuple[int, dict[str, Any]]],
-    callees: Mapping[tuple[str | None, int], tuple[int, dict[str, Any]]],
-) -> int:
-    cities = {str(record["node_city"]) for _, record in callees.values()}
-    return sum(
-        1
-        for _, record in callers.values()
-        if record["direction"] == "OUTBOUND"
-        and record.get("receipt") is not None
-        and str(record["callee_city"]) in cities
-    )
+    return _against(_records(callers, serde), _records(callees, serde), name)
 
 
 def _records(
@@ -370,15 +355,17 @@ def _against(
     callers: Mapping[tuple[str | None, int], tuple[int, dict[str, Any]]],
     callees: Mapping[tuple[str | None, int], tuple[int, dict[str, Any]]],
     side: str,
-) -> list[ChainProblem]:
+) -> tuple[int, list[ChainProblem]]:
+    """How many receipts on ``callers`` name the city of ``callees``, and their problems."""
     cities = {str(record["node_city"]) for _, record in callees.values()}
-    problems: list[ChainProblem] = []
+    receipts, problems = 0, []
     for (chain, seq), (offset, record) in sorted(callers.items(), key=lambda item: item[1][0]):
         kept = record.get("receipt")
         if record["direction"] != "OUTBOUND" or kept is None:
             continue
         if str(record["callee_city"]) not in cities:
             continue
+        receipts += 1
         receipt = Receipt.from_record(kept)
         where = f"{record['callee_city']}'s chain {receipt.callee_chain!r} seq {receipt.callee_seq}"
         found = callees.get((receipt.callee_chain, receipt.callee_seq))
@@ -407,7 +394,7 @@ def _against(
                     f"{str(found[1]['hash'])[:12]}…",
                 )
             )
-    return problems
+    return receipts, problems
 
 
 @dataclass(frozen=True, slots=True)

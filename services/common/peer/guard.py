@@ -246,18 +246,24 @@ class PeerCallGuard:
         if self._audit is None:
             return None
         # The record is made when the writer links it, after the call is answered.
-        entry = functools.partial(
-            _audit_entry, call, status, elapsed, datetime.now(UTC), self._node
-        )
         answered = status is grpc.StatusCode.OK  # a call that failed anyway still answers
-        signer = self._signer if answered and call.exchange is not None else None
+        exchange = call.exchange.hexdigest() if answered and call.exchange is not None else None
+        entry = functools.partial(
+            _audit_entry, call, status, elapsed, datetime.now(UTC), self._node, exchange
+        )
+        signer = self._signer if exchange is not None else None
         return _audited(
-            self._audit.append(entry), context, refuse=answered, signer=signer, call=call
+            self._audit.append(entry), context, refuse=answered, signer=signer, exchange=exchange
         )
 
 
 def _audit_entry(
-    call: PeerCall, status: grpc.StatusCode, elapsed: float, at: datetime, node: str
+    call: PeerCall,
+    status: grpc.StatusCode,
+    elapsed: float,
+    at: datetime,
+    node: str,
+    exchange: str | None = None,
 ) -> AuditEntry:
     identity = call.identity
     return AuditEntry(
@@ -276,11 +282,7 @@ def _audit_entry(
         subjects=tuple(call.subjects),
         traceparent=call.traceparent,
         peer_certificate_sha256=identity.certificate_sha256 if identity else None,
-        exchange_sha256=(
-            call.exchange.hexdigest()
-            if call.exchange is not None and status is grpc.StatusCode.OK
-            else None
-        ),
+        exchange_sha256=exchange,
     )
 
 
@@ -290,7 +292,7 @@ async def _audited(
     *,
     refuse: bool,
     signer: AuditSigner | None,
-    call: PeerCall,
+    exchange: str | None,
 ) -> None:
     """Wait for the broker's acknowledgement of a call's audit record, then (with ``signer``)
     send the call's receipt as a trailer; a record that cannot be written fails a call that
@@ -301,8 +303,7 @@ async def _audited(
         if refuse:
             await _AUDIT_UNAVAILABLE.abort(context)
         return
-    if signer is not None and call.exchange is not None:
-        exchange = call.exchange.hexdigest()
+    if signer is not None and exchange is not None:
         signature = signer.receipt_signature(chain, seq, record_hash, exchange)
         receipt = Receipt(chain, seq, record_hash, exchange, signature)
         context.set_trailing_metadata(((RECEIPT_TRAILER, receipt.trailer()),))

@@ -35,7 +35,7 @@ from services.common.audit.chain import (
 from services.common.audit.writer import QueuedAuditLog
 from services.common.logging import get_logger
 from services.common.peer.names import DENIAL_TRAILER
-from services.common.peer.purpose import _field, _purpose
+from services.common.peer.purpose import _field, _metadata_value, _purpose
 from services.common.policy import subject_key_problem
 
 log = get_logger(component="outbound")
@@ -52,6 +52,8 @@ class OutboundEvidence(
         self._audit = audit
         self._node = node_city
         self._callee = callee_city
+        #: Streams' records being appended (the loop keeps only weak references to tasks).
+        self._recording: set[asyncio.Task[None]] = set()
 
     async def intercept_unary_unary(
         self,
@@ -101,7 +103,9 @@ class OutboundEvidence(
                     # Nobody waits for a stream's record: say it is missing, where people look.
                     log.error("outbound.stream_unrecorded", method=method, error=str(exc))
 
-            asyncio.get_running_loop().create_task(record())
+            task = asyncio.get_running_loop().create_task(record())
+            self._recording.add(task)
+            task.add_done_callback(self._recording.discard)
 
         call.add_done_callback(ended)
         return call
@@ -115,7 +119,8 @@ class OutboundEvidence(
         started: float,
         exchange: str | None,
     ) -> AuditEntry:
-        raw = _trailer(trailers, RECEIPT_TRAILER)
+        trailers = tuple(trailers or ())
+        raw = _metadata_value(trailers, RECEIPT_TRAILER)
         receipt = Receipt.parse(raw) if raw is not None else None
         subject = _field(request, "subject_key")
         if not isinstance(subject, str) or not subject or subject_key_problem(subject):
@@ -130,7 +135,7 @@ class OutboundEvidence(
             at=datetime.now(UTC),
             subject_key=subject,
             direction="OUTBOUND",
-            denial_code=_trailer(trailers, DENIAL_TRAILER),
+            denial_code=_metadata_value(trailers, DENIAL_TRAILER),
             caller_role="node",
             exchange_sha256=exchange
             if exchange is not None
@@ -142,10 +147,3 @@ class OutboundEvidence(
 def _method(details: grpc.aio.ClientCallDetails) -> str:
     method = details.method
     return method.decode() if isinstance(method, bytes) else str(method)
-
-
-def _trailer(trailers: Any, name: str) -> str | None:
-    for key, value in trailers or ():
-        if key == name:
-            return value.decode() if isinstance(value, bytes) else str(value)
-    return None
