@@ -12,7 +12,9 @@ Two city nodes (Suzhou, Wuxi) run as real processes on the run's broker, over mT
   certificates, same payload size, called the same way). A second row compares with an
   empty CheckSubject behind the same security kit (authorization and the audit chain,
   ``services/common/peer/``), which splits the kit's
-  cost from the lists service's own.
+  cost from the lists service's own, and a third row the same empty CheckSubject without the
+  audit chain, which splits the evidence path (a durable, signed record and a receipt per
+  call) from the rest of the kit.
 - **CheckSubjects**: subjects/s in batches of 500, versus the unary CheckSubject QPS.
 
     python -m bench lists            # or: make bench
@@ -63,6 +65,8 @@ OWN_CONNECTION = (("grpc.use_local_subchannel_pool", 1),)
 ECHO_METHOD = "/creditlink.bench.v1.EchoService/Echo"
 #: The echo server, the in-process kit server and the node the checks go to are Wuxi's.
 SERVER_CITY = "wuxi"
+#: The kit echo's chain argument that serves it without the audit chain.
+NO_AUDIT = "none"
 
 
 # --- the echo baseline servers --------------------------------------------------------------
@@ -103,26 +107,30 @@ async def serve_echo(port: int, tls_dir: Path) -> None:
 
 
 async def serve_kit_echo(
-    port: int, tls_dir: Path, bootstrap: str, prefix: str, chain: str = "bench"
+    port: int, tls_dir: Path, bootstrap: str, prefix: str, chain: str | None = "bench"
 ) -> None:
     """An empty CheckSubject behind ``start_peer_server``: mTLS, authorization and the audit
-    chain on Kafka, exactly as a city node serves it. Splits the kit's cost from ours."""
+    chain on Kafka, exactly as a city node serves it. Splits the kit's cost from ours.
+    ``chain=None`` serves it without the audit chain (no record, no receipt), which splits the
+    evidence path's cost from the rest of the kit's."""
     settings = load_settings(
         {"CREDITLINK_CITY": "wuxi", "KAFKA_BOOTSTRAP": bootstrap, "CREDITLINK_TOPIC_PREFIX": prefix}
     )
     region = load_region(settings.region_file)
-    producer = make_producer(settings, client_id="bench-kit")
-    await producer.start()
-    # The audit chain as a lists node writes it, signed heads included.
-    audit = AuditChainWriter(
-        settings,
-        AvroSerde(),
-        producer,
-        node_city="320200",
-        chain=chain,
-        signer=load_audit_signer(tls_dir, "wuxi", "320200"),
-    )
-    await audit.start()
+    audit: AuditChainWriter | None = None
+    if chain is not None:
+        producer = make_producer(settings, client_id="bench-kit")
+        await producer.start()
+        # The audit chain as a lists node writes it, signed heads included.
+        audit = AuditChainWriter(
+            settings,
+            AvroSerde(),
+            producer,
+            node_city="320200",
+            chain=chain,
+            signer=load_audit_signer(tls_dir, "wuxi", "320200"),
+        )
+        await audit.start()
     security = PeerSecurity(
         city="wuxi",
         region=region,
@@ -266,7 +274,7 @@ async def lists(ctx: BenchContext) -> list[Comparison]:
     )
     await region.provision()
     region.start_all()
-    echo_port, kit_port = free_port(), free_port()
+    echo_port, kit_port, bare_port = free_port(), free_port(), free_port()
     tls_dir = str(region.tls_dir)
     kit_prefix = region.nodes["wuxi"].settings.topic_prefix.replace("wuxi.", "kit.")
     await provision(
@@ -281,6 +289,7 @@ async def lists(ctx: BenchContext) -> list[Comparison]:
         for arguments in (
             ["echo", str(echo_port), tls_dir],
             ["kit-echo", str(kit_port), tls_dir, ctx.kafka_bootstrap, kit_prefix, "bench"],
+            ["kit-echo", str(bare_port), tls_dir, ctx.kafka_bootstrap, kit_prefix, NO_AUDIT],
         )
     ]
     try:
@@ -290,9 +299,10 @@ async def lists(ctx: BenchContext) -> list[Comparison]:
         pids = {
             "check": [wuxi.pid] if wuxi is not None else [],
             "echo": [servers[0].pid],
-            "kit": [server.pid for server in servers[1:]],
+            "kit": [servers[1].pid],
+            "bare": [servers[2].pid],
         }
-        rows += await _checks(region, seconds, echo_port, kit_port, pids)
+        rows += await _checks(region, seconds, echo_port, kit_port, bare_port, pids)
     finally:
         for server in servers:
             server.terminate()
@@ -412,6 +422,7 @@ async def _checks(
     seconds: float,
     echo_port: int,
     kit_port: int,
+    bare_port: int,
     pids: dict[str, list[int]],
 ) -> list[Comparison]:
     # Built before the clock, as the echo's payload is: the callers only call.
@@ -428,6 +439,9 @@ async def _checks(
     kit_channels = _connections(kit_target, tls)
     kit_stubs = [credit_check_pb2_grpc.CreditCheckServiceStub(c) for c in kit_channels]
     await _wait_for_kit(kit_stubs[0])
+    bare_channels = _connections(f"127.0.0.1:{bare_port}", tls)
+    bare_stubs = [credit_check_pb2_grpc.CreditCheckServiceStub(c) for c in bare_channels]
+    await _wait_for_kit(bare_stubs[0])
 
     async def check(n: int) -> object:
         return await stubs[n % len(stubs)].CheckSubject(requests[n % len(requests)], timeout=10)
@@ -437,6 +451,11 @@ async def _checks(
 
     async def kit_echo(n: int) -> object:
         return await kit_stubs[n % len(kit_stubs)].CheckSubject(
+            requests[n % len(requests)], timeout=10
+        )
+
+    async def bare_echo(n: int) -> object:
+        return await bare_stubs[n % len(bare_stubs)].CheckSubject(
             requests[n % len(requests)], timeout=10
         )
 
@@ -457,6 +476,7 @@ async def _checks(
             Contender("check", check),
             Contender("echo", echo),
             Contender("kit", kit_echo),
+            Contender("bare", bare_echo),
             Contender("batch", check_batch, callers=4, warm_up=False),
         ],
         seconds,
@@ -466,7 +486,8 @@ async def _checks(
     echo_calls, echo_lat, echo_elapsed = measured["echo"].totals()
     kit_calls, _kit_lat, kit_elapsed = measured["kit"].totals()
     batches, _batch_lat, batch_elapsed = measured["batch"].totals()
-    for channel in (*channels, *echo_channels, *kit_channels):
+    bare_calls, _bare_lat, bare_elapsed = measured["bare"].totals()
+    for channel in (*channels, *echo_channels, *kit_channels, *bare_channels):
         await channel.close()
     qps = calls / elapsed
     subjects_per_second = batches * BATCH / batch_elapsed
@@ -486,6 +507,14 @@ async def _checks(
             "req/s",
             "empty CheckSubject, same kit",
             notes="same mTLS, authorization and audit chain: the lists service's own cost",
+        ),
+        Comparison(
+            f"empty CheckSubject QPS, {CALLERS} callers",
+            kit_calls / kit_elapsed,
+            bare_calls / bare_elapsed,
+            "req/s",
+            "the same without the audit chain",
+            notes="the evidence path's cost: a durable, signed record and a receipt per call",
         ),
         *_cpu_rows(measured),
         Comparison(
@@ -518,8 +547,10 @@ async def _checks(
 def _cpu_rows(measured: dict[str, Load]) -> list[Comparison]:
     """The serving process's CPU per call: steadier than QPS on a shared machine, and it
     says where a gap comes from."""
-    check, echo, kit = (measured[name].cpu_per_call_us() for name in ("check", "echo", "kit"))
-    if check is None or echo is None or kit is None:
+    check, echo, kit, bare = (
+        measured[name].cpu_per_call_us() for name in ("check", "echo", "kit", "bare")
+    )
+    if check is None or echo is None or kit is None or bare is None:
         return []
     return [
         Comparison(
@@ -536,6 +567,22 @@ def _cpu_rows(measured: dict[str, Load]) -> list[Comparison]:
             kit,
             "µs",
             "empty CheckSubject, same kit",
+            higher_is_better=False,
+        ),
+        Comparison(
+            "server CPU per empty CheckSubject",
+            kit,
+            bare,
+            "µs",
+            "the same without the audit chain",
+            higher_is_better=False,
+        ),
+        Comparison(
+            "server CPU per empty CheckSubject, no audit chain",
+            bare,
+            echo,
+            "µs",
+            "echo server CPU per call",
             higher_is_better=False,
         ),
     ]
@@ -561,11 +608,13 @@ def main(argv: list[str]) -> int:
         asyncio.run(serve_echo(int(argv[1]), Path(argv[2])))
         return 0
     if len(argv) == 6 and argv[0] == "kit-echo":
-        asyncio.run(serve_kit_echo(int(argv[1]), Path(argv[2]), argv[3], argv[4], argv[5]))
+        chain = None if argv[5] == NO_AUDIT else argv[5]
+        asyncio.run(serve_kit_echo(int(argv[1]), Path(argv[2]), argv[3], argv[4], chain))
         return 0
     print(
         "usage: python -m bench.bench_lists echo PORT TLS_DIR\n"
-        "       python -m bench.bench_lists kit-echo PORT TLS_DIR BOOTSTRAP TOPIC_PREFIX CHAIN",
+        "       python -m bench.bench_lists kit-echo PORT TLS_DIR BOOTSTRAP TOPIC_PREFIX CHAIN"
+        f"  ({NO_AUDIT} for no audit chain)",
         file=sys.stderr,
     )
     return 2

@@ -64,6 +64,12 @@ HAND_CHECKPOINTS: Final = "/creditlink.peer.v1.AuditEvidenceService/HandCheckpoi
 #: How many recent records per chain the hander keeps to tell an idle chain (one that grew
 #: only by peers handing their checkpoints) from one that served calls.
 _QUIET_WINDOW: Final = 64
+#: The hander's reader asks the broker for at least this much of the topic per fetch, or
+#: whatever came within a quarter of the interval (at most 500 ms): the heads are handed once
+#: an interval, so reading the busy topic record by record as it is written would only cost
+#: the serving node's CPU (a fetch and a signature check per batch written).
+_CHUNK_BYTES: Final = 64 * 1024
+_CHUNK_WAIT_MS: Final = 500
 
 log = structlog.get_logger()
 
@@ -205,7 +211,11 @@ class CheckpointHander:
         self._recent: dict[str | None, collections.deque[AuditMessage]] = {}
 
     async def run(self, stopping: asyncio.Event) -> None:
-        consumer = audit_reader(self._settings)
+        consumer = audit_reader(
+            self._settings,
+            fetch_min_bytes=_CHUNK_BYTES,
+            fetch_max_wait_ms=max(1, min(_CHUNK_WAIT_MS, int(self._interval * 250))),
+        )
         await consumer.start()
         try:
             partition = TopicPartition(self._settings.topic(AUDIT_TOPIC), 0)

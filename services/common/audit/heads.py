@@ -39,20 +39,28 @@ class Checkpoint:
 def signed_heads(
     messages: Iterable[AuditMessage], serde: AvroSerde
 ) -> dict[str | None, Checkpoint]:
-    """The newest record carrying a head signature, per chain, in ``messages``."""
-    heads: dict[str | None, Checkpoint] = {}
+    """The signed record with the highest seq, per chain, in ``messages``.
+
+    The seq is read from each key, so only that record is decoded (or, if it does not decode
+    to the seq its key names, the next one down), not every batch head the messages hold.
+    """
+    candidates: dict[str | None, list[tuple[int, AuditMessage]]] = {}
     for message in messages:
         if message.signature is None:
             continue
         chain, seq = parse_key(message.key)
-        try:
-            record = serde.decode(message.value, reader=serde.writer_of(message.value))
-        except (SerdeError, ValueError):
-            continue  # the verifier names it; a checkpoint is only ever of a decodable head
-        if seq is None or record["seq"] != seq:
-            continue
-        known = heads.get(chain)
-        if known is None or known.seq < seq:
+        if seq is not None:
+            candidates.setdefault(chain, []).append((seq, message))
+    heads: dict[str | None, Checkpoint] = {}
+    for chain, signed in candidates.items():
+        for seq, message in sorted(signed, key=lambda c: c[0], reverse=True):
+            try:
+                record = serde.decode(message.value, reader=serde.writer_of(message.value))
+            except (SerdeError, ValueError):
+                continue  # the verifier names it; a checkpoint is only ever of a decodable head
+            if record["seq"] != seq:
+                continue
+            assert message.signature is not None
             heads[chain] = Checkpoint(
                 city=str(record["node_city"]),
                 chain=chain,
@@ -60,4 +68,5 @@ def signed_heads(
                 hash=str(record["hash"]),
                 signature=message.signature.decode("ascii", "replace"),
             )
+            break
     return heads

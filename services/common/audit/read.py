@@ -63,10 +63,11 @@ async def read_range(
             return messages
 
 
-def audit_reader(settings: Settings) -> AIOKafkaConsumer:
+def audit_reader(settings: Settings, **overrides: Any) -> AIOKafkaConsumer:
+    """A reader of the audit topic; ``overrides`` are consumer options (e.g. fetch sizes)."""
     # Uncommitted reads: a writer recovering its tail must see its own records even if a
     # transaction marker is pending; the audit producer is not transactional anyway.
-    return make_consumer(settings, group_id=None, isolation_level="read_uncommitted")
+    return make_consumer(settings, group_id=None, isolation_level="read_uncommitted", **overrides)
 
 
 async def read_audit_topic(settings: Settings, topic: str) -> list[AuditMessage]:
