@@ -12,13 +12,21 @@ verifies with no gap, every record under a signed head.
 Wuxi's calls go through the kit's :class:`OutboundEvidence` with a chain of its own on Wuxi's
 audit topic: it holds one OUTBOUND record per answer, each with the receipt Suzhou returned,
 signed with Suzhou's audit key and naming the very record Suzhou's chain holds.
+
+Refusals too: the guard sends a refusal only once its record is acknowledged, so a node
+killed right after its last of ``REFUSALS`` refusals (half the guard's ``consent-missing``,
+half the servicer's ``purpose-required``) has every one on its chain with its denial code.
 """
 
 from __future__ import annotations
 
 import asyncio
 import signal
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -31,20 +39,22 @@ from services.common.audit import (
     read_audit_topic,
     verify_chain,
 )
+from services.common.audit.read import AuditMessage
 from services.common.audit.signing import AuditKeyring, load_audit_signer
 from services.common.audit.verify import check_receipts
 from services.common.avro import AvroSerde
 from services.common.certs import issue_dev_certificates
 from services.common.kafka import make_producer
 from services.common.peer import OutboundEvidence, secure_channel
-from services.common.settings import load_settings
+from services.common.settings import Settings, load_settings
 from services.common.topics import load_catalogue, provision
-from tests.kit.lists import SUZHOU, WUXI, organisation_key
+from tests.kit.lists import SUZHOU, WUXI, organisation_key, person_key
 from tests.kit.lists_region import ListsRegion
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(120)]
 
 CALLS = 1200
+REFUSALS = 400
 CALLERS = 16
 CHECK_SUBJECT = "/creditlink.peer.v1.CreditCheckService/CheckSubject"
 #: The per-city limits (docs/design.md §3.3) would refuse part of a burst this size.
@@ -55,9 +65,17 @@ UNLIMITED = {
 }
 
 
-async def test_kill_9_after_the_last_answer_leaves_every_answered_call_on_the_chain(
-    kafka_bootstrap: str, tmp_path: Path
-) -> None:
+@dataclass
+class _Crash:
+    """Suzhou's lists node and Wuxi's channel to it, with Wuxi's OUTBOUND chain."""
+
+    region: ListsRegion
+    stub: Any
+    wuxi_settings: Settings
+
+
+@asynccontextmanager
+async def _suzhou_called_by_wuxi(kafka_bootstrap: str, tmp_path: Path) -> AsyncIterator[_Crash]:
     region = ListsRegion(tmp_path, kafka_bootstrap, cities=("suzhou",), extra_env=UNLIMITED)
     # The caller's certificate, from the run's CA: Wuxi calls, but runs no node here (a
     # node would also call Suzhou, and its calls would be on the chain too).
@@ -90,45 +108,76 @@ async def test_kill_9_after_the_last_answer_leaves_every_answered_call_on_the_ch
             service="lists",
             interceptors=(evidence,),
         ) as channel:
-            stub = region.check_stub(channel)
-            numbers = iter(range(CALLS))  # shared by the callers: each call made once
-            answered = 0
-            failed: list[grpc.StatusCode] = []
-
-            async def caller() -> None:
-                nonlocal answered
-                for n in numbers:
-                    request = credit_check_pb2.CheckSubjectRequest(
-                        subject_key=organisation_key(n),
-                        scenario=credit_check_pb2.SCENARIO_GOVERNMENT_PROCUREMENT,
-                        purpose=f"crash {n}",
-                    )
-                    try:
-                        await stub.CheckSubject(request, timeout=10)
-                    except grpc.aio.AioRpcError as error:
-                        failed.append(error.code())
-                        continue
-                    answered += 1
-
-            process = suzhou.process
-            await asyncio.gather(*(caller() for _ in range(CALLERS)))
-            suzhou.kill()
-        assert process is not None
-        assert process.returncode == -signal.SIGKILL
+            yield _Crash(region, region.check_stub(channel), wuxi_settings)
     finally:
         await outbound.flush()
         await producer.stop()
         await region.close()
 
-    # Every call answered OK, so the chain holds exactly these calls: an unanswered call may
-    # have been recorded, and would blur the count.
-    assert not failed, f"{len(failed)} calls failed: {failed[:5]}"
-    assert answered == CALLS
-    settings = suzhou.settings
+
+async def _call_then_kill(
+    crash: _Crash,
+    calls: int,
+    request_of: Callable[[int], credit_check_pb2.CheckSubjectRequest],
+) -> tuple[int, list[grpc.aio.AioRpcError]]:
+    """``calls`` CheckSubject calls, ``CALLERS`` at a time, then SIGKILL the moment the last
+    one has its answer: how many were answered OK, and the errors of the others."""
+    numbers = iter(range(calls))  # shared by the callers: each call made once
+    answered = 0
+    failed: list[grpc.aio.AioRpcError] = []
+
+    async def caller() -> None:
+        nonlocal answered
+        for n in numbers:
+            try:
+                await crash.stub.CheckSubject(request_of(n), timeout=10)
+            except grpc.aio.AioRpcError as error:
+                failed.append(error)
+                continue
+            answered += 1
+
+    suzhou = crash.region.nodes["suzhou"]
+    process = suzhou.process
+    await asyncio.gather(*(caller() for _ in range(CALLERS)))
+    suzhou.kill()
+    assert process is not None
+    assert process.returncode == -signal.SIGKILL
+    return answered, failed
+
+
+async def _both_chains(crash: _Crash) -> tuple[list[AuditMessage], list[AuditMessage]]:
+    """Suzhou's audit topic and Wuxi's, each verified (links and signatures)."""
+    region = crash.region
+    settings = region.nodes["suzhou"].settings
     messages = await read_audit_topic(settings, settings.topic(AUDIT_TOPIC))
     codes = {key: city.admin_code for key, city in region.region.cities.items()}
-    report = verify_chain(messages, keyring=AuditKeyring.from_directory(region.tls_dir, codes))
+    keyring = AuditKeyring.from_directory(region.tls_dir, codes)
+    report = verify_chain(messages, keyring=keyring)
     assert report.ok, report
+    theirs = await read_audit_topic(crash.wuxi_settings, crash.wuxi_settings.topic(AUDIT_TOPIC))
+    caller_report = verify_chain(theirs, keyring=keyring)
+    assert caller_report.ok, caller_report
+    return messages, theirs
+
+
+async def test_kill_9_after_the_last_answer_leaves_every_answered_call_on_the_chain(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    def request_of(n: int) -> credit_check_pb2.CheckSubjectRequest:
+        return credit_check_pb2.CheckSubjectRequest(
+            subject_key=organisation_key(n),
+            scenario=credit_check_pb2.SCENARIO_GOVERNMENT_PROCUREMENT,
+            purpose=f"crash {n}",
+        )
+
+    async with _suzhou_called_by_wuxi(kafka_bootstrap, tmp_path) as crash:
+        answered, failed = await _call_then_kill(crash, CALLS, request_of)
+
+    # Every call answered OK, so the chain holds exactly these calls: an unanswered call may
+    # have been recorded, and would blur the count.
+    assert not failed, f"{len(failed)} calls failed: {[e.code() for e in failed[:5]]}"
+    assert answered == CALLS
+    messages, theirs = await _both_chains(crash)
     serde = AvroSerde()
     chain = [serde.decode(m.value) for m in messages if parse_key(m.key)[0] == "lists"]
     assert [r["seq"] for r in chain] == list(range(1, len(chain) + 1))
@@ -143,10 +192,6 @@ async def test_kill_9_after_the_last_answer_leaves_every_answered_call_on_the_ch
 
     # The caller's side: one OUTBOUND record per answer, each with Suzhou's receipt, which
     # names Suzhou's record of that very call; all signatures (heads, receipts) verify.
-    theirs = await read_audit_topic(wuxi_settings, wuxi_settings.topic(AUDIT_TOPIC))
-    keyring = AuditKeyring.from_directory(region.tls_dir, codes)
-    caller_report = verify_chain(theirs, keyring=keyring)
-    assert caller_report.ok, caller_report
     outbound_records = [serde.decode(m.value) for m in theirs]
     assert len(outbound_records) == answered
     assert {r["direction"] for r in outbound_records} == {"OUTBOUND"}
@@ -161,4 +206,67 @@ async def test_kill_9_after_the_last_answer_leaves_every_answered_call_on_the_ch
             record["exchange_sha256"],
         )
         assert callee["purpose"] == record["purpose"]
+    assert check_receipts(messages, theirs) == []
+
+
+async def test_kill_9_after_the_last_refusal_leaves_every_refusal_on_the_chain(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """A person's check without consent (the guard refuses, ``consent-missing``) and an
+    organisation's without a purpose (the servicer refuses, ``purpose-required``), in turn."""
+
+    def request_of(n: int) -> credit_check_pb2.CheckSubjectRequest:
+        if n % 2:
+            return credit_check_pb2.CheckSubjectRequest(
+                subject_key=organisation_key(n),
+                scenario=credit_check_pb2.SCENARIO_GOVERNMENT_PROCUREMENT,
+            )
+        return credit_check_pb2.CheckSubjectRequest(
+            subject_key=person_key(n),
+            scenario=credit_check_pb2.SCENARIO_GOVERNMENT_PROCUREMENT,
+            purpose=f"refused {n}",
+        )
+
+    expected = {
+        request_of(n).subject_key: (
+            ("INVALID_ARGUMENT", "purpose-required")
+            if n % 2
+            else ("PERMISSION_DENIED", "consent-missing")
+        )
+        for n in range(REFUSALS)
+    }
+    async with _suzhou_called_by_wuxi(kafka_bootstrap, tmp_path) as crash:
+        answered, failed = await _call_then_kill(crash, REFUSALS, request_of)
+
+    # Every call refused, each with its status and denial trailer as the caller heard it.
+    assert answered == 0
+    assert len(failed) == REFUSALS
+    heard = {
+        (e.code().name, dict(e.trailing_metadata() or ()).get("creditlink-denial")) for e in failed
+    }
+    assert heard == {
+        ("INVALID_ARGUMENT", "purpose-required"),
+        ("PERMISSION_DENIED", "consent-missing"),
+    }
+    messages, theirs = await _both_chains(crash)
+    serde = AvroSerde()
+    chain = [serde.decode(m.value) for m in messages if parse_key(m.key)[0] == "lists"]
+    assert [r["seq"] for r in chain] == list(range(1, len(chain) + 1))
+    refused = {
+        r["subject_key"]: (r["status_code"], r["denial_code"])
+        for r in chain
+        if (r["caller_city"], r["callee_city"], r["method"]) == (WUXI, SUZHOU, CHECK_SUBJECT)
+    }
+    missing = sorted(set(expected) - set(refused))
+    assert not missing, f"{len(missing)} of {REFUSALS} refusals not on the chain"
+    assert refused == expected
+    assert all(r["receipt"] is None and r["exchange_sha256"] is None for r in chain)
+
+    # The caller recorded each refusal as it heard it: status and denial code, no receipt.
+    outbound_records = [serde.decode(m.value) for m in theirs]
+    assert {
+        r["subject_key"]: (r["status_code"], r["denial_code"]) for r in outbound_records
+    } == expected
+    assert len(outbound_records) == REFUSALS
+    assert all(r["receipt"] is None for r in outbound_records)
     assert check_receipts(messages, theirs) == []

@@ -33,7 +33,7 @@ from services.common.consent import ConsentError, ConsentFailure, ConsentIssuer,
 from services.common.consent_purposes import load_purposes
 from services.common.peer import DENIAL_TRAILER, Denied, PeerCall, deny
 from services.common.peer import purpose as grpc_server
-from services.common.peer.call import _current_call
+from services.common.peer.call import Refused, _current_call
 from services.common.peer.guard import _audit_entry
 from services.common.policy import (
     DEFAULT_POLICY_FILE,
@@ -671,10 +671,16 @@ async def test_the_audit_entry_carries_the_denial_code_of_the_refusal(refused_by
             if refused_by == "servicer"
             else refusal.abort(servicer_context)
         )
-        with pytest.raises(_Aborted):
+        # Behind the guard the refusal goes to the guard, which sends it once recorded.
+        with pytest.raises(Refused) as raised:
             await refused
     finally:
         _current_call.reset(token)
+    assert context.trailers == ()
+    assert raised.value.denied.denial == "unknown-scenario"
+    # Outside a guarded call, deny sends the refusal itself.
+    with pytest.raises(_Aborted):
+        await deny(servicer_context, refusal.code, refusal.denial, refusal.details)
     assert context.trailers == ((DENIAL_TRAILER, "unknown-scenario"),)
     at = datetime(2025, 1, 2, tzinfo=UTC)
     entry = _audit_entry(call, grpc.StatusCode.INVALID_ARGUMENT, 0.002, at, SUZHOU)

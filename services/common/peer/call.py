@@ -93,11 +93,21 @@ async def deny(
     a peer's code can act on. The one way every servicer refuses a call.
 
     The code is also noted on the call being served, so that the guard's audit record of the
-    call carries it, whoever refused: the guard itself or the servicer.
+    call carries it, whoever refused: the guard itself or the servicer. Behind the guard the
+    refusal is raised to it (:class:`Refused`): the guard sends it only once the broker has
+    acknowledged its record, as it answers every call (services/common/peer/guard.py).
     """
     call = _current_call.get()
     if call is not None:
         call.denial = denial
+        raise Refused(Denied(code, denial, details))
+    await send_refusal(context, code, denial, details)
+
+
+async def send_refusal(
+    context: grpc.aio.ServicerContext, code: grpc.StatusCode, denial: str, details: str
+) -> NoReturn:
+    """Send a refusal now: its status, ``details`` and the ``creditlink-denial`` trailer."""
     await context.abort(code, details, trailing_metadata=((DENIAL_TRAILER, denial),))
     raise AssertionError("context.abort returned")  # abort always raises
 
@@ -113,3 +123,12 @@ class Denied(Exception):
 
     async def abort(self, context: grpc.aio.ServicerContext) -> NoReturn:
         await deny(context, self.code, self.denial, self.details)
+
+
+class Refused(Exception):
+    """A refusal made behind the peer-call guard, on its way to the guard (:func:`deny`),
+    which records it, waits for the record's acknowledgement, then sends it."""
+
+    def __init__(self, denied: Denied) -> None:
+        super().__init__(denied.details)
+        self.denied = denied

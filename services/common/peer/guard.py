@@ -23,7 +23,7 @@ from services.common.audit.chain import (
 from services.common.audit.signing import AuditSigner
 from services.common.audit.writer import Position
 from services.common.observability import GRPC_LATENCY
-from services.common.peer.call import Denied, PeerCall, _current_call
+from services.common.peer.call import Denied, PeerCall, Refused, _current_call, send_refusal
 from services.common.peer.issuers import CityIssuers
 from services.common.peer.limits import CallerLimits
 from services.common.peer.names import LatencySink
@@ -69,9 +69,12 @@ class PeerCallGuard:
 
     A call is answered only once the broker has acknowledged its record, so a node that
     crashes has recorded every call it served. A call whose record is not acknowledged
-    fails (UNAVAILABLE, ``audit-unavailable``), though it had succeeded. A refusal goes out
-    as it is made (``abort`` sends the status at once), so its record cannot hold it back;
-    that record is still appended, and a refusal is answered whether or not it is delivered.
+    fails (UNAVAILABLE, ``audit-unavailable``), though it had succeeded. A refusal waits for
+    its record too: the guard's own refusals and a servicer's (:func:`deny` raises
+    :class:`Refused` to the guard) are sent, with their status and denial trailer, once the
+    record is acknowledged; one whose record cannot be written is still sent (a refusal
+    serves nothing), and its record's absence is the writer's failure, which then refuses
+    every call (step 1).
 
     The guard wraps each method handler once, when :func:`start_peer_server` registers the
     servicer, rather than being a ``grpc.aio.ServerInterceptor``: grpc.aio runs interceptors
@@ -115,22 +118,30 @@ class PeerCallGuard:
                 call = PeerCall(method=method, started=time.monotonic())
                 _current_call.set(call)  # grpc.aio serves each call in its own task
                 error: BaseException | None = None
+                refused: Denied | None = None
+                response: Any = None
                 try:
                     if (refusal := enter(call, request, context)) is not None:
-                        await refusal.abort(context)
+                        call.denial = refusal.denial
+                        raise Refused(refusal)
                     response = await inner(request, context)
                     if receipts:
                         exchange = ExchangeDigest(method)
                         exchange.add(encoded_message(request))
                         exchange.add(encoded_message(response))
                         call.exchange = exchange
-                    return response
+                except Refused as made:
+                    refused = made.denied
                 except BaseException as exc:
                     error = exc
                     raise
                 finally:
-                    if (delivered := leave(call, context, _status_of(context, error))) is not None:
+                    status = refused.code if refused else _status_of(context, error)
+                    if (delivered := leave(call, context, status)) is not None:
                         await delivered
+                if refused is not None:  # sent now that its record is acknowledged
+                    await send_refusal(context, refused.code, refused.denial, refused.details)
+                return response
 
             factory = (
                 grpc.unary_unary_rpc_method_handler
@@ -149,9 +160,11 @@ class PeerCallGuard:
             call = PeerCall(method=method, started=time.monotonic())
             _current_call.set(call)
             error: BaseException | None = None
+            refused: Denied | None = None
             try:
                 if (refusal := enter(call, request, context)) is not None:
-                    await refusal.abort(context)
+                    call.denial = refusal.denial
+                    raise Refused(refusal)
                 exchange = call.exchange = ExchangeDigest(method) if receipts else None
                 if exchange is not None:
                     exchange.add(encoded_message(request))
@@ -166,12 +179,17 @@ class PeerCallGuard:
                     # sees: its stream gets no exchange digest and no receipt.
                     call.exchange = None
                     await produced
+            except Refused as made:
+                refused = made.denied
             except BaseException as exc:
                 error = exc
                 raise
             finally:
-                if (delivered := leave(call, context, _status_of(context, error))) is not None:
+                status = refused.code if refused else _status_of(context, error)
+                if (delivered := leave(call, context, status)) is not None:
                     await delivered
+            if refused is not None:  # sent now that its record is acknowledged
+                await send_refusal(context, refused.code, refused.denial, refused.details)
 
         factory = (
             grpc.unary_stream_rpc_method_handler
@@ -296,12 +314,14 @@ async def _audited(
 ) -> None:
     """Wait for the broker's acknowledgement of a call's audit record, then (with ``signer``)
     send the call's receipt as a trailer; a record that cannot be written fails a call that
-    had succeeded (``refuse``), as a call is refused while the audit is unavailable."""
+    had succeeded (``refuse``), as a call is refused while the audit is unavailable. (That
+    failure is sent at once: its call's record is already the one that failed.)"""
     try:
         chain, seq, record_hash = await appended
     except AuditUnavailable:
         if refuse:
-            await _AUDIT_UNAVAILABLE.abort(context)
+            unavailable = _AUDIT_UNAVAILABLE
+            await send_refusal(context, unavailable.code, unavailable.denial, unavailable.details)
         return
     if signer is not None and exchange is not None:
         signature = signer.receipt_signature(chain, seq, record_hash, exchange)
