@@ -18,32 +18,20 @@ from collections.abc import Sequence
 
 from services.alerts.config import load_rules, load_subscriptions
 from services.alerts.model import AlertsConfigError
-from services.alerts.node import SERVICE, AlertsNode, NodeOptions
+from services.alerts.node import SERVICE, STOP_GRACE_SECONDS, AlertsNode, NodeOptions
 from services.alerts.store import AlertStore
 from services.alerts.webhooks import dead_letters, format_dead_letter
 from services.common.logging import configure_logging, get_logger
+from services.common.node import ops_server, run_until_signalled
 from services.common.region import load_region
 from services.common.settings import Settings, SettingsError, load_settings
 
 
 async def _run(settings: Settings) -> int:
-    from services.common.observability import OpsServer
-
     region = load_region(settings.region_file)
     node = AlertsNode(settings, region, NodeOptions.from_environment(settings, region))
-    await node.start()
-    ops_address = region.city(settings.city).ops.get(SERVICE)
-    ops = None
-    if ops_address:
-        host, _, port = ops_address.rpartition(":")
-        ops = OpsServer(service=SERVICE, city=settings.city, host=host, port=int(port))
-        ops.add_check("loops", lambda: node.healthy)
-        await ops.start()
-    try:
-        await node.serve_until_signalled()
-    finally:
-        if ops is not None:
-            await ops.stop()
+    ops = ops_server(region.city(settings.city), SERVICE)
+    await run_until_signalled(node, grace=STOP_GRACE_SECONDS, ops=ops)
     return 0
 
 

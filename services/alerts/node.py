@@ -4,8 +4,10 @@ SLA escalation — started and stopped together.
 Example (what ``python -m services.alerts`` does)::
 
     node = AlertsNode(settings, region, NodeOptions.from_environment(settings, region))
-    await node.start()
-    await node.serve_until_signalled()
+    await run_until_signalled(node, grace=STOP_GRACE_SECONDS, ops=ops_server(city, SERVICE))
+
+The producer, the audit chain and the peer server are the common node bootstrap's
+(``services/common/node.py``, docs/design.md §3.4); what is wired here is the alerts' own.
 """
 
 from __future__ import annotations
@@ -13,10 +15,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import structlog
 from aiokafka import AIOKafkaProducer
@@ -31,22 +33,17 @@ from services.alerts.rules import RuleSet
 from services.alerts.servicer import AlertExchangeServicer
 from services.alerts.store import AlertStore
 from services.alerts.webhooks import WebhookDispatcher
-from services.common.audit import AuditChainWriter
 from services.common.avro import AvroSerde
 from services.common.cloudevents import source_for
-from services.common.kafka import make_producer
-from services.common.peer import (
-    PeerSecurity,
-    PeerServer,
-    ServiceBinding,
-    TlsFiles,
-    start_peer_server,
-)
+from services.common.node import NodeBootstrap, node_trust
+from services.common.observability import Check
+from services.common.peer import PeerSecurity, PeerServer, ServiceBinding, TlsFiles
 from services.common.region import Region
 from services.common.settings import PeerLimits, Settings, load_peer_limits
-from services.common.signals import until_signalled
 
 SERVICE = "alerts"
+#: How long a stop on SIGTERM lets calls in progress finish.
+STOP_GRACE_SECONDS: Final = 5.0
 LOOP_RESTART_MAX_S = 30.0
 # A lazy proxy: it picks up configure_logging() however early this module is imported.
 log = structlog.get_logger()
@@ -68,11 +65,13 @@ class NodeOptions:
     @classmethod
     def from_environment(cls, settings: Settings, region: Region) -> NodeOptions:
         city = region.city(settings.city)
-        tls_dir = Path(os.environ.get("CREDITLINK_TLS_DIR", DEFAULT_TLS_DIR))
+        tls, security = node_trust(
+            settings, region, Path(os.environ.get("CREDITLINK_TLS_DIR", DEFAULT_TLS_DIR))
+        )
         return cls(
             bind=os.environ.get("CREDITLINK_ALERTS_BIND") or city.endpoint(SERVICE),
-            tls=TlsFiles.for_city(settings.city, tls_dir),
-            security=PeerSecurity.from_files(settings, region, keys_dir=tls_dir),
+            tls=tls,
+            security=security,
             rules=load_rules(),
             webhooks=load_subscriptions(settings.city),
         )
@@ -85,8 +84,18 @@ class AlertsNode:
         self.options = options
         self.city_code = region.city(settings.city).admin_code
         self.serde = AvroSerde()
+        self.kit = NodeBootstrap(
+            settings,
+            self.serde,
+            service=SERVICE,
+            city_code=self.city_code,
+            tls=options.tls,
+            security=options.security,
+            limits=options.limits,
+        )
+        self.producer: AIOKafkaProducer = self.kit.producer
+        self.audit = self.kit.audit_chain(SERVICE) if options.audit else None
         self.store: AlertStore | None = None
-        self.producer: AIOKafkaProducer | None = None
         self.book: AlertBook | None = None
         self.engine: RuleEngine | None = None
         self.server: PeerServer | None = None
@@ -113,14 +122,16 @@ class AlertsNode:
 
     async def _start(self) -> None:
         store = self.store = AlertStore(self.settings.data_dir / SERVICE / "store")
-        producer = self.producer = make_producer(self.settings, client_id=SERVICE)
-        await producer.start()
+        await self.kit.start()
+        if self.audit is not None:
+            # Calls to peers (deliveries, status updates at the origin) are OUTBOUND records.
+            self.clients.evidence = (self.audit, self.city_code)
         book = self.book = AlertBook(
             settings=self.settings,
             city_code=self.city_code,
             store=store,
             serde=self.serde,
-            producer=producer,
+            producer=self.producer,
             sla=self.options.rules.sla,
             webhooks=self.options.webhooks,
         )
@@ -142,19 +153,6 @@ class AlertsNode:
             webhooks=self.options.webhooks,
             source=source_for(self.city_code, SERVICE),
         )
-        audit = None
-        if self.options.audit:
-            audit = AuditChainWriter(
-                self.settings,
-                self.serde,
-                producer,
-                node_city=self.city_code,
-                chain=SERVICE,
-                service=SERVICE,
-                signer=self.options.security.audit_signer,
-            )
-            await audit.start()
-            self.clients.evidence = (audit, self.city_code)
         self.servicer = AlertExchangeServicer(
             city_code=self.city_code,
             book=book,
@@ -164,19 +162,16 @@ class AlertsNode:
             clients=self.clients,
             follow_max_age=self.options.limits.follow_stream_max_age,
         )
-        self.server = await start_peer_server(
-            bind=self.options.bind,
-            tls=self.options.tls,
-            services=[
+        self.server = await self.kit.serve(
+            self.options.bind,
+            [
                 ServiceBinding(
                     self.servicer,
                     alert_exchange_pb2_grpc.add_AlertExchangeServiceServicer_to_server,
                     "creditlink.peer.v1.AlertExchangeService",
                 )
             ],
-            security=self.options.security,
-            audit=audit,
-            limits=self.options.limits,
+            audit=self.audit,
         )
         self._spawn(engine.run, "engine")
         self._spawn(self.delivery.run, "delivery")
@@ -214,6 +209,10 @@ class AlertsNode:
     def healthy(self) -> bool:
         return bool(self._tasks) and all(not t.done() for t in self._tasks)
 
+    def health_checks(self) -> Mapping[str, Check]:
+        """What ``/healthz`` reports: every loop runs."""
+        return {"loops": lambda: self.healthy}
+
     async def _escalate_forever(self) -> None:
         assert self.book is not None
         interval = self.options.rules.sla.check_interval.total_seconds()
@@ -225,8 +224,7 @@ class AlertsNode:
                 log.error("escalation_failed", error=repr(exc))
 
     async def stop(self, grace: float = 1.0) -> None:
-        if self.server is not None:
-            await self.server.stop(grace)
+        await self.kit.stop_serving(grace)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -236,14 +234,7 @@ class AlertsNode:
         if self.webhooks is not None:
             await self.webhooks.close()
         await self.clients.close()
-        if self.producer is not None:
-            await self.producer.stop()
+        await self.kit.close()
         if self.store is not None:
             self.store.close()
             self.store = None
-
-    async def serve_until_signalled(self, grace: float = 5.0) -> None:
-        """Run until SIGTERM or SIGINT, then stop gracefully (NOT_SERVING, drain, close)."""
-        await until_signalled()
-        log.info("alerts_node_stopping")
-        await self.stop(grace)

@@ -19,32 +19,20 @@ from collections.abc import Sequence
 
 from services.common.avro import AvroSerde
 from services.common.logging import configure_logging, get_logger
-from services.common.observability import OpsServer
+from services.common.node import ops_server, run_until_signalled
 from services.common.region import RegionConfigError, load_region
 from services.common.settings import Settings, SettingsError, load_settings
 from services.lists.config import load_lists_config
 from services.lists.measures import MeasuresError, load_measures
-from services.lists.node import SERVICE, ListsNode
+from services.lists.node import SERVICE, STOP_GRACE_SECONDS, ListsNode
 from services.lists.store import ListStore
 
 
 async def _serve(settings: Settings) -> None:
     region = load_region(settings.region_file)
     node = ListsNode(settings, region, load_lists_config(settings, region))
-    await node.start()
-    ops: OpsServer | None = None
-    address = region.city(settings.city).ops.get(SERVICE)
-    if address:
-        host, _, port = address.rpartition(":")
-        ops = OpsServer(service=SERVICE, city=settings.city, host=host, port=int(port))
-        for name, check in node.health_checks().items():
-            ops.add_check(name, check)
-        await ops.start()
-    try:
-        await node.serve_until_signalled()
-    finally:
-        if ops is not None:
-            await ops.stop()
+    ops = ops_server(region.city(settings.city), SERVICE)
+    await run_until_signalled(node, grace=STOP_GRACE_SECONDS, ops=ops)
 
 
 def _check_config(settings: Settings) -> None:

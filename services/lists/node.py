@@ -6,8 +6,8 @@ any input is read, so nothing is served or decided on a state that is behind its
 Example::
 
     node = ListsNode(settings, region, load_lists_config(settings, region))
-    await node.start()
-    await node.serve_until_signalled()        # SIGTERM: stop reading, drain calls, close
+    # SIGTERM: stop reading, drain the calls in progress, close.
+    await run_until_signalled(node, grace=STOP_GRACE_SECONDS, ops=ops_server(city, SERVICE))
 """
 
 from __future__ import annotations
@@ -29,26 +29,23 @@ from creditlink.peer.v1 import (
     credit_check_pb2_grpc,
     list_sync_pb2_grpc,
 )
-from services.common.audit import AuditChainWriter
 from services.common.audit.checkpoints import AuditEvidenceServicer, CheckpointHander
 from services.common.audit.signing import AuditKeyring
 from services.common.avro import AvroSerde
 from services.common.consent import ConsentIssuer, load_private_key
-from services.common.kafka import EventPublisher, make_producer
+from services.common.kafka import EventPublisher
+from services.common.node import NodeBootstrap, node_trust
 from services.common.peer import (
     OutboundEvidence,
     PeerSecurity,
     PeerServer,
     ServiceBinding,
-    TlsFiles,
     secure_channel,
-    start_peer_server,
 )
 from services.common.region import City, Region
 from services.common.revocations import follow_revocations
 from services.common.roles import CityRoles
 from services.common.settings import PeerLimits, Settings, load_peer_limits
-from services.common.signals import until_signalled
 from services.lists.book import BookView, ListBook
 from services.lists.check_server import CreditCheckServicer
 from services.lists.config import ListsConfig
@@ -68,6 +65,8 @@ from services.lists.sync_server import ListSyncServicer
 
 SERVICE: Final = "lists"
 PRUNE_EVERY_SECONDS: Final = 3600.0
+#: How long a stop lets calls in progress, and the record feed's current step, finish.
+STOP_GRACE_SECONDS: Final = 2.0
 #: Keep-alive pings let a follower notice a dead peer connection (half-open TCP) quickly;
 #: peer servers accept them every 5 s and more (services/common/peer/limits.py).
 CHANNEL_OPTIONS: Final = (
@@ -117,30 +116,22 @@ class ListsNode:
         self.city: City = region.city(settings.city)
         self.serde = AvroSerde()
         self.catalogue = load_measures(config.measures_file)
-        self.security = PeerSecurity.from_files(settings, region, keys_dir=config.tls_dir)
-        self.tls = TlsFiles.for_city(settings.city, config.tls_dir)
+        self.tls, self.security = node_trust(settings, region, config.tls_dir)
         self.store = ListStore(store_path(settings), self.serde, own_city=self.city.admin_code)
-        self.producer = make_producer(settings, client_id=SERVICE)
-        self.audit = AuditChainWriter(
+        self.kit = NodeBootstrap(
             settings,
             self.serde,
-            self.producer,
-            node_city=self.city.admin_code,
-            chain=SERVICE,
             service=SERVICE,
-            signer=self.security.audit_signer,
+            city_code=self.city.admin_code,
+            tls=self.tls,
+            security=self.security,
+            limits=self.limits,
         )
+        self.producer = self.kit.producer
+        self.audit = self.kit.audit_chain(SERVICE)
         # Calls to peers, and refusals of what they send, are OUTBOUND records of a second
         # chain (one writer each).
-        self.mirror_audit = AuditChainWriter(
-            settings,
-            self.serde,
-            self.producer,
-            node_city=self.city.admin_code,
-            chain=f"{SERVICE}-mirror",
-            service=SERVICE,
-            signer=self.security.audit_signer,
-        )
+        self.mirror_audit = self.kit.audit_chain(f"{SERVICE}-mirror")
         self.book = ListBook(
             self.store,
             KafkaChangeSink(self.producer, self.serde, settings, city_code=self.city.admin_code),
@@ -223,18 +214,15 @@ class ListsNode:
         return make
 
     async def start(self) -> None:
-        await self.producer.start()
-        await self.audit.start()
-        await self.mirror_audit.start()
+        await self.kit.start()
         caught_up = await self.book.catch_up()
         await self.book.expire_due()
         # No consent is honoured before every revocation written so far is known.
         self._spawn("revocations", self._follow_revocations)
         await self.revocations.caught_up.wait()
-        self.server = await start_peer_server(
-            bind=self.config.bind,
-            tls=self.tls,
-            services=[
+        self.server = await self.kit.serve(
+            self.config.bind,
+            [
                 *peer_services(
                     self.book,
                     self.catalogue,
@@ -269,8 +257,6 @@ class ListsNode:
                     "creditlink.peer.v1.AuditEvidenceService",
                 ),
             ],
-            limits=self.limits,
-            security=self.security,
             audit=self.audit,
         )
         self._spawn("records", self._feed)
@@ -340,10 +326,9 @@ class ListsNode:
             "loops": lambda: all(not t.done() for t in self._tasks),
         }
 
-    async def stop(self, grace: float = 2.0) -> None:
+    async def stop(self, grace: float = STOP_GRACE_SECONDS) -> None:
         self._stopping.set()
-        if self.server is not None:
-            await self.server.stop(grace)
+        await self.kit.stop_serving(grace)
         # The record feed ends after its current step; the other loops run until cancelled.
         # (A step cut short is no harm either: the next start catches up from the changelog.)
         if self._tasks:
@@ -355,16 +340,8 @@ class ListsNode:
                 await task
         for mirror in self.mirrors:
             await mirror.close()
-        with contextlib.suppress(Exception):
-            await self.audit.flush()
-        await self.producer.stop()
+        await self.kit.close()
         self.store.close()
-
-    async def serve_until_signalled(self) -> None:
-        try:
-            await until_signalled()
-        finally:
-            await self.stop()
 
 
 def _acts_for(roles: CityRoles, city: str, actor: str, owner: str) -> bool:
