@@ -30,7 +30,7 @@ from services.common.avro import AvroSerde
 from services.common.certs import DEFAULT_OUT
 from services.common.clock import china_today
 from services.common.logging import configure_logging
-from services.common.peer import PeerSecurity, TlsFiles
+from services.common.node import node_trust, ops_server, run_until_signalled
 from services.common.pseudonym import PseudonymKeyError
 from services.common.region import load_region
 from services.common.settings import Settings, SettingsError, load_settings
@@ -113,21 +113,21 @@ def serve(bind: str | None, certs: Path, writer: str) -> None:
     """Serve RecordIntakeService over mutual TLS until SIGTERM."""
     settings = _settings()
     region = load_region(settings.region_file)
-    address = bind or region.city(settings.city).endpoint("intake")
-    security = PeerSecurity.from_files(settings, region, keys_dir=certs)
-    tls = TlsFiles.for_city(settings.city, certs)
+    city = region.city(settings.city)
+    tls, security = node_trust(settings, region, certs)
 
     async def run() -> None:
-        from services.intake.server import serve as serve_grpc
+        from services.intake.server import SERVICE, STOP_GRACE_SECONDS, ServingIntakeNode
 
-        async with intake_node(settings, writer=writer) as node:
-            await serve_grpc(
-                node,
-                bind=address,
-                tls=tls,
-                security=security,
-                ops_address=region.city(settings.city).ops.get("intake"),
-            )
+        node = ServingIntakeNode(
+            settings,
+            region,
+            bind=bind or city.endpoint(SERVICE),
+            tls=tls,
+            security=security,
+            writer=writer,
+        )
+        await run_until_signalled(node, grace=STOP_GRACE_SECONDS, ops=ops_server(city, SERVICE))
 
     _run(run())
 

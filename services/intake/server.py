@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Final
@@ -29,22 +29,24 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from creditlink.peer.v1 import record_intake_pb2, record_intake_pb2_grpc
-from services.common.audit import AuditChainWriter
+from services.common.avro import AvroSerde
 from services.common.clock import china_today
-from services.common.kafka import make_producer
 from services.common.logging import get_logger
-from services.common.observability import OpsServer
+from services.common.node import NodeBootstrap
+from services.common.observability import Check
 from services.common.peer import (
     PeerSecurity,
     ServiceBinding,
     TlsFiles,
     current_call,
-    start_peer_server,
 )
+from services.common.pseudonym import check_region_key, load_region_key
+from services.common.region import Region
 from services.common.roles import DEPARTMENT, CityRoles
+from services.common.settings import Settings
 from services.common.workdays import CalendarNotCovered
 from services.intake.encode.events import SubmissionSource
-from services.intake.node import IntakeNode
+from services.intake.node import IntakeNode, intake_node
 from services.intake.pipeline import (
     Accepted,
     Outcome,
@@ -55,7 +57,10 @@ from services.intake.prepare import Submitter
 from services.intake.read import grpc_codec
 from services.intake.read.files import mask_payload_bytes
 
+SERVICE: Final = "intake"
 SERVICE_NAME: Final = "creditlink.peer.v1.RecordIntakeService"
+#: How long a stop on SIGTERM lets calls in progress finish.
+STOP_GRACE_SECONDS: Final = 5.0
 MAX_BATCH: Final = 1000
 MAX_OUTSTANDING: Final = 10_000
 STREAM_MICRO_BATCH: Final = 500
@@ -335,56 +340,90 @@ def binding(servicer: RecordIntakeServicer) -> ServiceBinding:
     return ServiceBinding(servicer, _add_to_server, SERVICE_NAME)
 
 
-async def serve(
-    node: IntakeNode,
-    *,
-    bind: str,
-    tls: TlsFiles,
-    security: PeerSecurity,
-    ops_address: str | None = None,
-) -> None:
-    """Serve until SIGTERM/SIGINT, then stop gracefully.
+class ServingIntakeNode:
+    """The city's intake writer serving ``RecordIntakeService``, as
+    :func:`~services.common.node.run_until_signalled` runs it::
 
-    ``ops_address`` (host:port) also serves ``/healthz`` and ``/metrics``
-    (``services/common/observability.py``).
+        tls, security = node_trust(settings, region, certs)
+        node = ServingIntakeNode(settings, region, bind=bind, tls=tls, security=security)
+        await run_until_signalled(node, grace=STOP_GRACE_SECONDS, ops=ops_server(city, SERVICE))
+
+    The producer of the audit chain and the peer server are the common node bootstrap's
+    (``services/common/node.py``, docs/design.md §3.4); the transactional writer, its ledger
+    and the background work are the intake's own (:func:`~services.intake.node.intake_node`).
     """
-    servicer = RecordIntakeServicer(node, security.city_roles)
-    # Every call, and so every refusal (a certificate that is not one of the city's
-    # departments), goes on the city's audit topic like the other services' calls.
-    producer = make_producer(node.settings, client_id=f"intake-audit-{node.settings.city}")
-    await producer.start()
-    audit = AuditChainWriter(
-        node.settings,
-        node.serde,
-        producer,
-        node_city=node.city_code,
-        chain="intake",
-        service="intake",
-        signer=security.audit_signer,
-    )
-    await audit.start()
-    server = await start_peer_server(
-        bind=bind, tls=tls, services=[binding(servicer)], security=security, audit=audit
-    )
-    log = get_logger(component="grpc")
-    log.info("serving", bind=bind, port=server.port)
-    background = asyncio.create_task(servicer.run_background())
-    ops: OpsServer | None = None
-    if ops_address:
-        host, _, port = ops_address.rpartition(":")
-        ops = OpsServer(service="intake", city=node.settings.city, host=host, port=int(port))
-        ops.add_check("background", lambda: not background.done())
-        await ops.start()
-    try:
-        await server.serve_until_signalled()
-    finally:
-        if ops is not None:
-            await ops.stop()
-        background.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await background
-        with contextlib.suppress(Exception):
-            await servicer.flush_quality()
-        with contextlib.suppress(Exception):
-            await audit.flush()
-        await producer.stop()
+
+    def __init__(
+        self,
+        settings: Settings,
+        region: Region,
+        *,
+        bind: str,
+        tls: TlsFiles,
+        security: PeerSecurity,
+        writer: str = "server",
+    ) -> None:
+        self.settings = settings
+        self.bind = bind
+        self.writer = writer
+        # Trust first (docs/design.md §3.4): a missing or unknown region key stops the node
+        # before anything is started.
+        self.region_key = load_region_key()
+        check_region_key(self.region_key, region.pseudonym_key_ids)
+        self.kit = NodeBootstrap(
+            settings,
+            AvroSerde(),
+            service=SERVICE,
+            city_code=region.city(settings.city).admin_code,
+            tls=tls,
+            security=security,
+            client_id=f"intake-audit-{settings.city}",
+        )
+        # Every call, and so every refusal (a certificate that is not one of the city's
+        # departments), goes on the city's audit topic like the other services' calls.
+        self.audit = self.kit.audit_chain(SERVICE)
+        self.servicer: RecordIntakeServicer | None = None
+        self._writer = contextlib.AsyncExitStack()
+        self._background: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """The audit chain's tail, the writer caught up with its ledger, the server, then the
+        background work. On failure everything started so far is stopped again."""
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop(0)
+            raise
+
+    async def _start(self) -> None:
+        await self.kit.start()
+        node = await self._writer.enter_async_context(
+            intake_node(self.settings, writer=self.writer, region_key=self.region_key)
+        )
+        self.servicer = RecordIntakeServicer(node, self.kit.security.city_roles)
+        server = await self.kit.serve(self.bind, [binding(self.servicer)], audit=self.audit)
+        get_logger(component="grpc").info("serving", bind=self.bind, port=server.port)
+        self._background = asyncio.create_task(self.servicer.run_background())
+
+    def health_checks(self) -> Mapping[str, Check]:
+        """What ``/healthz`` reports: the audit chain is writable and the background work
+        (ledger refresh, figures) runs."""
+        return {
+            "audit": lambda: self.audit.healthy,
+            "background": lambda: self._background is not None and not self._background.done(),
+        }
+
+    async def stop(self, grace: float = STOP_GRACE_SECONDS) -> None:
+        await self.kit.stop_serving(grace)
+        if self._background is not None:
+            self._background.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._background
+            self._background = None
+        if self.servicer is not None:
+            # The figures of the days touched since the last flush; a broker that is away
+            # must not keep the writer and the producers from stopping.
+            with contextlib.suppress(Exception):
+                await self.servicer.flush_quality()
+        await self.kit.close()
+        await self._writer.aclose()

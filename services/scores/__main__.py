@@ -14,7 +14,6 @@ import sys
 from pathlib import Path
 
 from services.common.logging import configure_logging
-from services.common.observability import OpsServer
 from services.common.pseudonym import PseudonymKeyError, check_region_key, load_region_key
 from services.common.region import load_region
 from services.common.settings import SettingsError, load_settings
@@ -22,24 +21,12 @@ from services.scores.config import ScoresConfigError, load_scores_config
 
 
 async def _serve() -> None:
-    from services.scores.node import ScoresNode
+    from services.common.node import ops_server, run_until_signalled
+    from services.scores.node import SERVICE, STOP_GRACE_SECONDS, ScoresNode
 
     node = ScoresNode.from_environment()
-    await node.start()
-    ops: OpsServer | None = None
-    ops_endpoint = node.region.city(node.settings.city).ops.get("scores")
-    if ops_endpoint:
-        host, _, port = ops_endpoint.rpartition(":")
-        ops = OpsServer(service="scores", city=node.settings.city, port=int(port), host=host)
-        for name, check in node.health_checks().items():
-            ops.add_check(name, check)
-        await ops.start()
-    try:
-        await node.server.serve_until_signalled()
-    finally:
-        if ops is not None:
-            await ops.stop()
-        await node.stop()
+    ops = ops_server(node.region.city(node.settings.city), SERVICE)
+    await run_until_signalled(node, grace=STOP_GRACE_SECONDS, ops=ops)
 
 
 def _import(path: Path) -> int:

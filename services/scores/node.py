@@ -1,12 +1,13 @@
 """Wiring of the scores service of one city node: Kafka, the score table, the scale catalogue,
 the distribution publisher, the peer-scale sync and the mTLS gRPC server.
 
-Example::
+Example (what ``python -m services.scores`` does)::
 
     node = ScoresNode.from_environment()      # or ScoresNode(settings, region, ...) in tests
-    await node.start()
-    await node.server.serve_until_signalled()
-    await node.stop()
+    await run_until_signalled(node, grace=STOP_GRACE_SECONDS, ops=ops_server(city, SERVICE))
+
+The producer, the audit chain and the peer server are the common node bootstrap's
+(``services/common/node.py``, docs/design.md §3.4); what is wired here is the scores' own.
 
 What runs, once started:
 
@@ -35,21 +36,20 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 import grpc
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer
 
 from creditlink.peer.v1 import score_recognition_pb2 as pb
 from creditlink.peer.v1 import score_recognition_pb2_grpc as pb_grpc
-from services.common.audit import AuditChainWriter
 from services.common.avro import AvroSerde, SerdeError
-from services.common.kafka import EventPublisher, make_consumer, make_producer
+from services.common.kafka import EventPublisher, make_consumer
 from services.common.logging import get_logger
+from services.common.node import NodeBootstrap, node_trust
 from services.common.peer import (
     OutboundEvidence,
     PeerSecurity,
     PeerServer,
     TlsFiles,
     secure_channel,
-    start_peer_server,
 )
 from services.common.region import Region, load_region
 from services.common.revocations import follow_revocations
@@ -77,6 +77,8 @@ SCALE_SCHEMA: Final = "creditlink.v1.ScoreScale"
 SCALE_PUBLISHED_EVENT: Final = "cn.creditlink.score-scale.published.v1"
 SCALE_MIRRORED_EVENT: Final = "cn.creditlink.score-scale.mirrored.v1"
 PEER_CALL_TIMEOUT_SECONDS: Final = 5.0
+#: How long a stop on SIGTERM lets calls in progress finish.
+STOP_GRACE_SECONDS: Final = 5.0
 RECOVERY_TIMEOUT_SECONDS: Final = 120.0
 #: A peer's unchanged scale is polled at most this many sync intervals apart (30 s: 4 min).
 SCALE_POLL_BACKOFF: Final = 8
@@ -199,12 +201,21 @@ class ScoresNode:
         self.definition: ScaleDefinition = self.config.scale_of(self.settings.city)
         self.serde = AvroSerde()
         self.log = get_logger(component="scores-node")
-        self._producer: AIOKafkaProducer | None = None
-        self._publisher: EventPublisher | None = None
+        self.kit = NodeBootstrap(
+            self.settings,
+            self.serde,
+            service=SERVICE,
+            city_code=self.city_code,
+            tls=self.tls,
+            security=self.security,
+        )
+        self.publisher = EventPublisher(
+            self.kit.producer, self.serde, self.settings, service=SERVICE
+        )
+        # Served calls are INBOUND records, calls to peers (scale polls) OUTBOUND ones.
+        self.audit = self.kit.audit_chain(SERVICE)
         self._follower: ScaleFollower | None = None
         self._stream: ScoreStream | None = None
-        self._server: PeerServer | None = None
-        self.audit: AuditChainWriter | None = None
 
     @classmethod
     def from_environment(cls) -> ScoresNode:
@@ -212,7 +223,7 @@ class ScoresNode:
         region = load_region(settings.region_file)
         options = ScoresOptions.from_env(region, settings.city)
         config = load_scores_config(region=region)
-        security = PeerSecurity.from_files(settings, region, keys_dir=options.certs_dir)
+        tls, security = node_trust(settings, region, options.certs_dir)
         peers = {
             city.key: city.endpoint(SERVICE)
             for city in region.peers_of(settings.city)
@@ -223,7 +234,7 @@ class ScoresNode:
             region=region,
             config=config,
             security=security,
-            tls=TlsFiles.for_city(settings.city, options.certs_dir),
+            tls=tls,
             bind=options.bind,
             peer_targets=peers,
             policy=RefreshPolicy(min_population=options.min_population),
@@ -235,21 +246,15 @@ class ScoresNode:
 
     @property
     def server(self) -> PeerServer:
-        if self._server is None:
+        if self.kit.server is None:
             raise RuntimeError("scores node not started")
-        return self._server
+        return self.kit.server
 
     @property
     def stream(self) -> ScoreStream:
         if self._stream is None:
             raise RuntimeError("scores node not started")
         return self._stream
-
-    @property
-    def publisher(self) -> EventPublisher:
-        if self._publisher is None:
-            raise RuntimeError("scores node not started")
-        return self._publisher
 
     def health_checks(self) -> dict[str, Callable[[], bool]]:
         """What ``/healthz`` reports: the audit chain is writable and the score stream runs.
@@ -259,7 +264,7 @@ class ScoresNode:
         the reason. A peer whose scale is unknown shows in the logs ("peer scale
         unavailable") and in that peer's FAILED_PRECONDITION answers.
         """
-        return {"audit": lambda: self.audit is not None and self.audit.healthy}
+        return {"audit": lambda: self.audit.healthy}
 
     def incentives_for(self, requesting_city_code: str, common_grade: str) -> tuple[str, ...]:
         city = self.region.by_admin_code(requesting_city_code)
@@ -270,19 +275,7 @@ class ScoresNode:
     # --- lifecycle -----------------------------------------------------------------------
 
     async def start(self) -> None:
-        self._producer = make_producer(self.settings, client_id=SERVICE)
-        await self._producer.start()
-        self._publisher = EventPublisher(self._producer, self.serde, self.settings, service=SERVICE)
-        self.audit = AuditChainWriter(
-            self.settings,
-            self.serde,
-            self._producer,
-            node_city=self.city_code,
-            chain=SERVICE,
-            service=SERVICE,
-            signer=self.security.audit_signer,
-        )
-        await self.audit.start()
+        await self.kit.start()
         steps = {d.city_code: d.step for d in self.config.scales.values()}
         self._follower = ScaleFollower(self.settings, self.serde, self.catalogue, steps)
         await self._follower.start()
@@ -305,17 +298,11 @@ class ScoresNode:
             city_code=self.city_code,
             catalogue=self.catalogue,
             scores=self._stream,
-            recorder=KafkaRecognitionRecorder(self._publisher),
+            recorder=KafkaRecognitionRecorder(self.publisher),
             incentives_for=self.incentives_for,
             clock=self.clock,
         )
-        self._server = await start_peer_server(
-            bind=self.bind,
-            tls=self.tls,
-            services=[servicer.binding()],
-            security=self.security,
-            audit=self.audit,
-        )
+        server = await self.kit.serve(self.bind, [servicer.binding()], audit=self.audit)
         self._tasks.append(
             asyncio.create_task(self._every(self.refresh_seconds, self.refresh_distribution))
         )
@@ -327,19 +314,20 @@ class ScoresNode:
         self.log.info(
             "scores node serving",
             bind=self.bind,
-            port=self._server.port,
+            port=server.port,
             scale=self.definition.scale_name,
         )
 
-    async def stop(self) -> None:
+    async def stop(self, grace: float = STOP_GRACE_SECONDS) -> None:
+        # NOT_SERVING and the grace for calls in progress while the table and the
+        # revocations still run (docs/design.md §3.4), then the loops.
+        await self.kit.stop_serving(grace)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
-        if self._server is not None:
-            await self._server.stop(1.0)
         for channel in self._channels.values():
             await channel.close()
         self._channels.clear()
@@ -347,9 +335,7 @@ class ScoresNode:
             await self._stream.stop()
         if self._follower is not None:
             await self._follower.stop()
-        if self._producer is not None:
-            await self._producer.flush()
-            await self._producer.stop()
+        await self.kit.close()
 
     async def _every(
         self, seconds: float, job: Callable[[], Any], *, first_delay: float | None = None
@@ -395,7 +381,6 @@ class ScoresNode:
         channel = self._channels.get(city)
         if channel is None:
             # Each call to a peer is an OUTBOUND record of this node's chain, with its receipt.
-            assert self.audit is not None, "peers are called only once the node started"
             evidence = OutboundEvidence(
                 self.audit,
                 node_city=self.city_code,

@@ -137,10 +137,13 @@ def server(
     finally:
         process.terminate()
         try:
-            process.wait(timeout=20)
+            stopped: int | None = process.wait(timeout=20)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+            stopped = None
+    # SIGTERM is the graceful stop (services.common.node.run_until_signalled): exit status 0.
+    assert stopped == 0, log.read_text()
 
 
 def penalty(serial: int, **changes: object) -> record_intake_pb2.CreditRecord:

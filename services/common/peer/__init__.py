@@ -8,7 +8,8 @@ This package re-exports their public names.
 The gRPC bootstrap every peer-facing service uses: mTLS, identity, authorization, consent,
 audit, health, reflection and graceful shutdown, so a servicer only implements its methods.
 
-Example::
+A service's node starts it through the node bootstrap (``services/common/node.py``), which
+also stops it on SIGTERM or SIGINT. By hand::
 
     security = PeerSecurity.from_files(settings, region)           # policy + consent keyring
     audit = AuditChainWriter(settings, serde, producer, node_city="320500", chain="lists")
@@ -21,7 +22,7 @@ Example::
         security=security,
         audit=audit,
     )
-    await server.serve_until_signalled()      # SIGTERM/SIGINT -> NOT_SERVING, stop(grace)
+    await server.stop(grace)                  # NOT_SERVING, drain, stop, flush the audit
 
 **Who is calling.** The calling city comes only from the client certificate the TLS
 handshake verified against the region CA (``context.auth_context()``): its one URI SAN

@@ -18,7 +18,6 @@ from services.common.peer.security import PeerSecurity
 from services.common.peer.tls import TlsFiles
 from services.common.reflection import serve_reflection
 from services.common.settings import PeerLimits, load_peer_limits
-from services.common.signals import until_signalled
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,10 +53,6 @@ class PeerServer:
         await self.server.stop(grace)
         if self._audit is not None and self._audit.healthy:
             await self._audit.flush()
-
-    async def serve_until_signalled(self, grace: float = DEFAULT_GRACE_SECONDS) -> None:
-        await until_signalled()
-        await self.stop(grace)
 
 
 async def start_peer_server(
