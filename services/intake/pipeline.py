@@ -46,6 +46,7 @@ from services.intake.classify.ledger import (
 )
 from services.intake.classify.ledger_sync import LedgerFollower
 from services.intake.encode import events as ev
+from services.intake.encode.record_encoding import ContentParts, content_of
 from services.intake.figures.quality import disclosure_quality
 from services.intake.prepare import (
     Prepared,
@@ -210,8 +211,13 @@ class _Planner:
         return self._record_headers
 
     def encode_record(
-        self, record: ValidRecord, decided: Classification, source: ev.SubmissionSource
+        self,
+        record: ValidRecord,
+        decided: Classification,
+        source: ev.SubmissionSource,
+        content: tuple[ContentParts | None, str] | None = None,
     ) -> tuple[RecordState, OutgoingEvent]:
+        parts, digest = content or content_of(record.content)
         value = ev.encode_credit_record(
             self.pipeline.serde,
             record,
@@ -220,6 +226,7 @@ class _Planner:
             report_date=decided.report_date,
             accepted_at=self.now,
             source=source,
+            content_parts=parts,
         )
         key = record.subject_key
         event = OutgoingEvent(
@@ -230,18 +237,19 @@ class _Planner:
                 ev.record_event_id(record.record_id, decided.version), key
             ),
         )
-        return record_state_of(record, decided.version, decided.report_date), event
+        return record_state_of(record, decided.version, decided.report_date, digest), event
 
     def valid(self, record: ValidRecord, source: ev.SubmissionSource) -> None:
-        decided = self.decide(record.record_id, record.content_hash, record.report_date)
+        content = content_of(record.content)
+        decided = self.decide(record.record_id, content[1], record.report_date)
         if decided.disposition is Disposition.DUPLICATE:
             self.duplicate(
-                record_state_of(record, decided.version, decided.report_date),
+                record_state_of(record, decided.version, decided.report_date, content[1]),
                 decided.version,
                 record.warnings,
             )
             return
-        state, event = self.encode_record(record, decided, source)
+        state, event = self.encode_record(record, decided, source, content)
         self.publish_record(state, event, decided, record.warnings)
 
     def prepared_chunk(self, batch: PreparedBatch) -> None:

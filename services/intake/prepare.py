@@ -31,6 +31,7 @@ from typing import BinaryIO, Final
 from services.common.avro import AvroSerde
 from services.intake.classify.ledger import RecordState
 from services.intake.encode import events as ev
+from services.intake.encode.record_encoding import content_of
 from services.intake.publish.partitioning import partition_for
 from services.intake.read import files
 from services.intake.validate.validation import (
@@ -496,13 +497,14 @@ def prepare_chunk(chunk: Chunk, preparation: Preparation) -> PreparedChunk:
             file_name=chunk.file_name,
             line_number=row.line_number,
         )
+        parts, digest = content_of(verdict.content)
         if verdict.warnings:
             out.warnings[len(out.lines)] = verdict.warnings
         out.lines.append(row.line_number)
         out.texts.append(
             (
                 verdict.record_id,
-                verdict.content_hash,
+                digest,
                 verdict.category,
                 verdict.department_code,
                 verdict.department_name,
@@ -522,6 +524,7 @@ def prepare_chunk(chunk: Chunk, preparation: Preparation) -> PreparedChunk:
                 report_date=verdict.report_date,
                 accepted_at=preparation.submitted_at,
                 source=source,
+                content_parts=parts,
             )
         )
     return out
