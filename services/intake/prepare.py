@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import functools
 import io
 import multiprocessing
 import multiprocessing.connection
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import BinaryIO, Final
@@ -74,19 +75,22 @@ class PreparedRecord:
     line_number: int
     state: RecordState
     warnings: tuple[Violation, ...]
-    partition: int
+    partition: int | None
     key: bytes
     value: bytes
 
 
 @dataclass(frozen=True, slots=True)
 class PreparedRejection:
-    """An invalid or unreadable row, with its payload already rendered."""
+    """An invalid or unreadable row, with its payload already rendered, its rejection id and
+    the department it is keyed by (the uploader's, else its own, else ``UNKNOWN``)."""
 
     line_number: int
     rejection: InvalidRecord
     payload: bytes
     payload_encoding: str
+    rejection_id: str
+    department_code: str
 
 
 Prepared = PreparedRecord | PreparedRejection
@@ -102,7 +106,7 @@ class PreparedChunk:
     # record_id, content_hash, category, department_code, department_name, decision_number
     texts: list[tuple[str, str, str, str, str, str, str]]
     days: list[tuple[int, int]]  # decision date, report date
-    partitions: list[int]
+    partitions: list[int | None]
     values: list[bytes]
     warnings: dict[int, tuple[Violation, ...]]  # by position, only rows that have some
     rejections: list[PreparedRejection]
@@ -173,6 +177,16 @@ class PreparedChunk:
             if texts[2] in DISCLOSURE_CATEGORIES
         }
         return {(code, date.fromordinal(decided)) for code, decided in days}
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedBatch:
+    """A prepared batch with how to validate one of its rows again here and where each
+    came from, by row key (line number in a file, position in a request)."""
+
+    prepared: PreparedChunk
+    revalidate: Callable[[int], Verdict]
+    source: Callable[[int], ev.SubmissionSource]
 
 
 @dataclass(frozen=True, slots=True)
@@ -472,35 +486,75 @@ def warm_worker(chunk: Chunk, preparation: Preparation, hold_seconds: float) -> 
     return os.getpid()
 
 
+def file_source(file_name: str, submitted_at: datetime, line_number: int) -> ev.SubmissionSource:
+    """Where a row of a bulk file came from."""
+    return ev.SubmissionSource(
+        channel="FILE", submitted_at=submitted_at, file_name=file_name, line_number=line_number
+    )
+
+
 def prepare_chunk(chunk: Chunk, preparation: Preparation) -> PreparedChunk:
-    """Validate and encode every row of a chunk (runs in a worker process)."""
+    """Read, validate and prepare every row of a chunk (runs in a worker process)."""
     global _SERDE  # one schema store per worker process, loaded on first use
     if _SERDE is None:
         _SERDE = AvroSerde()
-    serde = _SERDE
     context = ValidationContext(
         city_code=preparation.city_code,
         today=preparation.today,
         pseudonymise=pseudonymiser(preparation.region_key),
     )
-    partitions = preparation.partitions
+    uploader = preparation.uploader_department
+    return prepare_verdicts(
+        (
+            (row.line_number, check_row(row, context, uploader), row.render_payload)
+            for row in chunk_rows(chunk)
+        ),
+        serde=_SERDE,
+        city_code=preparation.city_code,
+        uploader_department=uploader,
+        partitions=preparation.partitions,
+        accepted_at=preparation.submitted_at,
+        source=functools.partial(file_source, chunk.file_name, preparation.submitted_at),
+    )
+
+
+def prepare_verdicts(
+    rows: Iterable[tuple[int, Verdict, Callable[[], tuple[bytes, str]]]],
+    *,
+    serde: AvroSerde,
+    city_code: str,
+    uploader_department: str | None,
+    partitions: int | None,
+    accepted_at: datetime,
+    source: Callable[[int], ev.SubmissionSource],
+) -> PreparedChunk:
+    """Verdicts on the rows of one batch — (key, verdict, how to render the row's payload),
+    in order — as :class:`PreparedChunk`: each valid row hashed and encoded as the first
+    version of its record (``partitions``: of the records topic, to partition its key as the
+    producer would; None leaves that to the producer), each invalid row with its payload
+    rendered and its rejection id."""
     out = PreparedChunk([], [], [], [], [], {}, [])
-    for row in chunk_rows(chunk):
-        verdict = check_row(row, context, preparation.uploader_department)
+    for line_number, verdict, render_payload in rows:
         if isinstance(verdict, InvalidRecord):
-            payload, encoding = row.payload()
-            out.rejections.append(PreparedRejection(row.line_number, verdict, payload, encoding))
+            payload, encoding = render_payload()
+            department = (
+                uploader_department or verdict.identity.department_code or ev.UNKNOWN_DEPARTMENT
+            )
+            out.rejections.append(
+                PreparedRejection(
+                    line_number,
+                    verdict,
+                    payload,
+                    encoding,
+                    ev.rejection_id_for(city_code, department, payload),
+                    department,
+                )
+            )
             continue
-        source = ev.SubmissionSource(
-            channel="FILE",
-            submitted_at=preparation.submitted_at,
-            file_name=chunk.file_name,
-            line_number=row.line_number,
-        )
         parts, digest = content_of(verdict.content)
         if verdict.warnings:
             out.warnings[len(out.lines)] = verdict.warnings
-        out.lines.append(row.line_number)
+        out.lines.append(line_number)
         out.texts.append(
             (
                 verdict.record_id,
@@ -513,17 +567,20 @@ def prepare_chunk(chunk: Chunk, preparation: Preparation) -> PreparedChunk:
             )
         )
         out.days.append((verdict.decision_date.toordinal(), verdict.report_date.toordinal()))
-        key = verdict.subject_key.encode()
-        out.partitions.append(partition_for(key, partitions))
+        out.partitions.append(
+            partition_for(verdict.subject_key.encode(), partitions)
+            if partitions is not None
+            else None
+        )
         out.values.append(
             ev.encode_credit_record(
                 serde,
                 verdict,
-                city_code=preparation.city_code,
+                city_code=city_code,
                 version=1,
                 report_date=verdict.report_date,
-                accepted_at=preparation.submitted_at,
-                source=source,
+                accepted_at=accepted_at,
+                source=source(line_number),
                 content_parts=parts,
             )
         )
