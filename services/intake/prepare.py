@@ -15,10 +15,7 @@ importing process, which encodes its higher version.
 
 from __future__ import annotations
 
-import contextlib
-import csv
 import functools
-import io
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -211,171 +208,18 @@ def split_file(
     chunk_lines: int = CHUNK_LINES,
     read_size: int = READ_SIZE,
 ) -> Iterator[Chunk]:
-    """Chunks of whole records, about ``chunk_lines`` physical lines each.
-
-    CSV records are found with the csv module itself over the bytes read as Latin-1, so a
-    chunk boundary falls exactly where the line-by-line reader ends a record — also for
-    malformed quoting. Latin-1 maps every byte to one character, and the bytes that matter
-    to CSV (comma, double quote, CR, LF) never occur inside a multi-byte UTF-8 or GB18030
-    character, so the records are the same as in the decoded text. A line that starts a
-    record and holds no double quote, CR or NUL is a whole record by itself, whatever else
-    it holds; only the other lines go through the csv module.
-    """
-    lines: list[tuple[int, bytes]] = []
-    source: Iterator[tuple[int, bytes]] = files.physical_lines(stream)
-    pushed_back: list[tuple[int, bytes]] = []
-    read = [0]  # number of the last line taken from the stream
-
-    def physical() -> Iterator[str]:
-        while True:
-            if pushed_back:
-                number, raw = pushed_back.pop()
-            else:
-                taken = next(source, None)
-                if taken is None:
-                    return
-                number, raw = taken
-            read[0] = max(read[0], number)
-            lines.append((number, raw))
-            yield raw.decode("latin-1") + "\n"
-
-    def chunk(header: bytes, taken: list[tuple[int, bytes]]) -> Chunk:
-        body = b"\n".join(raw for _, raw in taken) + b"\n"
-        return Chunk(file_format, file_name, header, taken[0][0], body)
-
-    if file_format == "jsonl":
-        for _ in physical():
-            if len(lines) >= chunk_lines:
-                yield chunk(b"", lines[:])
-                lines.clear()
-        if lines:
-            yield chunk(b"", lines)
-        return
-
-    header = b""
-    reader = csv.reader(physical(), strict=True)
-    while not header:
-        try:
-            next(reader)
-        except StopIteration:
-            return
-        except csv.Error as exc:
-            raise files.FileFormatError(f"the header line is not CSV: {exc}") from None
-        candidate = b"\n".join(raw for _, raw in lines) + b"\n"
-        # Blank or not is judged on the decoded text, as the line reader judges it.
-        if "".join(files.header_cells(candidate)).strip():
-            header = candidate
-            files.check_header(header)
-        lines.clear()
-    # The header came through the line reader; the rest is read in blocks (the stream is
-    # right after the header's last line, which physical_lines() read with readline()).
-    body = _BodyLines(stream, read_size)
-    body.number = read[0]
-    source = body
-    while True:
-        run = body.plain_run(chunk_lines - len(lines))
-        if run:
-            lines.extend(run)
-        else:
-            taken = next(body, None)
-            if taken is None:
-                break
-            number, raw = taken
-            if b'"' in raw or b"\r" in raw or b"\0" in raw:
-                pushed_back.append((number, raw))
-                # The csv module reads this record's lines, however many. A malformed record
-                # ends where csv says so; the worker's reader reports it.
-                with contextlib.suppress(csv.Error):
-                    next(reader)
-            else:
-                lines.append((number, raw))
-        if len(lines) >= chunk_lines:
-            yield chunk(header, lines[:])
-            lines.clear()
-    if lines:
-        yield chunk(header, lines)
-
-
-class _BodyLines:
-    """The physical lines after a CSV header, as :func:`files.physical_lines` gives them
-    (number, bytes without the line break), read a block at a time.
-
-    A block holding no double quote, CR or NUL is all plain lines, each a record by itself;
-    :meth:`plain_run` hands out such lines many at a time, which spares the per-line Python
-    work of the importing process (it splits the whole file while the workers prepare)."""
-
-    def __init__(self, stream: BinaryIO, read_size: int) -> None:
-        self._stream = stream
-        self._read_size = read_size
-        self._lines: list[bytes] = []
-        self._at = 0
-        self._plain = False
-        self._rest = b""  # a line not yet ended by a line break
-        self._done = False
-        self.number = 0  # of the last line handed out; set by the caller
-
-    def _fill(self) -> bool:
-        """Read the next block of whole lines; False at the end of the stream."""
-        while self._at >= len(self._lines):
-            if self._done:
-                return False
-            block = self._stream.read(self._read_size)
-            if not block:
-                self._done = True
-                if not self._rest:
-                    return False
-                block, self._rest = self._rest, b""
-                self._lines = [block]
-            else:
-                block = self._rest + block
-                end = block.rfind(b"\n") + 1
-                block, self._rest = block[:end], block[end:]
-                if not block:
-                    continue
-                self._lines = block[:-1].split(b"\n")
-            self._at = 0
-            self._plain = b'"' not in block and b"\r" not in block and b"\0" not in block
-        return True
-
-    def plain_run(self, limit: int) -> list[tuple[int, bytes]]:
-        """Up to ``limit`` next lines when they are plain, else none."""
-        if not self._fill() or not self._plain:
-            return []
-        taken = self._lines[self._at : self._at + limit]
-        self._at += len(taken)
-        first = self.number + 1
-        self.number += len(taken)
-        return list(zip(range(first, first + len(taken)), taken, strict=True))
-
-    def __iter__(self) -> _BodyLines:
-        return self
-
-    def __next__(self) -> tuple[int, bytes]:
-        if not self._fill():
-            raise StopIteration
-        raw = self._lines[self._at]
-        self._at += 1
-        self.number += 1
-        return self.number, raw.rstrip(b"\r\n")
+    """Chunks of whole records, about ``chunk_lines`` physical lines each
+    (:func:`services.intake.read.files.record_runs`)."""
+    for header, lines in files.record_runs(stream, file_format, chunk_lines, read_size):
+        body = b"\n".join(raw for _, raw in lines) + b"\n"
+        yield Chunk(file_format, file_name, header, lines[0][0], body)
 
 
 def chunk_rows(chunk: Chunk) -> Iterator[files.FileRow]:
     """The rows of a chunk with their line numbers in the whole file."""
     # Line numbers of the piece read on its own: the header's lines, then the body's.
-    header_lines = chunk.header.count(b"\n")
-    shift = chunk.first_line - (header_lines + 1)
-    if chunk.file_format == "csv" and header_lines == 1:
-        block = files.read_csv_block(chunk.header, chunk.body, line_shift=shift)
-        if block is not None:
-            yield from block
-            return
-    rows = files.read_rows(
-        io.BytesIO(chunk.header + chunk.body), chunk.file_format, at_file_start=False
-    )
-    for row in rows:
-        yield files.FileRow(
-            row.line_number + shift, row.submission, row.problem, row.render_payload
-        )
+    shift = chunk.first_line - (chunk.header.count(b"\n") + 1)
+    return files.read_chunk(chunk.file_format, chunk.header, chunk.body, line_shift=shift)
 
 
 @dataclass(frozen=True, slots=True)
