@@ -1,16 +1,18 @@
-"""The CPU-bound half of a bulk import, run in worker processes.
+"""The first half of a batch's road: read, validate, and prepare what classifying needs.
 
 A 2-core node spends most of an import in Python: decoding, CSV, validation, the content
-hash and Avro encoding (``python -m bench intake``). Those steps need no
-shared state, so the importer cuts a file into chunks of whole records and lets worker
-processes *prepare* them: each valid row comes back already encoded as the first version of
-its record, each invalid row with its reasons and its rendered (masked) payload. Deciding
-(new, duplicate, correction) and publishing stay in the importing process, in file order,
-so exactly-once does not depend on the workers at all — a worker's output is a pure function
-of the chunk.
+hash and Avro encoding (``python -m bench intake``). Those steps need no shared state, so the
+importer cuts a file into chunks of whole records and lets worker processes *prepare* them
+(:func:`prepare_chunk`): each valid row comes back hashed and already encoded as the first
+version of its record, each invalid row with its reasons, its rendered (masked) payload and
+its rejection id. A gRPC request is prepared the same way in-process
+(:func:`prepare_verdicts`, from ``IntakePipeline.prepare``). Classifying (new, duplicate,
+correction), encoding what is not a first version and publishing stay in the importing
+process, in order, so exactly-once does not depend on the workers at all — a worker's output
+is a pure function of the chunk.
 
-A record that turns out to be a correction (rare in a bulk file) is re-validated in the
-importing process, which encodes its higher version.
+A record that turns out to be a correction (rare in a bulk file) is validated again in the
+importing process, which encodes its higher version (:mod:`services.intake.encode.batch`).
 """
 
 from __future__ import annotations
