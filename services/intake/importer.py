@@ -34,14 +34,17 @@ from rich.progress import (
 
 from services.common.cloudevents import new_traceparent
 from services.common.logging import get_logger
-from services.intake.encode.events import RECORDS_TOPIC, SubmissionSource
+from services.intake.classify.decide import Accepted, Outcome
+from services.intake.encode.events import RECORDS_TOPIC
 from services.intake.node import IntakeNode
-from services.intake.pipeline import Accepted, Outcome, PreparedBatch, disclosure_day_of
+from services.intake.pipeline import disclosure_day_of
 from services.intake.prepare import (
     CHUNK_LINES,
     Chunk,
     Preparation,
+    PreparedBatch,
     PreparedChunk,
+    file_source,
     prepare_chunk,
     revalidate_line,
     split_file,
@@ -125,14 +128,6 @@ def default_workers(paths: Sequence[Path]) -> int:
 def _prepared_batch(
     chunk: Chunk, prepared: PreparedChunk, preparation: Preparation, context: ValidationContext
 ) -> PreparedBatch:
-    def source(line_number: int) -> SubmissionSource:
-        return SubmissionSource(
-            channel="FILE",
-            submitted_at=preparation.submitted_at,
-            file_name=chunk.file_name,
-            line_number=line_number,
-        )
-
     return PreparedBatch(
         prepared=prepared,
         revalidate=functools.partial(
@@ -141,7 +136,7 @@ def _prepared_batch(
             context=context,
             uploader_department=preparation.uploader_department,
         ),
-        source=source,
+        source=functools.partial(file_source, chunk.file_name, preparation.submitted_at),
     )
 
 

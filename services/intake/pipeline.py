@@ -1,15 +1,20 @@
-"""The intake pipeline: validate, decide against the ledger, publish atomically, remember.
+"""The intake pipeline: one road for every batch, whichever its channel.
 
-One call of :meth:`IntakePipeline.submit` handles one batch (a chunk of a file, one gRPC
-request, a stream's micro-batch):
+One call of :meth:`IntakePipeline.submit` (a gRPC request, a stream's micro-batch) or
+:meth:`IntakePipeline.submit_prepared` (a chunk of a bulk file, read and validated by a
+worker process) handles one batch, each step once and in order:
 
-1. every submission is validated (pure, :mod:`services.intake.validate.validation`);
-2. each valid record is classified against the ledger plus the batch's own earlier records:
-   new (version 1), correction (version + 1) or duplicate (nothing to publish); each
-   rejection gets its deterministic id, and one already on the rejected topic is not
-   published again;
-3. the batch's new events go out in one Kafka transaction;
-4. only once it committed does the ledger learn them.
+1. read and validate (pure, :mod:`services.intake.validate.validation`), then prepare
+   (:func:`services.intake.prepare.prepare_verdicts`: each valid row hashed and encoded as the
+   first version of its record, each rejection with its payload and id) — in a worker
+   process for a file, here for a request;
+2. classify (:func:`services.intake.classify.decide.decide`) against the ledger plus the
+   batch's own earlier rows: new (version 1), correction (version + 1) or duplicate (nothing
+   to publish); a rejection already on the rejected topic is not published again;
+3. encode (:func:`services.intake.encode.batch.encode_batch`) what the batch publishes;
+4. publish its events in one Kafka transaction
+   (:class:`~services.intake.publish.publisher.TransactionalPublisher`);
+5. only once it committed does the ledger learn them.
 
 If the transaction fails (broker gone, producer fenced, timeout), the pipeline restarts its
 producer — which fences the failed one, so the failed batch can never surface later —
@@ -36,33 +41,23 @@ from services.common.observability import (
     RECORDS_REJECTED,
 )
 from services.common.workdays import CalendarNotCovered, WorkdayCalendar
-from services.intake.classify.ledger import (
-    Classification,
-    Disposition,
-    Ledger,
-    RecordState,
-    RejectionState,
-    record_state_of,
-)
+from services.intake.classify.decide import Accepted, Outcome, Rejected, decide
+from services.intake.classify.ledger import Ledger, RecordState, RejectionState, apply_all
 from services.intake.classify.ledger_sync import LedgerFollower
 from services.intake.encode import events as ev
+from services.intake.encode.batch import EventFacts, encode_batch
 from services.intake.figures.quality import disclosure_quality
 from services.intake.prepare import (
     Prepared,
-    PreparedChunk,
+    PreparedBatch,
     PreparedRecord,
     PreparedRejection,
     Submitter,
     check_submission,
+    prepare_verdicts,
 )
 from services.intake.publish.publisher import OutgoingEvent, PublishFailed, TransactionalPublisher
-from services.intake.validate.validation import (
-    InvalidRecord,
-    ValidationContext,
-    ValidRecord,
-    Verdict,
-    Violation,
-)
+from services.intake.validate.validation import ValidationContext, ValidRecord, Verdict
 from services.intake.validate.vocabulary import DISCLOSURE_CATEGORIES
 
 RETRY_DEADLINE_S: Final = 300.0
@@ -82,43 +77,11 @@ class Submission:
     problem: str | None = None
 
 
-# Not frozen: built per record (services/intake/__init__.py).
-@dataclass(slots=True)
-class Accepted:
-    record_id: str
-    version: int
-    subject_key: str
-    duplicate: bool = False
-    correction: bool = False
-    warnings: tuple[Violation, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class Rejected:
-    rejection_id: str
-    reasons: tuple[Violation, ...]
-    #: True when this very rejection was already on the rejected topic (a re-run).
-    already_recorded: bool = False
-
-
-Outcome = Accepted | Rejected
-
-
 @dataclass(slots=True)
 class _Plan:
     outcomes: list[Outcome] = field(default_factory=list)
     events: list[OutgoingEvent] = field(default_factory=list)
     states: list[RecordState | RejectionState] = field(default_factory=list)
-
-
-@dataclass(frozen=True, slots=True)
-class PreparedBatch:
-    """Rows a worker process prepared (:mod:`services.intake.prepare`), in file order, with
-    how to validate one of them again here and where each came from."""
-
-    prepared: PreparedChunk
-    revalidate: Callable[[int], Verdict]  # by line number
-    source: Callable[[int], ev.SubmissionSource]  # by line number
 
 
 def disclosure_day_of(verdict: Verdict | Prepared) -> tuple[str, date] | None:
@@ -142,230 +105,6 @@ def disclosure_day_of(verdict: Verdict | Prepared) -> tuple[str, date] | None:
     ):
         return identity.department_code, identity.decision_date
     return None
-
-
-class _Planner:
-    """Decides one batch against the ledger plus the batch's own earlier rows."""
-
-    def __init__(self, pipeline: IntakePipeline, now: datetime, traceparent: str | None) -> None:
-        self.pipeline = pipeline
-        self.ledger = pipeline.ledger
-        self.now = now
-        self.plan = _Plan()
-        self.pending: dict[str, RecordState] = {}
-        self.pending_superseded: dict[tuple[str, str], int] = {}
-        self.pending_rejections: set[str] = set()
-        self._traceparent = traceparent
-        self._record_headers: ev.HeaderTemplate | None = None
-        self._rejected_headers: ev.HeaderTemplate | None = None
-
-    def _headers(self, event_type: str, schema_uri: str) -> ev.HeaderTemplate:
-        return ev.HeaderTemplate(
-            city=self.pipeline.city_code,
-            event_type=event_type,
-            data_schema=schema_uri,
-            time=self.now,
-            traceparent=self._traceparent,
-        )
-
-    def decide(self, record_id: str, content_hash: str, report_date: date) -> Classification:
-        decided = self.ledger.classify_parts(
-            record_id, content_hash, report_date, self.pending, self.pending_superseded
-        )
-        if decided.disposition is not Disposition.DUPLICATE and decided.previous is not None:
-            previous = decided.previous
-            self.pending_superseded[(previous.record_id, previous.content_hash)] = previous.version
-        return decided
-
-    def duplicate(self, state: RecordState, version: int, warnings: tuple[Violation, ...]) -> None:
-        self.plan.outcomes.append(
-            Accepted(state.record_id, version, state.subject_key, duplicate=True, warnings=warnings)
-        )
-
-    def publish_record(
-        self,
-        state: RecordState,
-        event: OutgoingEvent,
-        decided: Classification,
-        warnings: tuple[Violation, ...],
-    ) -> None:
-        self.pending[state.record_id] = state
-        self.plan.states.append(state)
-        self.plan.events.append(event)
-        self.plan.outcomes.append(
-            Accepted(
-                state.record_id,
-                decided.version,
-                state.subject_key,
-                correction=decided.disposition is Disposition.CORRECTION,
-                warnings=warnings,
-            )
-        )
-
-    def record_headers(self) -> ev.HeaderTemplate:
-        if self._record_headers is None:
-            self._record_headers = self._headers(
-                ev.RECORD_ACCEPTED, self.pipeline.record_schema_uri
-            )
-        return self._record_headers
-
-    def encode_record(
-        self, record: ValidRecord, decided: Classification, source: ev.SubmissionSource
-    ) -> tuple[RecordState, OutgoingEvent]:
-        value = ev.encode_credit_record(
-            self.pipeline.serde,
-            record,
-            city_code=self.pipeline.city_code,
-            version=decided.version,
-            report_date=decided.report_date,
-            accepted_at=self.now,
-            source=source,
-        )
-        key = record.subject_key
-        event = OutgoingEvent(
-            ev.RECORDS_TOPIC,
-            key.encode(),
-            value,
-            self.record_headers().headers(
-                ev.record_event_id(record.record_id, decided.version), key
-            ),
-        )
-        return record_state_of(record, decided.version, decided.report_date), event
-
-    def valid(self, record: ValidRecord, source: ev.SubmissionSource) -> None:
-        decided = self.decide(record.record_id, record.content_hash, record.report_date)
-        if decided.disposition is Disposition.DUPLICATE:
-            self.duplicate(
-                record_state_of(record, decided.version, decided.report_date),
-                decided.version,
-                record.warnings,
-            )
-            return
-        state, event = self.encode_record(record, decided, source)
-        self.publish_record(state, event, decided, record.warnings)
-
-    def prepared_chunk(self, batch: PreparedBatch) -> None:
-        """Every valid row of a prepared chunk, in file order.
-
-        Nearly every row of a bulk file is new: the worker's encoding of version 1 goes out as
-        it is (what decide() would say, without its bookkeeping), and no per-row object is
-        built beyond the ledger state, the event and the outcome. The others go through
-        :meth:`prepared`."""
-        chunk = batch.prepared
-        if not chunk.lines:
-            return
-        known = self.ledger.records
-        pending = self.pending
-        states = self.plan.states
-        events = self.plan.events
-        outcomes = self.plan.outcomes
-        headers = self.record_headers().headers
-        values = chunk.values
-        partitions = chunk.partitions
-        warnings = chunk.warnings
-        no_warnings: tuple[Violation, ...] = ()
-        for index, state in chunk.states():
-            record_id = state.record_id
-            if record_id in pending or record_id in known:
-                self.prepared(chunk.record(index, state), batch)
-                continue
-            subject_key = state.subject_key
-            pending[record_id] = state
-            states.append(state)
-            events.append(
-                OutgoingEvent(
-                    ev.RECORDS_TOPIC,
-                    subject_key.encode(),
-                    values[index],
-                    headers(ev.record_event_id(record_id, 1), subject_key),
-                    partitions[index],
-                )
-            )
-            outcomes.append(
-                Accepted(record_id, 1, subject_key, warnings=warnings.get(index, no_warnings))
-            )
-
-    def prepared(self, item: PreparedRecord, batch: PreparedBatch) -> None:
-        """A prepared row whose record is pending in this batch or known to the ledger (the
-        new ones take :meth:`prepared_chunk`'s own path), as :meth:`decide` classifies it."""
-        state = item.state
-        record_id = state.record_id
-        decided = self.decide(record_id, state.content_hash, state.first_report_date)
-        if decided.disposition is Disposition.DUPLICATE:
-            self.duplicate(state, decided.version, item.warnings)
-            return
-        if decided.disposition is Disposition.NEW:
-            event = OutgoingEvent(
-                ev.RECORDS_TOPIC,
-                item.key,
-                item.value,
-                self.record_headers().headers(
-                    ev.record_event_id(state.record_id, 1), state.subject_key
-                ),
-                item.partition,
-            )
-            self.publish_record(state, event, decided, item.warnings)
-            return
-        record = batch.revalidate(item.line_number)
-        if not isinstance(record, ValidRecord):
-            # A worker's verdict is a pure function of the row: validating again cannot differ.
-            raise RuntimeError(f"line {item.line_number} did not validate again")
-        state, event = self.encode_record(record, decided, batch.source(item.line_number))
-        self.publish_record(state, event, decided, item.warnings)
-
-    def rejected(
-        self,
-        rejection: InvalidRecord,
-        payload: bytes,
-        payload_encoding: str,
-        source: ev.SubmissionSource,
-    ) -> None:
-        identity = rejection.identity
-        department = (
-            self.pipeline.uploader_department or identity.department_code or ev.UNKNOWN_DEPARTMENT
-        )
-        rejection_id = ev.rejection_id_for(self.pipeline.city_code, department, payload)
-        known = rejection_id in self.ledger.rejections or rejection_id in self.pending_rejections
-        self.plan.outcomes.append(Rejected(rejection_id, rejection.reasons, already_recorded=known))
-        if known:
-            return
-        self.pending_rejections.add(rejection_id)
-        self.plan.states.append(
-            RejectionState(
-                rejection_id=rejection_id,
-                department_code=department,
-                department_name=identity.department_name,
-                record_id=identity.record_id,
-                category=identity.category,
-                decision_number=identity.decision_number,
-                decision_date=identity.decision_date,
-            )
-        )
-        if self._rejected_headers is None:
-            self._rejected_headers = self._headers(
-                ev.RECORD_REJECTED, self.pipeline.rejected_schema_uri
-            )
-        value = self.pipeline.serde.encode(
-            ev.REJECTED_RECORD_SCHEMA,
-            ev.rejected_record(
-                rejection,
-                rejection_id=rejection_id,
-                city_code=self.pipeline.city_code,
-                department_code=department,
-                payload=payload,
-                payload_encoding=payload_encoding,
-                rejected_at=self.now,
-                source=source,
-            ),
-        )
-        self.plan.events.append(
-            OutgoingEvent(
-                ev.REJECTED_TOPIC,
-                department.encode(),
-                value,
-                self._rejected_headers.headers(rejection_id, department),
-            )
-        )
 
 
 class IntakePipeline:
@@ -426,38 +165,42 @@ class IntakePipeline:
             for s in batch
         ]
 
-    def plan(
-        self,
-        batch: Sequence[Submission],
-        verdicts: Sequence[Verdict],
-        *,
-        now: datetime,
-        traceparent: str | None,
-    ) -> _Plan:
-        """Classify every verdict and encode the events to publish (no I/O)."""
-        planner = _Planner(self, now, traceparent)
-        for submission, verdict in zip(batch, verdicts, strict=True):
-            if isinstance(verdict, ValidRecord):
-                planner.valid(verdict, submission.source)
-            else:
-                payload, payload_encoding = submission.render_payload()
-                planner.rejected(verdict, payload, payload_encoding, submission.source)
-        return planner.plan
+    def prepare(self, batch: Sequence[Submission], verdicts: Sequence[Verdict]) -> PreparedBatch:
+        """Verdicts on submissions as a worker process prepares a file's rows
+        (:func:`~services.intake.prepare.prepare_verdicts`), each row under its position."""
 
-    def plan_prepared(
-        self, batch: PreparedBatch, *, now: datetime, traceparent: str | None
-    ) -> _Plan:
-        """The same for rows a worker process prepared."""
-        planner = _Planner(self, now, traceparent)
-        planner.prepared_chunk(batch)
-        for rejection in batch.prepared.rejections:
-            planner.rejected(
-                rejection.rejection,
-                rejection.payload,
-                rejection.payload_encoding,
-                batch.source(rejection.line_number),
-            )
-        return planner.plan
+        def source(position: int) -> ev.SubmissionSource:
+            return batch[position].source
+
+        rows = (
+            (position, verdict, submission.render_payload)
+            for position, (submission, verdict) in enumerate(zip(batch, verdicts, strict=True))
+        )
+        prepared = prepare_verdicts(
+            rows,
+            serde=self.serde,
+            city_code=self.city_code,
+            uploader_department=self._uploader,
+            partitions=None,
+            accepted_at=datetime.now(UTC),
+            source=source,
+        )
+        return PreparedBatch(prepared, verdicts.__getitem__, source)
+
+    def plan(self, batch: PreparedBatch, *, now: datetime, traceparent: str) -> _Plan:
+        """Classify the batch, then encode what it publishes (no I/O)."""
+        decisions = decide(self.ledger, batch.prepared)
+        facts = EventFacts(
+            self.serde,
+            self.city_code,
+            self.record_schema_uri,
+            self.rejected_schema_uri,
+            now,
+            traceparent,
+        )
+        states: list[RecordState | RejectionState] = [state for _, state in decisions.records]
+        states.extend(state for _, state in decisions.rejections)
+        return _Plan(decisions.outcomes, encode_batch(batch, decisions, facts), states)
 
     def quality_events(
         self, days: Iterable[tuple[str, date]], *, now: datetime, traceparent: str | None
@@ -514,17 +257,16 @@ class IntakePipeline:
         if not batch:
             return []
         checked = verdicts if verdicts is not None else self.validate(batch)
-        trace = traceparent or new_traceparent()
-        return await self._store(lambda now: self.plan(batch, checked, now=now, traceparent=trace))
+        return await self.submit_prepared(self.prepare(batch, checked), traceparent=traceparent)
 
     async def submit_prepared(
         self, batch: PreparedBatch, *, traceparent: str | None = None
     ) -> list[Outcome]:
-        """:meth:`submit` for rows a worker process prepared."""
+        """:meth:`submit` for a prepared batch: classify, encode, publish, then remember."""
         if not len(batch.prepared):
             return []
         trace = traceparent or new_traceparent()
-        return await self._store(lambda now: self.plan_prepared(batch, now=now, traceparent=trace))
+        return await self._store(lambda now: self.plan(batch, now=now, traceparent=trace))
 
     async def _store(self, make_plan: Callable[[datetime], _Plan]) -> list[Outcome]:
         deadline = time.monotonic() + self.retry_deadline_s
@@ -541,11 +283,7 @@ class IntakePipeline:
                 first = first or plan.outcomes
                 await self._recover(exc, attempt, deadline)
                 continue
-            for state in plan.states:
-                if isinstance(state, RecordState):
-                    self.ledger.apply_record(state)
-                else:
-                    self.ledger.apply_rejection(state)
+            apply_all(self.ledger, plan.states)
             self._count(plan.outcomes)
             return plan.outcomes
 

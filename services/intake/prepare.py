@@ -1,29 +1,29 @@
-"""The CPU-bound half of a bulk import, run in worker processes.
+"""The first half of a batch's road: read, validate, and prepare what classifying needs.
 
 A 2-core node spends most of an import in Python: decoding, CSV, validation, the content
-hash and Avro encoding (``python -m bench intake``). Those steps need no
-shared state, so the importer cuts a file into chunks of whole records and lets worker
-processes *prepare* them: each valid row comes back already encoded as the first version of
-its record, each invalid row with its reasons and its rendered (masked) payload. Deciding
-(new, duplicate, correction) and publishing stay in the importing process, in file order,
-so exactly-once does not depend on the workers at all — a worker's output is a pure function
-of the chunk.
+hash and Avro encoding (``python -m bench intake``). Those steps need no shared state, so the
+importer cuts a file into chunks of whole records and lets worker processes *prepare* them
+(:func:`prepare_chunk`): each valid row comes back hashed and already encoded as the first
+version of its record, each invalid row with its reasons, its rendered (masked) payload and
+its rejection id. A gRPC request is prepared the same way in-process
+(:func:`prepare_verdicts`, from ``IntakePipeline.prepare``). Classifying (new, duplicate,
+correction), encoding what is not a first version and publishing stay in the importing
+process, in order, so exactly-once does not depend on the workers at all — a worker's output
+is a pure function of the chunk.
 
-A record that turns out to be a correction (rare in a bulk file) is re-validated in the
-importing process, which encodes its higher version.
+A record that turns out to be a correction (rare in a bulk file) is validated again in the
+importing process, which encodes its higher version (:mod:`services.intake.encode.batch`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import csv
-import io
+import functools
 import multiprocessing
 import multiprocessing.connection
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import BinaryIO, Final
@@ -31,6 +31,7 @@ from typing import BinaryIO, Final
 from services.common.avro import AvroSerde
 from services.intake.classify.ledger import RecordState
 from services.intake.encode import events as ev
+from services.intake.encode.record_encoding import content_of
 from services.intake.publish.partitioning import partition_for
 from services.intake.read import files
 from services.intake.validate.validation import (
@@ -73,19 +74,22 @@ class PreparedRecord:
     line_number: int
     state: RecordState
     warnings: tuple[Violation, ...]
-    partition: int
+    partition: int | None
     key: bytes
     value: bytes
 
 
 @dataclass(frozen=True, slots=True)
 class PreparedRejection:
-    """An invalid or unreadable row, with its payload already rendered."""
+    """An invalid or unreadable row, with its payload already rendered, its rejection id and
+    the department it is keyed by (the uploader's, else its own, else ``UNKNOWN``)."""
 
     line_number: int
     rejection: InvalidRecord
     payload: bytes
     payload_encoding: str
+    rejection_id: str
+    department_code: str
 
 
 Prepared = PreparedRecord | PreparedRejection
@@ -101,7 +105,7 @@ class PreparedChunk:
     # record_id, content_hash, category, department_code, department_name, decision_number
     texts: list[tuple[str, str, str, str, str, str, str]]
     days: list[tuple[int, int]]  # decision date, report date
-    partitions: list[int]
+    partitions: list[int | None]
     values: list[bytes]
     warnings: dict[int, tuple[Violation, ...]]  # by position, only rows that have some
     rejections: list[PreparedRejection]
@@ -175,6 +179,16 @@ class PreparedChunk:
 
 
 @dataclass(frozen=True, slots=True)
+class PreparedBatch:
+    """A prepared batch with how to validate one of its rows again here and where each
+    came from, by row key (line number in a file, position in a request)."""
+
+    prepared: PreparedChunk
+    revalidate: Callable[[int], Verdict]
+    source: Callable[[int], ev.SubmissionSource]
+
+
+@dataclass(frozen=True, slots=True)
 class Preparation:
     """Everything a worker needs besides the chunk; sent with each chunk (it is small)."""
 
@@ -196,171 +210,18 @@ def split_file(
     chunk_lines: int = CHUNK_LINES,
     read_size: int = READ_SIZE,
 ) -> Iterator[Chunk]:
-    """Chunks of whole records, about ``chunk_lines`` physical lines each.
-
-    CSV records are found with the csv module itself over the bytes read as Latin-1, so a
-    chunk boundary falls exactly where the line-by-line reader ends a record — also for
-    malformed quoting. Latin-1 maps every byte to one character, and the bytes that matter
-    to CSV (comma, double quote, CR, LF) never occur inside a multi-byte UTF-8 or GB18030
-    character, so the records are the same as in the decoded text. A line that starts a
-    record and holds no double quote, CR or NUL is a whole record by itself, whatever else
-    it holds; only the other lines go through the csv module.
-    """
-    lines: list[tuple[int, bytes]] = []
-    source: Iterator[tuple[int, bytes]] = files.physical_lines(stream)
-    pushed_back: list[tuple[int, bytes]] = []
-    read = [0]  # number of the last line taken from the stream
-
-    def physical() -> Iterator[str]:
-        while True:
-            if pushed_back:
-                number, raw = pushed_back.pop()
-            else:
-                taken = next(source, None)
-                if taken is None:
-                    return
-                number, raw = taken
-            read[0] = max(read[0], number)
-            lines.append((number, raw))
-            yield raw.decode("latin-1") + "\n"
-
-    def chunk(header: bytes, taken: list[tuple[int, bytes]]) -> Chunk:
-        body = b"\n".join(raw for _, raw in taken) + b"\n"
-        return Chunk(file_format, file_name, header, taken[0][0], body)
-
-    if file_format == "jsonl":
-        for _ in physical():
-            if len(lines) >= chunk_lines:
-                yield chunk(b"", lines[:])
-                lines.clear()
-        if lines:
-            yield chunk(b"", lines)
-        return
-
-    header = b""
-    reader = csv.reader(physical(), strict=True)
-    while not header:
-        try:
-            next(reader)
-        except StopIteration:
-            return
-        except csv.Error as exc:
-            raise files.FileFormatError(f"the header line is not CSV: {exc}") from None
-        candidate = b"\n".join(raw for _, raw in lines) + b"\n"
-        # Blank or not is judged on the decoded text, as the line reader judges it.
-        if "".join(files.header_cells(candidate)).strip():
-            header = candidate
-            files.check_header(header)
-        lines.clear()
-    # The header came through the line reader; the rest is read in blocks (the stream is
-    # right after the header's last line, which physical_lines() read with readline()).
-    body = _BodyLines(stream, read_size)
-    body.number = read[0]
-    source = body
-    while True:
-        run = body.plain_run(chunk_lines - len(lines))
-        if run:
-            lines.extend(run)
-        else:
-            taken = next(body, None)
-            if taken is None:
-                break
-            number, raw = taken
-            if b'"' in raw or b"\r" in raw or b"\0" in raw:
-                pushed_back.append((number, raw))
-                # The csv module reads this record's lines, however many. A malformed record
-                # ends where csv says so; the worker's reader reports it.
-                with contextlib.suppress(csv.Error):
-                    next(reader)
-            else:
-                lines.append((number, raw))
-        if len(lines) >= chunk_lines:
-            yield chunk(header, lines[:])
-            lines.clear()
-    if lines:
-        yield chunk(header, lines)
-
-
-class _BodyLines:
-    """The physical lines after a CSV header, as :func:`files.physical_lines` gives them
-    (number, bytes without the line break), read a block at a time.
-
-    A block holding no double quote, CR or NUL is all plain lines, each a record by itself;
-    :meth:`plain_run` hands out such lines many at a time, which spares the per-line Python
-    work of the importing process (it splits the whole file while the workers prepare)."""
-
-    def __init__(self, stream: BinaryIO, read_size: int) -> None:
-        self._stream = stream
-        self._read_size = read_size
-        self._lines: list[bytes] = []
-        self._at = 0
-        self._plain = False
-        self._rest = b""  # a line not yet ended by a line break
-        self._done = False
-        self.number = 0  # of the last line handed out; set by the caller
-
-    def _fill(self) -> bool:
-        """Read the next block of whole lines; False at the end of the stream."""
-        while self._at >= len(self._lines):
-            if self._done:
-                return False
-            block = self._stream.read(self._read_size)
-            if not block:
-                self._done = True
-                if not self._rest:
-                    return False
-                block, self._rest = self._rest, b""
-                self._lines = [block]
-            else:
-                block = self._rest + block
-                end = block.rfind(b"\n") + 1
-                block, self._rest = block[:end], block[end:]
-                if not block:
-                    continue
-                self._lines = block[:-1].split(b"\n")
-            self._at = 0
-            self._plain = b'"' not in block and b"\r" not in block and b"\0" not in block
-        return True
-
-    def plain_run(self, limit: int) -> list[tuple[int, bytes]]:
-        """Up to ``limit`` next lines when they are plain, else none."""
-        if not self._fill() or not self._plain:
-            return []
-        taken = self._lines[self._at : self._at + limit]
-        self._at += len(taken)
-        first = self.number + 1
-        self.number += len(taken)
-        return list(zip(range(first, first + len(taken)), taken, strict=True))
-
-    def __iter__(self) -> _BodyLines:
-        return self
-
-    def __next__(self) -> tuple[int, bytes]:
-        if not self._fill():
-            raise StopIteration
-        raw = self._lines[self._at]
-        self._at += 1
-        self.number += 1
-        return self.number, raw.rstrip(b"\r\n")
+    """Chunks of whole records, about ``chunk_lines`` physical lines each
+    (:func:`services.intake.read.files.record_runs`)."""
+    for header, lines in files.record_runs(stream, file_format, chunk_lines, read_size):
+        body = b"\n".join(raw for _, raw in lines) + b"\n"
+        yield Chunk(file_format, file_name, header, lines[0][0], body)
 
 
 def chunk_rows(chunk: Chunk) -> Iterator[files.FileRow]:
     """The rows of a chunk with their line numbers in the whole file."""
     # Line numbers of the piece read on its own: the header's lines, then the body's.
-    header_lines = chunk.header.count(b"\n")
-    shift = chunk.first_line - (header_lines + 1)
-    if chunk.file_format == "csv" and header_lines == 1:
-        block = files.read_csv_block(chunk.header, chunk.body, line_shift=shift)
-        if block is not None:
-            yield from block
-            return
-    rows = files.read_rows(
-        io.BytesIO(chunk.header + chunk.body), chunk.file_format, at_file_start=False
-    )
-    for row in rows:
-        yield files.FileRow(
-            row.line_number + shift, row.submission, row.problem, row.render_payload
-        )
+    shift = chunk.first_line - (chunk.header.count(b"\n") + 1)
+    return files.read_chunk(chunk.file_format, chunk.header, chunk.body, line_shift=shift)
 
 
 @dataclass(frozen=True, slots=True)
@@ -471,38 +332,79 @@ def warm_worker(chunk: Chunk, preparation: Preparation, hold_seconds: float) -> 
     return os.getpid()
 
 
+def file_source(file_name: str, submitted_at: datetime, line_number: int) -> ev.SubmissionSource:
+    """Where a row of a bulk file came from."""
+    return ev.SubmissionSource(
+        channel="FILE", submitted_at=submitted_at, file_name=file_name, line_number=line_number
+    )
+
+
 def prepare_chunk(chunk: Chunk, preparation: Preparation) -> PreparedChunk:
-    """Validate and encode every row of a chunk (runs in a worker process)."""
+    """Read, validate and prepare every row of a chunk (runs in a worker process)."""
     global _SERDE  # one schema store per worker process, loaded on first use
     if _SERDE is None:
         _SERDE = AvroSerde()
-    serde = _SERDE
     context = ValidationContext(
         city_code=preparation.city_code,
         today=preparation.today,
         pseudonymise=pseudonymiser(preparation.region_key),
     )
-    partitions = preparation.partitions
+    uploader = preparation.uploader_department
+    return prepare_verdicts(
+        (
+            (row.line_number, check_row(row, context, uploader), row.render_payload)
+            for row in chunk_rows(chunk)
+        ),
+        serde=_SERDE,
+        city_code=preparation.city_code,
+        uploader_department=uploader,
+        partitions=preparation.partitions,
+        accepted_at=preparation.submitted_at,
+        source=functools.partial(file_source, chunk.file_name, preparation.submitted_at),
+    )
+
+
+def prepare_verdicts(
+    rows: Iterable[tuple[int, Verdict, Callable[[], tuple[bytes, str]]]],
+    *,
+    serde: AvroSerde,
+    city_code: str,
+    uploader_department: str | None,
+    partitions: int | None,
+    accepted_at: datetime,
+    source: Callable[[int], ev.SubmissionSource],
+) -> PreparedChunk:
+    """Verdicts on the rows of one batch — (key, verdict, how to render the row's payload),
+    in order — as :class:`PreparedChunk`: each valid row hashed and encoded as the first
+    version of its record (``partitions``: of the records topic, to partition its key as the
+    producer would; None leaves that to the producer), each invalid row with its payload
+    rendered and its rejection id."""
     out = PreparedChunk([], [], [], [], [], {}, [])
-    for row in chunk_rows(chunk):
-        verdict = check_row(row, context, preparation.uploader_department)
+    for line_number, verdict, render_payload in rows:
         if isinstance(verdict, InvalidRecord):
-            payload, encoding = row.payload()
-            out.rejections.append(PreparedRejection(row.line_number, verdict, payload, encoding))
+            payload, encoding = render_payload()
+            department = (
+                uploader_department or verdict.identity.department_code or ev.UNKNOWN_DEPARTMENT
+            )
+            out.rejections.append(
+                PreparedRejection(
+                    line_number,
+                    verdict,
+                    payload,
+                    encoding,
+                    ev.rejection_id_for(city_code, department, payload),
+                    department,
+                )
+            )
             continue
-        source = ev.SubmissionSource(
-            channel="FILE",
-            submitted_at=preparation.submitted_at,
-            file_name=chunk.file_name,
-            line_number=row.line_number,
-        )
+        parts, digest = content_of(verdict.content)
         if verdict.warnings:
             out.warnings[len(out.lines)] = verdict.warnings
-        out.lines.append(row.line_number)
+        out.lines.append(line_number)
         out.texts.append(
             (
                 verdict.record_id,
-                verdict.content_hash,
+                digest,
                 verdict.category,
                 verdict.department_code,
                 verdict.department_name,
@@ -511,17 +413,21 @@ def prepare_chunk(chunk: Chunk, preparation: Preparation) -> PreparedChunk:
             )
         )
         out.days.append((verdict.decision_date.toordinal(), verdict.report_date.toordinal()))
-        key = verdict.subject_key.encode()
-        out.partitions.append(partition_for(key, partitions))
+        out.partitions.append(
+            partition_for(verdict.subject_key.encode(), partitions)
+            if partitions is not None
+            else None
+        )
         out.values.append(
             ev.encode_credit_record(
                 serde,
                 verdict,
-                city_code=preparation.city_code,
+                city_code=city_code,
                 version=1,
                 report_date=verdict.report_date,
-                accepted_at=preparation.submitted_at,
-                source=source,
+                accepted_at=accepted_at,
+                source=source(line_number),
+                content_parts=parts,
             )
         )
     return out

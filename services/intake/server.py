@@ -45,14 +45,10 @@ from services.common.region import Region
 from services.common.roles import DEPARTMENT, CityRoles
 from services.common.settings import Settings
 from services.common.workdays import CalendarNotCovered
+from services.intake.classify.decide import Accepted, Outcome
 from services.intake.encode.events import SubmissionSource
 from services.intake.node import IntakeNode, intake_node
-from services.intake.pipeline import (
-    Accepted,
-    Outcome,
-    Submission,
-    disclosure_day_of,
-)
+from services.intake.pipeline import Submission, disclosure_day_of
 from services.intake.prepare import Submitter
 from services.intake.read import grpc_codec
 from services.intake.read.files import mask_payload_bytes

@@ -21,6 +21,7 @@ from creditlink.peer.v1 import record_intake_pb2
 from services.common.avro import AvroSerde
 from services.common.pseudonym import DEV_REGION_KEY, pseudonym
 from services.intake.encode.events import SubmissionSource, credit_record, encode_credit_record
+from services.intake.encode.record_encoding import content_hash, content_of
 from services.intake.prepare import chunk_rows, split_file
 from services.intake.read import files, grpc_codec
 from services.intake.validate import validation as v
@@ -75,9 +76,10 @@ def check(submission: Any) -> None:
     }
     encoded = SERDE.encode("CreditRecord", credit_record(verdict, **facts))
     # Written around the content encoding: the same bytes; read back: the same content hash.
-    assert verdict.content_parts is not None
-    assert encoded == encode_credit_record(SERDE, verdict, **facts)
-    assert v.content_hash(SERDE.decode(encoded)) == verdict.content_hash
+    parts, digest = content_of(verdict.content)
+    assert parts is not None
+    assert encoded == encode_credit_record(SERDE, verdict, **facts, content_parts=parts)
+    assert content_hash(SERDE.decode(encoded)) == digest
     subject = submission.get("subject") if isinstance(submission, dict) else None
     raw_id = subject.get("resident_id_number") if isinstance(subject, dict) else None
     if isinstance(raw_id, str) and len(raw_id.strip()) == 18:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import subprocess
+import sys
 import unicodedata
 from datetime import UTC, date, datetime
 from typing import Any
@@ -14,7 +16,7 @@ import pytest
 from services.common.avro import AvroSerde
 from services.common.pseudonym import DEV_REGION_KEY, pseudonym
 from services.intake.encode.events import SubmissionSource, credit_record, encode_credit_record
-from services.intake.encode.record_encoding import default_encoding
+from services.intake.encode.record_encoding import content_hash, content_of, default_encoding
 from services.intake.read.files import flat_to_submission
 from services.intake.validate import validation as v
 from tests.kit.identifiers import make_pilot_uscc, make_resident_id, make_uscc
@@ -91,7 +93,8 @@ def test_the_event_written_around_the_content_is_the_serdes_encoding(
             rng, decision_date=date(2025, 9, 26), person_share=1.0 if kind == "person" else 0.0
         )
     record = valid(flat_to_submission(row))
-    assert record.content_parts is not None
+    parts, digest = content_of(record.content)
+    assert parts is not None
     when = datetime(2025, 10, 20, 9, 30, 15, 123456, tzinfo=UTC)
     facts: dict[str, Any] = {
         "city_code": "320500",
@@ -103,8 +106,9 @@ def test_the_event_written_around_the_content_is_the_serdes_encoding(
     serde = AvroSerde()
     expected = serde.encode("CreditRecord", credit_record(record, **facts))
     assert encode_credit_record(serde, record, **facts) == expected
+    assert encode_credit_record(serde, record, **facts, content_parts=parts) == expected
     # Read back from Kafka, the record has the content hash it was published with.
-    assert v.content_hash(serde.decode(expected)) == record.content_hash
+    assert content_hash(serde.decode(expected)) == digest
 
 
 def test_the_content_hash_is_the_same_through_fastavro() -> None:
@@ -115,8 +119,10 @@ def test_the_content_hash_is_the_same_through_fastavro() -> None:
     content["penalty"]["penalty_types"] = tuple(content["penalty"]["penalty_types"])
     encoding = default_encoding()
     assert encoding.content_parts(content) is None
-    assert b"".join(record.content_parts or ()) == encoding.content_encoding(content)
-    assert v.content_hash(content) == record.content_hash
+    parts, digest = content_of(record.content)
+    assert b"".join(parts or ()) == encoding.content_encoding(content)
+    assert content_hash(content) == digest
+    assert content_of(content) == (None, digest)
 
 
 def test_record_id_ignores_spelling_variants_of_the_decision_number() -> None:
@@ -129,8 +135,8 @@ def test_content_hash_tells_duplicates_from_corrections() -> None:
     first = valid(penalty())
     again = valid(penalty(report_date="2025-10-01"))  # when it was reported is not content
     corrected = valid(penalty(fine_amount_yuan="9999.00"))
-    assert first.content_hash == again.content_hash
-    assert first.content_hash != corrected.content_hash
+    assert content_hash(first.content) == content_hash(again.content)
+    assert content_hash(first.content) != content_hash(corrected.content)
     assert first.record_id == corrected.record_id
 
 
@@ -401,3 +407,17 @@ def test_penalty_types_read_before_give_the_same_symbols_and_the_same_problems()
     first = valid(penalty(penalty_types="罚款"))
     first.content["penalty"]["penalty_types"].append("WARNING")  # each record its own list
     assert valid(penalty(penalty_types="罚款")).content["penalty"]["penalty_types"] == ["FINE"]
+
+
+def test_the_validator_knows_nothing_of_the_wire_format() -> None:
+    """Validation yields plain validated records: loading it loads no Avro and no encoding of
+    the events (the content hash belongs to services/intake/encode/record_encoding.py)."""
+    probe = (
+        "import sys, services.intake.validate.validation\n"
+        "print(sorted(m for m in sys.modules if 'avro' in m\n"
+        "  or m.startswith('services.intake.encode.') and not m.endswith('.publicity')))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert loaded == "[]"

@@ -18,38 +18,13 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from datetime import date
 from enum import Enum
-from typing import Any, Protocol
+from typing import Any
 
-from services.intake.validate.validation import Violation, content_hash
+from services.intake.encode.record_encoding import content_hash
+from services.intake.validate.validation import ValidRecord
 from services.intake.validate.vocabulary import DISCLOSURE_CATEGORIES
 
 DepartmentDay = tuple[str, date]
-
-
-class AcceptedFacts(Protocol):
-    """What deciding about a valid record needs of it (a ``ValidRecord``, or a row a worker
-    process prepared)."""
-
-    @property
-    def record_id(self) -> str: ...
-    @property
-    def content_hash(self) -> str: ...
-    @property
-    def category(self) -> str: ...
-    @property
-    def department_code(self) -> str: ...
-    @property
-    def department_name(self) -> str: ...
-    @property
-    def decision_number(self) -> str: ...
-    @property
-    def decision_date(self) -> date: ...
-    @property
-    def report_date(self) -> date: ...
-    @property
-    def subject_key(self) -> str: ...
-    @property
-    def warnings(self) -> tuple[Violation, ...]: ...
 
 
 # Not frozen: built per record (services/intake/__init__.py).
@@ -196,18 +171,17 @@ class Ledger:
 
     def classify(
         self,
-        record: AcceptedFacts,
+        record: ValidRecord,
         pending: Mapping[str, RecordState] | None = None,
         pending_superseded: Mapping[tuple[str, str], int] | None = None,
     ) -> Classification:
-        """New, duplicate (the content of the latest or of an earlier version) or correction
-        (version + 1).
-
-        ``pending`` and ``pending_superseded`` hold what earlier records of the same batch
-        decided, not yet committed.
-        """
+        """:meth:`classify_parts` of a validated record, its content hashed here."""
         return self.classify_parts(
-            record.record_id, record.content_hash, record.report_date, pending, pending_superseded
+            record.record_id,
+            content_hash(record.content),
+            record.report_date,
+            pending,
+            pending_superseded,
         )
 
     def classify_parts(
@@ -218,6 +192,12 @@ class Ledger:
         pending: Mapping[str, RecordState] | None = None,
         pending_superseded: Mapping[tuple[str, str], int] | None = None,
     ) -> Classification:
+        """New, duplicate (the content of the latest or of an earlier version) or correction
+        (version + 1): the one rule every batch is classified by.
+
+        ``pending`` and ``pending_superseded`` hold what earlier records of the same batch
+        decided, not yet committed.
+        """
         previous = (pending or {}).get(record_id) or self.records.get(record_id)
         if previous is None:
             return Classification(Disposition.NEW, 1, None, report_date)
@@ -280,12 +260,15 @@ def record_state_from_event(record: Mapping[str, Any]) -> RecordState:
     )
 
 
-def record_state_of(record: AcceptedFacts, version: int, first_report_date: date) -> RecordState:
-    """The view of a record this process is about to publish."""
+def record_state_of(
+    record: ValidRecord, version: int, first_report_date: date, digest: str | None = None
+) -> RecordState:
+    """The view of a record this process is about to publish (``digest``: its content hash,
+    when the caller has it already)."""
     return RecordState(
         record_id=record.record_id,
         version=version,
-        content_hash=record.content_hash,
+        content_hash=digest if digest is not None else content_hash(record.content),
         category=record.category,
         department_code=record.department_code,
         department_name=record.department_name,

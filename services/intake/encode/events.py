@@ -23,7 +23,7 @@ from services.common.cloudevents import new_traceparent, source_for
 from services.common.topic_names import QUALITY_TOPIC as QUALITY_TOPIC
 from services.common.topic_names import RECORDS_TOPIC as RECORDS_TOPIC
 from services.common.topic_names import REJECTED_TOPIC as REJECTED_TOPIC
-from services.intake.encode.record_encoding import default_encoding
+from services.intake.encode.record_encoding import ContentParts, default_encoding
 from services.intake.validate.validation import InvalidRecord, ValidRecord, Violation
 
 CREDIT_RECORD_SCHEMA: Final = "creditlink.v1.CreditRecord"
@@ -119,11 +119,15 @@ def encode_credit_record(
     report_date: date,
     accepted_at: datetime,
     source: SubmissionSource,
+    content_parts: ContentParts | None = None,
 ) -> bytes:
-    """``serde.encode`` of :func:`credit_record`, written around the content encoding the
-    validation made (:mod:`services.intake.encode.record_encoding`) when it has one."""
+    """``serde.encode`` of :func:`credit_record`, written around the content's encoding
+    (:mod:`services.intake.encode.record_encoding`): ``content_parts`` when the caller has
+    it already (it hashed the content), else made here."""
     encoding = default_encoding()
-    parts = record.content_parts
+    parts = content_parts
+    if parts is None:
+        parts = encoding.content_parts(record.content)
     if parts is not None and serde.writer_schema(CREDIT_RECORD_SCHEMA) is encoding.schema:
         fields = {
             "record_id": record.record_id,

@@ -7,7 +7,8 @@ encoding is a few runs of the event's own bytes, with the event's other fields (
 version, city, report date, acceptance time, publicity start, source) between them. Intake
 therefore encodes the content once per record:
 
-* the content hash is the SHA-256 of that encoding: canonical (fields in schema order, one
+* the content hash (:func:`content_of`, :func:`content_hash`) is the SHA-256 of that
+  encoding: canonical (fields in schema order, one
   encoding per value) and the same whether the content was just validated or read back from
   Kafka;
 * the event is those runs with the other fields' encodings put between them.
@@ -187,6 +188,22 @@ def _content_schema(schema: SchemaVersion) -> ParsedSchema:
 def default_encoding() -> CreditRecordEncoding:
     """The encoding of the repository's latest ``CreditRecord`` schema, built once."""
     return CreditRecordEncoding(default_store().latest(CREDIT_RECORD))
+
+
+def content_of(content: Mapping[str, Any]) -> tuple[ContentParts | None, str]:
+    """(the content's encoding in runs — None when a value is one for fastavro —, its hash)
+    of a ``ValidRecord``'s content: what classifying and encoding the record need of it."""
+    encoding = default_encoding()
+    parts = encoding.content_parts(content)
+    if parts is not None:
+        return parts, content_digest(parts)
+    return None, content_digest(encoding.content_encoding(content))
+
+
+def content_hash(content: Mapping[str, Any]) -> str:
+    """SHA-256 of the content's encoding, of a ``ValidRecord``'s content or of a whole event
+    as read back from Kafka (its other fields are not read)."""
+    return content_digest(default_encoding().content_encoding(content))
 
 
 def content_digest(encoding: bytes | ContentParts) -> str:

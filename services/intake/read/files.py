@@ -15,10 +15,18 @@ for CSV the header line plus the row's physical lines, so the payload reads on i
 (``text/csv; header=present``, RFC 4180 §3). Resident ID numbers are masked in the payload
 (``320505************``) — in the ID columns whatever their shape, elsewhere wherever an
 ID-number-shaped token appears — because a raw number must never reach a topic.
+
+This is intake's one CSV reader, for a whole stream and for the chunks a bulk import cuts
+(:mod:`services.intake.prepare`, in worker processes): a header is read once
+(:func:`csv_header`, :class:`CsvHeader`); :func:`read_chunk` reads a chunk's rows, a plain
+UTF-8 block in one pass (:func:`read_csv_block`) and anything else line by line
+(:func:`read_csv`); :func:`record_runs` finds where a file's records end so it can be cut
+into chunks that read exactly as the whole file does.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import functools
 import io
@@ -156,34 +164,19 @@ def column_for(header: str) -> str | None:
     return HEADER_ALIASES.get(key)
 
 
-def _header_cells(header: bytes) -> list[str]:
-    text = "\n".join(
-        (decoded[0] if decoded else raw.decode("utf-8", "replace"))
-        for raw in header.rstrip(b"\r\n").split(b"\n")
-        for decoded in [decode_line(raw.rstrip(b"\r"))]
-    )
-    try:
-        return next(csv.reader(io.StringIO(text, newline="")), [])
-    except csv.Error:
-        return []
-
-
 def header_cells(header: bytes) -> list[str]:
     """The cells of a CSV header (one record, maybe several lines), decoded per line."""
-    return _header_cells(header)
+    return csv_header(header).cells
 
 
 def ignored_columns(header: bytes) -> list[str]:
     """Names in a CSV header that are no documented column (they are ignored)."""
-    return [cell for cell in _header_cells(header) if column_for(cell) is None]
+    return csv_header(header).ignored()
 
 
 def check_header(header: bytes) -> None:
     """Raise :class:`FileFormatError` unless the header names a documented column."""
-    if not any(column_for(cell) for cell in _header_cells(header)):
-        raise FileFormatError(
-            "the first line names no documented column; see docs/intake-file-format.md"
-        )
+    csv_header(header).check()
 
 
 def format_of(path: Path) -> FileFormat:
@@ -284,6 +277,60 @@ def column_plan(columns: Sequence[str | None]) -> ColumnPlan:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class CsvHeader:
+    """A CSV header, read once for a whole file or chunk: its bytes (its physical lines joined
+    by LF), the charset a rejection payload of the file starts in, its cells, the column each
+    names, and how a row's cells map to a submission."""
+
+    raw: bytes
+    charset: str
+    cells: list[str]
+    columns: list[str | None]
+    plan: ColumnPlan
+    id_indexes: list[int]
+
+    @classmethod
+    def of(cls, raw: bytes, charset: str, cells: list[str]) -> CsvHeader:
+        columns = [column_for(cell) for cell in cells]
+        return cls(
+            raw,
+            charset,
+            cells,
+            columns,
+            column_plan(columns),
+            [i for i, c in enumerate(columns) if c in ID_COLUMNS],
+        )
+
+    def ignored(self) -> list[str]:
+        return [
+            cell for cell, column in zip(self.cells, self.columns, strict=True) if column is None
+        ]
+
+    def check(self) -> None:
+        """Raise :class:`FileFormatError` unless the header names a documented column."""
+        if not any(self.columns):
+            raise FileFormatError(
+                "the first line names no documented column; see docs/intake-file-format.md"
+            )
+
+
+def csv_header(header: bytes) -> CsvHeader:
+    """The header of a file from its bytes (one record, maybe several lines), decoded per
+    line; a header that is not CSV has no cells."""
+    decoded = [decode_line(raw.rstrip(b"\r")) for raw in header.rstrip(b"\r\n").split(b"\n")]
+    text = "\n".join(
+        line[0] if line else raw.decode("utf-8", "replace")
+        for raw, line in zip(header.rstrip(b"\r\n").split(b"\n"), decoded, strict=True)
+    )
+    try:
+        cells = next(csv.reader(io.StringIO(text, newline="")), [])
+    except csv.Error:
+        cells = []
+    charset = next((line[1] for line in decoded if line), "utf-8")
+    return CsvHeader.of(header.rstrip(b"\r\n"), charset, cells)
+
+
 def _padded_top(plan: ColumnPlan, cells: list[Any]) -> tuple[list[Any], dict[str, Any]]:
     """The row's cells padded to the plan's width (missing trailing cells read as empty),
     and the submission's top-level fields and subject."""
@@ -331,13 +378,16 @@ def flat_to_submission(columns: Mapping[str, Any]) -> dict[str, Any]:
     return cells_to_submission(column_plan(names), [columns[n] for n in names])
 
 
-def physical_lines(stream: BinaryIO, at_file_start: bool = True) -> Iterator[tuple[int, bytes]]:
-    """(1-based line number, bytes without the line break) of every physical line.
+def physical_lines(
+    stream: BinaryIO, at_file_start: bool = True, line_shift: int = 0
+) -> Iterator[tuple[int, bytes]]:
+    """(1-based line number plus ``line_shift``, bytes without the line break) of every
+    physical line.
 
     A byte-order mark only means something at the start of a file; ``at_file_start=False``
-    reads a piece from the middle of one (:mod:`services.intake.prepare`)."""
-    for number, raw in enumerate(stream, start=1):
-        if number == 1 and at_file_start:
+    reads a piece from the middle of one (:func:`read_chunk`)."""
+    for number, raw in enumerate(stream, start=1 + line_shift):
+        if number == 1 + line_shift and at_file_start:
             if raw.startswith(_UTF16_BOMS):
                 raise FileFormatError("UTF-16 files are not supported: export UTF-8 or GB18030")
             if raw.startswith(UTF8_BOM):
@@ -347,9 +397,12 @@ def physical_lines(stream: BinaryIO, at_file_start: bool = True) -> Iterator[tup
         yield number, raw.rstrip(b"\r\n")
 
 
-def read_jsonl(stream: BinaryIO, at_file_start: bool = True) -> Iterator[FileRow]:
-    """Rows of a JSON Lines stream: one object per line, flat columns or nested form."""
-    for number, raw in physical_lines(stream, at_file_start):
+def read_jsonl(
+    stream: BinaryIO, at_file_start: bool = True, *, line_shift: int = 0
+) -> Iterator[FileRow]:
+    """Rows of a JSON Lines stream: one object per line, flat columns or nested form (line
+    numbers from 1, plus ``line_shift``)."""
+    for number, raw in physical_lines(stream, at_file_start, line_shift):
         if not raw.strip():
             continue
         decoded = decode_line(raw)
@@ -434,17 +487,18 @@ class _LineFeed:
 
 
 def read_csv(
-    stream: BinaryIO, ignored_columns: list[str] | None = None, at_file_start: bool = True
+    stream: BinaryIO,
+    ignored_columns: list[str] | None = None,
+    at_file_start: bool = True,
+    *,
+    line_shift: int = 0,
 ) -> Iterator[FileRow]:
-    """Rows of a CSV stream: a header line naming documented columns, then one record a row."""
+    """Rows of a CSV stream: a header line naming documented columns, then one record a row,
+    read line by line with the per-line encoding rule and per-row errors. Line numbers count
+    from the stream's first line as 1, plus ``line_shift``."""
     feed = _LineFeed(physical_lines(stream, at_file_start))
     reader = csv.reader(feed, strict=True)
-    header: list[str] | None = None
-    header_bytes = b""
-    header_charset = "utf-8"
-    columns: list[str | None] = []
-    plan = column_plan([])
-    id_indexes: list[int] = []
+    header: CsvHeader | None = None
     while True:
         feed.used = []
         feed.undecodable = False
@@ -455,46 +509,41 @@ def read_csv(
         except csv.Error as exc:
             if header is None:
                 raise FileFormatError(f"the header line is not CSV: {exc}") from None
-            yield _broken_row(feed, header_bytes, header_charset, f"not CSV: {exc}", [])
+            yield _broken_row(feed, header, f"not CSV: {exc}", [], line_shift)
             continue
         if header is None:
             if not "".join(cells).strip():
                 continue
-            header = cells
-            header_bytes = b"\n".join(raw for _, raw, _ in feed.used)
-            header_charset = next((c for _, _, c in feed.used if c), "utf-8")
-            columns = [column_for(cell) for cell in cells]
-            plan = column_plan(columns)
+            header = CsvHeader.of(
+                b"\n".join(raw for _, raw, _ in feed.used),
+                next((c for _, _, c in feed.used if c), "utf-8"),
+                cells,
+            )
             if ignored_columns is not None:
-                ignored_columns.extend(h for h, c in zip(cells, columns, strict=True) if c is None)
-            id_indexes = [i for i, c in enumerate(columns) if c in ID_COLUMNS]
-            if not any(columns):
-                raise FileFormatError(
-                    "the first line names no documented column; see docs/intake-file-format.md"
-                )
+                ignored_columns.extend(header.ignored())
+            header.check()
             continue
         if not "".join(cells).strip():
             continue
-        id_values = [cells[i] for i in id_indexes if i < len(cells)]
+        id_values = [cells[i] for i in header.id_indexes if i < len(cells)]
         if feed.undecodable:
-            yield _broken_row(
-                feed, header_bytes, header_charset, "the line is neither UTF-8 nor GB18030", []
-            )
+            yield _broken_row(feed, header, "the line is neither UTF-8 nor GB18030", [], line_shift)
             continue
-        if len(cells) > len(columns):
+        width = len(header.columns)
+        if len(cells) > width:
             yield _broken_row(
                 feed,
-                header_bytes,
-                header_charset,
-                f"the row has {len(cells)} cells, the header {len(columns)}",
+                header,
+                f"the row has {len(cells)} cells, the header {width}",
                 id_values,
+                line_shift,
             )
             continue
         yield FileRow(
-            feed.used[0][0],
-            cells_to_submission(plan, cells),
+            feed.used[0][0] + line_shift,
+            cells_to_submission(header.plan, cells),
             None,
-            _csv_payload(list(feed.used), header_bytes, header_charset, id_values),
+            _csv_payload(list(feed.used), header.raw, header.charset, id_values),
         )
 
 
@@ -520,21 +569,19 @@ def _csv_payload(
 
 def _broken_row(
     feed: _LineFeed,
-    header_bytes: bytes,
-    header_charset: str,
+    header: CsvHeader,
     problem: str,
     id_values: Iterable[str],
+    line_shift: int,
 ) -> FileRow:
     used = list(feed.used)
-    number = used[0][0] if used else 0
+    number = (used[0][0] if used else 0) + line_shift
     if any(charset is None for _, _, charset in used):
-        raw = b"\n".join([header_bytes, *(raw for _, raw, _ in used)])
+        raw = b"\n".join([header.raw, *(raw for _, raw, _ in used)])
         return FileRow(
             number, None, problem, _fixed(mask_payload_bytes(raw), "application/octet-stream")
         )
-    return FileRow(
-        number, None, problem, _csv_payload(used, header_bytes, header_charset, id_values)
-    )
+    return FileRow(number, None, problem, _csv_payload(used, header.raw, header.charset, id_values))
 
 
 def read_csv_block(header: bytes, body: bytes, *, line_shift: int = 0) -> list[FileRow] | None:
@@ -544,8 +591,7 @@ def read_csv_block(header: bytes, body: bytes, *, line_shift: int = 0) -> list[F
     the header as line 1, plus ``line_shift`` (where the block stands in its file).
     Decoding the block at once gives the same text as decoding each line: a block that is
     valid UTF-8 as a whole is valid UTF-8 line by line."""
-    decoded_header = decode_line(header.rstrip(b"\r\n"))
-    if decoded_header is None:
+    if decode_line(header.rstrip(b"\r\n")) is None:
         return None
     try:
         # Line breaks as the line-by-line reader leaves them (it strips CR LF and feeds LF).
@@ -554,14 +600,14 @@ def read_csv_block(header: bytes, body: bytes, *, line_shift: int = 0) -> list[F
         return None
     if "\r" in text:
         return None  # a lone carriage return: csv and the line reader see it differently
-    header_cells = next(csv.reader([decoded_header[0]]), [])
-    columns = [column_for(cell) for cell in header_cells]
+    parsed = csv_header(header)
+    columns = parsed.columns
     if not any(columns):
         return None
-    plan = column_plan(columns)
-    id_indexes = [i for i, c in enumerate(columns) if c in ID_COLUMNS]
-    header_bytes = header.rstrip(b"\r\n")
-    header_charset = decoded_header[1]
+    plan = parsed.plan
+    id_indexes = parsed.id_indexes
+    header_bytes = parsed.raw
+    header_charset = parsed.charset
     reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     rows: list[FileRow] = []
     lines: list[str] | None = None
@@ -645,6 +691,173 @@ def read_rows(
     if file_format == "csv":
         return read_csv(stream, ignored_columns, at_file_start)
     return read_jsonl(stream, at_file_start)
+
+
+def record_runs(
+    stream: BinaryIO,
+    file_format: FileFormat,
+    chunk_lines: int,
+    read_size: int = 1 << 20,
+) -> Iterator[tuple[bytes, list[tuple[int, bytes]]]]:
+    """Runs of whole records, about ``chunk_lines`` physical lines each: (the CSV header's
+    bytes with its line break — empty for JSON Lines —, the runs' (number, bytes) lines).
+
+    CSV records are found with the csv module itself over the bytes read as Latin-1, so a
+    chunk boundary falls exactly where the line-by-line reader ends a record — also for
+    malformed quoting. Latin-1 maps every byte to one character, and the bytes that matter
+    to CSV (comma, double quote, CR, LF) never occur inside a multi-byte UTF-8 or GB18030
+    character, so the records are the same as in the decoded text. A line that starts a
+    record and holds no double quote, CR or NUL is a whole record by itself, whatever else
+    it holds; only the other lines go through the csv module.
+    """
+    lines: list[tuple[int, bytes]] = []
+    source: Iterator[tuple[int, bytes]] = physical_lines(stream)
+    pushed_back: list[tuple[int, bytes]] = []
+    read = [0]  # number of the last line taken from the stream
+
+    def physical() -> Iterator[str]:
+        while True:
+            if pushed_back:
+                number, raw = pushed_back.pop()
+            else:
+                taken = next(source, None)
+                if taken is None:
+                    return
+                number, raw = taken
+            read[0] = max(read[0], number)
+            lines.append((number, raw))
+            yield raw.decode("latin-1") + "\n"
+
+    if file_format == "jsonl":
+        for _ in physical():
+            if len(lines) >= chunk_lines:
+                yield b"", lines[:]
+                lines.clear()
+        if lines:
+            yield b"", lines
+        return
+
+    header = b""
+    reader = csv.reader(physical(), strict=True)
+    while not header:
+        try:
+            next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            raise FileFormatError(f"the header line is not CSV: {exc}") from None
+        candidate = b"\n".join(raw for _, raw in lines) + b"\n"
+        # Blank or not is judged on the decoded text, as the line reader judges it.
+        parsed = csv_header(candidate)
+        if "".join(parsed.cells).strip():
+            header = candidate
+            parsed.check()
+        lines.clear()
+    # The header came through the line reader; the rest is read in blocks (the stream is
+    # right after the header's last line, which physical_lines() read with readline()).
+    body = _BodyLines(stream, read_size)
+    body.number = read[0]
+    source = body
+    while True:
+        run = body.plain_run(chunk_lines - len(lines))
+        if run:
+            lines.extend(run)
+        else:
+            taken = next(body, None)
+            if taken is None:
+                break
+            number, raw = taken
+            if b'"' in raw or b"\r" in raw or b"\0" in raw:
+                pushed_back.append((number, raw))
+                # The csv module reads this record's lines, however many. A malformed record
+                # ends where csv says so; the worker's reader reports it.
+                with contextlib.suppress(csv.Error):
+                    next(reader)
+            else:
+                lines.append((number, raw))
+        if len(lines) >= chunk_lines:
+            yield header, lines[:]
+            lines.clear()
+    if lines:
+        yield header, lines
+
+
+class _BodyLines:
+    """The physical lines after a CSV header, as :func:`physical_lines` gives them
+    (number, bytes without the line break), read a block at a time.
+
+    A block holding no double quote, CR or NUL is all plain lines, each a record by itself;
+    :meth:`plain_run` hands out such lines many at a time, which spares the per-line Python
+    work of the importing process (it splits the whole file while the workers prepare)."""
+
+    def __init__(self, stream: BinaryIO, read_size: int) -> None:
+        self._stream = stream
+        self._read_size = read_size
+        self._lines: list[bytes] = []
+        self._at = 0
+        self._plain = False
+        self._rest = b""  # a line not yet ended by a line break
+        self._done = False
+        self.number = 0  # of the last line handed out; set by the caller
+
+    def _fill(self) -> bool:
+        """Read the next block of whole lines; False at the end of the stream."""
+        while self._at >= len(self._lines):
+            if self._done:
+                return False
+            block = self._stream.read(self._read_size)
+            if not block:
+                self._done = True
+                if not self._rest:
+                    return False
+                block, self._rest = self._rest, b""
+                self._lines = [block]
+            else:
+                block = self._rest + block
+                end = block.rfind(b"\n") + 1
+                block, self._rest = block[:end], block[end:]
+                if not block:
+                    continue
+                self._lines = block[:-1].split(b"\n")
+            self._at = 0
+            self._plain = b'"' not in block and b"\r" not in block and b"\0" not in block
+        return True
+
+    def plain_run(self, limit: int) -> list[tuple[int, bytes]]:
+        """Up to ``limit`` next lines when they are plain, else none."""
+        if not self._fill() or not self._plain:
+            return []
+        taken = self._lines[self._at : self._at + limit]
+        self._at += len(taken)
+        first = self.number + 1
+        self.number += len(taken)
+        return list(zip(range(first, first + len(taken)), taken, strict=True))
+
+    def __iter__(self) -> _BodyLines:
+        return self
+
+    def __next__(self) -> tuple[int, bytes]:
+        if not self._fill():
+            raise StopIteration
+        raw = self._lines[self._at]
+        self._at += 1
+        self.number += 1
+        return self.number, raw.rstrip(b"\r\n")
+
+
+def read_chunk(
+    file_format: FileFormat, header: bytes, body: bytes, *, line_shift: int = 0
+) -> Iterator[FileRow]:
+    """The rows of a piece of a file (whole records, the CSV header they need), numbered from
+    the header's first line as 1 plus ``line_shift``: a one-line CSV header and a plain
+    UTF-8 block in one pass (:func:`read_csv_block`), anything else line by line."""
+    if file_format == "jsonl":
+        return read_jsonl(io.BytesIO(body), at_file_start=False, line_shift=line_shift)
+    if header.count(b"\n") == 1:
+        block = read_csv_block(header, body, line_shift=line_shift)
+        if block is not None:
+            return iter(block)
+    return read_csv(io.BytesIO(header + body), at_file_start=False, line_shift=line_shift)
 
 
 def payload_submission(payload: bytes, payload_encoding: str) -> dict[str, Any] | None:

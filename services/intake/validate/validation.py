@@ -47,11 +47,6 @@ from services.common.logging import mask_resident_ids, might_hold_resident_id
 from services.common.memo import BoundedMemo
 from services.common.pseudonym import pseudonym
 from services.intake.encode.publicity import bounded_publicity, penalty_publicity
-from services.intake.encode.record_encoding import (
-    ContentParts,
-    content_digest,
-    default_encoding,
-)
 from services.intake.validate import vocabulary as vocab
 
 # --- results ------------------------------------------------------------------------------
@@ -143,8 +138,9 @@ class ValidRecord:
 
     ``content`` holds every field the submission decides (see
     :data:`~services.intake.encode.record_encoding.CONTENT_FIELDS`); the node adds version, report
-    date, acceptance time, publicity start and source when it publishes. ``content_hash``
-    tells a duplicate from a correction.
+    date, acceptance time, publicity start and source when it publishes. Whether the content
+    duplicates or corrects a published version is no concern of validation: the content's
+    hash is that of its wire encoding (:mod:`services.intake.encode.record_encoding`).
     """
 
     record_id: str
@@ -156,11 +152,7 @@ class ValidRecord:
     decision_date: date
     report_date: date
     content: dict[str, Any]
-    content_hash: str
     warnings: tuple[Violation, ...] = ()
-    #: The content's Avro encoding in the runs the event is written around (None when a
-    #: value is one the compiled writers leave to fastavro).
-    content_parts: ContentParts | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -289,15 +281,6 @@ def identify(submission: object, city_code: str) -> RecordIdentity:
         decision_date=decision_date,
         record_id=record_id,
     )
-
-
-# --- content hash -------------------------------------------------------------------------
-
-
-def content_hash(content: Mapping[str, Any]) -> str:
-    """SHA-256 of the content's Avro encoding (:mod:`services.intake.encode.record_encoding`), of a
-    ``ValidRecord``'s content or a whole event as read back."""
-    return content_digest(default_encoding().content_encoding(content))
 
 
 # --- the validator ------------------------------------------------------------------------
@@ -978,7 +961,6 @@ def _validate(submission: object, ctx: ValidationContext) -> Verdict:
         **details,
         "attributes": attributes,
     }
-    parts = default_encoding().content_parts(content)
     return ValidRecord(
         record_id=_record_id(ctx.city_code, department_code, category, decision_key),
         subject_key=subject_key,
@@ -989,9 +971,7 @@ def _validate(submission: object, ctx: ValidationContext) -> Verdict:
         decision_date=decision_date,
         report_date=report_date,
         content=content,
-        content_hash=content_digest(parts) if parts is not None else content_hash(content),
         warnings=tuple(form.warnings),
-        content_parts=parts,
     )
 
 
