@@ -65,6 +65,7 @@ async def play(
 ) -> Scenario:
     scenario = Scenario(region, bootstrap, console, deployment=deployment)
     try:
+        await scenario.start()
         await scenario.disclosure()
         await scenario.blacklist()
         await scenario.scores(

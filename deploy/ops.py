@@ -15,7 +15,7 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from rich.console import Console
 from rich.table import Table
@@ -28,6 +28,9 @@ from services.common.roles import Role
 from services.common.settings import load_settings
 from services.common.topic_names import AUDIT_TOPIC
 from services.common.topics import DEFAULT_PROFILE
+
+if TYPE_CHECKING:
+    from services.common.peer import OutboundChains
 
 console = Console()
 errors = Console(stderr=True)
@@ -300,19 +303,27 @@ def records_import(files: list[Path], city: str, dev: bool = False) -> int:
     return _python_module("services.intake", "import", *map(str, files), env=env)
 
 
-def _channel(caller: str | Role, city: str, service: str) -> Any:
-    """An mTLS channel to ``city``'s ``service`` with the certificate of ``caller``: a city's
-    node, or a department or regulator (development certificates, issued on first use)."""
-    from services.common.peer import TlsFiles, secure_channel
+#: The operator CLI's OUTBOUND chain on each calling city's audit topic (docs/trust.md,
+#: "Receipts"): a chain of its own, never one of the city's node.
+OPERATOR_CHAIN: Final = "operator"
 
-    target = _region().city(city).endpoint(service)
-    cert_dir = _deployment().cert_dir
-    tls = (
-        TlsFiles.for_role(caller, cert_dir)
-        if isinstance(caller, Role)
-        else TlsFiles.for_city(caller, cert_dir)
+
+def _operator_chains(*cities: str) -> OutboundChains:
+    """The ``operator`` chain of each of ``cities`` (the calling ones): every call a command
+    makes as one of their nodes, departments or regulators is recorded there with the
+    callee's receipt before the command sees the answer. Its lock files are in the
+    deployment's run folder, so two commands at once take turns on the chain."""
+    from services.common.peer import OutboundChains
+
+    deployment = _deployment()
+    return OutboundChains(
+        deployment.region(),
+        chain=OPERATOR_CHAIN,
+        cert_dir=deployment.cert_dir,
+        lock_dir=deployment.run_dir / "audit-locks",
+        settings_of=lambda city: load_settings(_city_env(city)),
+        cities=cities,
     )
-    return secure_channel(target, tls, expect_city=city, service=service)
 
 
 def _regulator(city: str, code: str | None, domains: list[str]) -> Role:
@@ -338,7 +349,8 @@ def lists_check(subject_key: str, city: str, scenario: str, consent_token: str) 
     from creditlink.peer.v1 import common_pb2, credit_check_pb2, credit_check_pb2_grpc
 
     async def check() -> Any:
-        async with _channel(city, city, "lists") as channel:
+        async with _operator_chains(city) as chains:
+            channel = chains.channel(city, city, "lists")
             return await credit_check_pb2_grpc.CreditCheckServiceStub(channel).CheckSubject(
                 credit_check_pb2.CheckSubjectRequest(
                     subject_key=subject_key,
@@ -373,7 +385,8 @@ def scores_recognize(
     from creditlink.peer.v1 import score_recognition_pb2, score_recognition_pb2_grpc
 
     async def recognise() -> Any:
-        async with _channel(city, home, "scores") as channel:
+        async with _operator_chains(city) as chains:
+            channel = chains.channel(city, home, "scores")
             stub = score_recognition_pb2_grpc.ScoreRecognitionServiceStub(channel)
             return await stub.RecognizeScore(
                 score_recognition_pb2.RecognizeScoreRequest(
@@ -394,7 +407,8 @@ def alerts_tail(city: str, domain: list[str], limit: int, regulator: str | None 
     role = _regulator(city, regulator, domain)
 
     async def tail() -> None:
-        async with _channel(role, city, "alerts") as channel:
+        async with _operator_chains(role.city) as chains:
+            channel = chains.channel(role, city, "alerts")
             stream = alert_exchange_pb2_grpc.AlertExchangeServiceStub(channel).SubscribeAlerts(
                 alert_exchange_pb2.SubscribeAlertsRequest(
                     domains=[
@@ -431,11 +445,12 @@ def _audit_topic(city: str) -> list[str]:
 def audit_verify(city: str, against_peers: bool = False, receipts: bool = False) -> int:
     """Verify the city's audit hash chains and signatures; names the position of any
     tampering. With ``against_peers`` also against the signed heads its peers hold; with
-    ``receipts`` against every other city's chain, by the receipts each side keeps."""
+    ``receipts`` against every other city's chain, by the receipts each side keeps, and
+    against its own (the calls its operator CLI made to its own node)."""
     deployment = _deployment()
     others = [
-        ["--receipts-with", load_settings(_city_env(peer.key)).topic(AUDIT_TOPIC)]
-        for peer in _region().peers_of(city)
+        ["--receipts-with", load_settings(_city_env(key)).topic(AUDIT_TOPIC)]
+        for key in (city, *(peer.key for peer in _region().peers_of(city)))
     ]
     return _python_module(
         "services.common.audit",

@@ -18,7 +18,7 @@ import random
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -43,14 +43,20 @@ from creditlink.peer.v1 import (
     score_recognition_pb2_grpc,
 )
 from deploy.region import Deployment
-from services.common.audit import AUDIT_TOPIC, read_audit_topic, verify_chain
+from services.common.audit import (
+    AUDIT_TOPIC,
+    AuditMessage,
+    parse_key,
+    read_audit_topic,
+    verify_chain,
+)
 from services.common.audit.checkpoints import read_checkpoints
 from services.common.audit.signing import AuditKeyring
 from services.common.audit.verify import CheckpointsHeld, check_receipts_of
 from services.common.avro import AvroSerde
 from services.common.clock import china_today
 from services.common.identifiers import org_code_check_char, uscc_check_char
-from services.common.peer import TlsFiles, secure_channel
+from services.common.peer import OutboundChains
 from services.common.pseudonym import load_region_key, pseudonym
 from services.common.region import Region
 from services.common.roles import Role, load_city_roles
@@ -61,6 +67,10 @@ from services.intake.figures.queries import query_quality
 from tests.kit.identifiers import make_resident_id
 
 T = TypeVar("T")
+#: The cities the demo runs, each calling as its node, departments and regulators.
+CITIES = ("suzhou", "wuxi", "changzhou")
+#: The scenario client's OUTBOUND chain on each of their audit topics (docs/trust.md).
+SCENARIO_CHAIN = "scenario"
 ORG_BODY_ALPHABET = "0123456789ABCDEFGHJKLMNPQRTUWXY"
 
 
@@ -116,7 +126,8 @@ class Outcomes:
             and self.revocation.get("denial") == "consent-revoked"
             and len(self.evidence) == 3
             and all(
-                e["ok"] and e["heads_held"] and e["receipts_ok"] for e in self.evidence.values()
+                e["ok"] and e["heads_held"] and e["receipts_ok"] and e["scenario_calls"][1]
+                for e in self.evidence.values()
             )
         )
 
@@ -151,7 +162,9 @@ class Scenario:
         *,
         seed: int | None = None,
         deployment: Deployment | None = None,
+        cities: Sequence[str] = CITIES,
     ) -> None:
+        """``cities``: the ones the scenario calls as (the demo's three by default)."""
         # A fresh seed per run: a region kept between runs already holds the last run's
         # subjects, and reusing them would replay its alerts and double its quality counts.
         self.seed = seed if seed is not None else time.time_ns() % 1_000_000
@@ -162,27 +175,44 @@ class Scenario:
         self.rng = random.Random(self.seed)  # noqa: S311 -- demo data, not secrets
         self.today = china_today()
         self.outcomes = Outcomes()
+        #: Every call the scenario makes, as a city's node, department or regulator, is an
+        #: OUTBOUND record of that city's ``scenario`` chain, with the callee's receipt.
+        self.outbound = OutboundChains(
+            region,
+            chain=SCENARIO_CHAIN,
+            cert_dir=self.deployment.cert_dir,
+            lock_dir=self.deployment.run_dir / "audit-locks",
+            settings_of=self.settings_of,
+            cities=cities,
+        )
         self._channels: dict[tuple[str, str, str], grpc.aio.Channel] = {}
 
     # --- plumbing ---------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Start the calling cities' ``scenario`` chains: no call is made unrecorded."""
+        await self.outbound.start()
+
+    def settings_of(self, city: str) -> Settings:
+        """``city``'s Kafka and topic prefix, as the region file gives them."""
+        return load_settings(
+            {
+                "CREDITLINK_CITY": city,
+                "KAFKA_BOOTSTRAP": self.bootstrap,
+                "CREDITLINK_TOPIC_PREFIX": self.region.city(city).topic_prefix,
+            }
+        )
+
     def channel(self, caller: str | Role, city: str, service: str) -> grpc.aio.Channel:
         """An mTLS channel from ``caller`` (a city's node or a role, by its certificate) to
-        ``city``'s ``service``."""
+        ``city``'s ``service``, its calls recorded on the caller's city's chain."""
         key = (caller.name if isinstance(caller, Role) else caller, city, service)
         if key not in self._channels:
-            target = self.region.city(city).endpoint(service)
-            cert_dir = self.deployment.cert_dir
-            tls = (
-                TlsFiles.for_role(caller, cert_dir)
-                if isinstance(caller, Role)
-                else TlsFiles.for_city(caller, cert_dir)
-            )
-            self._channels[key] = secure_channel(target, tls, expect_city=city, service=service)
+            self._channels[key] = self.outbound.channel(caller, city, service)
         return self._channels[key]
 
     async def close(self) -> None:
-        for channel in self._channels.values():
-            await channel.close()
+        """Close the channels and wait for the records of every call they made."""
+        await self.outbound.close()
 
     def code_of(self, city: str) -> str:
         return self.region.city(city).admin_code
@@ -801,17 +831,11 @@ class Scenario:
         cert_dir = self.deployment.cert_dir
         codes = {key: city.admin_code for key, city in self.region.cities.items()}
         keyring = AuditKeyring.from_directory(cert_dir, codes)
-        local = ("suzhou", "wuxi", "changzhou")
-
-        def settings_of(city: str) -> Settings:
-            prefix = self.region.city(city).topic_prefix
-            return load_settings(
-                {
-                    "CREDITLINK_CITY": city,
-                    "KAFKA_BOOTSTRAP": self.bootstrap,
-                    "CREDITLINK_TOPIC_PREFIX": prefix,
-                }
-            )
+        local = CITIES
+        settings_of = self.settings_of
+        # The scenario's own calls are all answered and recorded: nothing is left to write.
+        for writer in self.outbound.writers.values():
+            await writer.flush()
 
         for city in local:
             code = codes[city]
@@ -837,16 +861,20 @@ class Scenario:
             found = await eventually(verified, within=30, every=1.0)
             report, heads = found if found is not None else (None, 0)
             records = sum(s.records for s in report.chains.values()) if report else 0
-            # Its calls to peers: each receipt it keeps names the peer's record of the call.
+            # Its calls to peers, and the scenario's calls as the city to its own node: each
+            # receipt it keeps names the callee's record of the call.
             own = settings_of(city)
             calls = await read_audit_topic(own, own.topic(AUDIT_TOPIC))
             receipts, receipt_problems = 0, []
-            for peer in (p for p in local if p != city):
-                peer_settings = settings_of(peer)
-                answered = await read_audit_topic(peer_settings, peer_settings.topic(AUDIT_TOPIC))
+            for callee in local:
+                callee_settings = settings_of(callee)
+                answered = await read_audit_topic(
+                    callee_settings, callee_settings.topic(AUDIT_TOPIC)
+                )
                 count, problems = check_receipts_of(calls, answered)
                 receipts += count
                 receipt_problems += problems
+            scenario_calls = _receipts_on(calls, SCENARIO_CHAIN)
             for problem in receipt_problems:
                 self.say(f"[red]{problem}[/red]")
             self.outcomes.evidence[city] = {
@@ -855,6 +883,8 @@ class Scenario:
                 "ok": report is not None,
                 "receipts": receipts,
                 "receipts_ok": not receipt_problems,
+                # The scenario client's own calls as the city: (recorded, with a receipt).
+                "scenario_calls": scenario_calls,
             }
             self.say(
                 f"{self.region.city(city).name}: {records} audit records, "
@@ -864,11 +894,26 @@ class Scenario:
                     else "[red]not verified against its peers' heads[/red]"
                 )
                 + (
-                    f"; {receipts} calls to peers, each receipt matching the peer's record"
+                    f"; {receipts} calls to nodes, each receipt matching the callee's record"
                     if not receipt_problems
                     else f"; [red]{len(receipt_problems)} receipt problem(s)[/red]"
                 )
+                + f" ({scenario_calls[0]} of them the scenario's own, on chain "
+                f"{SCENARIO_CHAIN!r})"
             )
+
+
+def _receipts_on(messages: list[AuditMessage], chain: str) -> tuple[int, int]:
+    """How many OUTBOUND records ``chain`` holds on an audit topic, and how many of them keep
+    the callee's receipt."""
+    serde = AvroSerde()
+    records = [
+        serde.decode(m.value, reader=serde.writer_of(m.value))
+        for m in messages
+        if parse_key(m.key)[0] == chain
+    ]
+    outbound = [r for r in records if r["direction"] == "OUTBOUND"]
+    return len(outbound), sum(1 for r in outbound if r.get("receipt") is not None)
 
 
 def _percent(rate: float | None) -> str:

@@ -33,6 +33,7 @@ from deploy.broker import free_port
 from services.alerts.config import load_rules
 from services.alerts.model import Alert, Domain, Severity
 from services.alerts.node import AlertsNode, NodeOptions
+from services.common.audit import AUDIT_TOPIC, parse_key, read_audit_topic
 from services.common.avro import AvroSerde
 from services.common.kafka import EventPublisher, make_producer
 from services.common.peer import DENIAL_TRAILER, PeerSecurity, secure_channel
@@ -329,6 +330,8 @@ async def test_alerts_tail_follows_suzhous_feed_as_its_regulator(suzhou: Suzhou)
     doc["cities"]["suzhou"]["endpoints"]["alerts"] = suzhou.region.city("suzhou").endpoints[
         "alerts"
     ]
+    # The CLI records its stream on Suzhou's audit topic: the node's, of this run.
+    doc["cities"]["suzhou"]["topic_prefix"] = suzhou.node.settings.topic_prefix
     (config / "region.yaml").write_text(yaml.safe_dump(doc, allow_unicode=True), "utf-8")
     shutil.copy(REPO_ROOT / "deploy/config/city-roles.yaml", config / "city-roles.yaml")
     tail = await asyncio.create_subprocess_exec(
@@ -345,6 +348,8 @@ async def test_alerts_tail_follows_suzhous_feed_as_its_regulator(suzhou: Suzhou)
             **os.environ,
             "CREDITLINK_CONFIG_DIR": str(config),
             "CREDITLINK_TLS_DIR": str(suzhou.pki.directory),
+            "CREDITLINK_RUN_DIR": str(suzhou.scratch / "ops-run"),
+            "KAFKA_BOOTSTRAP": suzhou.node.settings.kafka_bootstrap,
             "COLUMNS": "400",
         },
         stdout=asyncio.subprocess.PIPE,
@@ -357,6 +362,18 @@ async def test_alerts_tail_follows_suzhous_feed_as_its_regulator(suzhou: Suzhou)
         ["ALERT", m.alert.alert_id] if m.HasField("alert") else ["STATUS", m.status_change.alert_id]
         for m in feed
     ]
+    # The stream is on Suzhou's `operator` chain, as the regulator whose certificate it used.
+    settings = suzhou.node.settings
+    serde = AvroSerde()
+    [record] = [
+        serde.decode(m.value, reader=serde.writer_of(m.value))
+        for m in await read_audit_topic(settings, settings.topic(AUDIT_TOPIC))
+        if parse_key(m.key)[0] == "operator"
+    ]
+    assert record["direction"] == "OUTBOUND"
+    assert record["method"] == "/creditlink.peer.v1.AlertExchangeService/SubscribeAlerts"
+    assert record["caller_role"] == city_regulator("suzhou").audit_role
+    assert (record["caller_city"], record["callee_city"]) == (SZ, SZ)
 
 
 async def test_status_answers_only_about_alerts_the_caller_may_see(suzhou: Suzhou) -> None:

@@ -134,6 +134,12 @@ from services.common.audit.writer import (
     AuditChainWriter as AuditChainWriter,
 )
 from services.common.audit.writer import (
+    ChainLock as ChainLock,
+)
+from services.common.audit.writer import (
     QueuedAuditLog as QueuedAuditLog,
+)
+from services.common.audit.writer import (
+    SharedChainWriter as SharedChainWriter,
 )
 from services.common.topic_names import AUDIT_TOPIC as AUDIT_TOPIC

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from services.common.audit.read import AuditMessage, read_audit_topic
 from services.common.audit.signing import AuditKeyring
-from services.common.audit.verify import check_receipts, verify_topic
+from services.common.audit.verify import check_receipts, check_receipts_of, verify_topic
 from services.common.topic_names import AUDIT_TOPIC as AUDIT_TOPIC
 from services.common.topic_names import CHECKPOINTS_TOPIC
 
@@ -64,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         metavar="TOPIC",
         help="another city's audit topic (repeatable): the receipts each side keeps of calls "
-        "to the other must match the other's records, both ways",
+        "to the other must match the other's records, both ways; the topic itself: the "
+        "receipts of the city's calls to its own node",
     )
     query = sub.add_parser("query", help="the calls about one subject, oldest first")
     query.add_argument("--bootstrap", required=True, help="Kafka bootstrap host:port")
@@ -119,9 +120,16 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     report = asyncio.run(verify_topic(settings, args.topic, keyring, held))
     for other in args.receipts_with or ():
-        ours, theirs = asyncio.run(_both(settings, args.topic, other))
-        problems = check_receipts(ours, theirs, names=(args.topic, other))
-        print(f"receipts: {args.topic} and {other} checked against each other")
+        if other == args.topic:
+            # A city's calls to its own node (its operator CLI's): both sides on one topic,
+            # so one way covers them.
+            ours = asyncio.run(read_audit_topic(settings, args.topic))
+            _, problems = check_receipts_of(ours, ours, name=args.topic)
+            print(f"receipts: {args.topic} checked against itself")
+        else:
+            ours, theirs = asyncio.run(_both(settings, args.topic, other))
+            problems = check_receipts(ours, theirs, names=(args.topic, other))
+            print(f"receipts: {args.topic} and {other} checked against each other")
         report.problems.extend(problems)
     for summary in report.chains.values():
         name = "(default)" if summary.chain is None else summary.chain

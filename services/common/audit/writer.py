@@ -4,8 +4,14 @@ each call waiting for its batch's acknowledgement (:class:`AuditChainWriter`).""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import hashlib
-from collections.abc import Callable, Mapping
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Mapping
+from pathlib import Path
 from typing import Any, TypeAlias
 
 from aiokafka import AIOKafkaProducer
@@ -192,10 +198,15 @@ class AuditChainWriter(QueuedAuditLog):
 
     async def start(self) -> None:
         """Recover the chain's tail from the topic, so a restart continues the same chain."""
+        await self._recover_tail()
+        self._started = True
+
+    async def _recover_tail(self) -> None:
         tail = await read_chain_tail(self._settings, self._topic, self._chain)
         if tail is not None:
             self._seq, self._hash = int(tail["seq"]), str(tail["hash"])
-        self._started = True
+        else:
+            self._seq, self._hash = 0, GENESIS_HASH
 
     def _link(
         self, queued: AuditEntry | Callable[[], AuditEntry]
@@ -293,6 +304,140 @@ class AuditChainWriter(QueuedAuditLog):
             batch, self._topic, partition=0
         )
         return future
+
+
+#: How long a batch waits for another process's batch of the same chain before its calls
+#: fail (:class:`ChainLock`): a holder holds the lock for one batch, which its producer's
+#: request timeout (30 s, services/common/kafka.py) bounds.
+LOCK_WAIT_S = 60.0
+_LOCK_POLL_S = 0.01
+
+
+class ChainLock:
+    """An exclusive ``fcntl`` lock on a file, for writers of one chain in several processes of
+    one host; the file names the writer whose view of the chain's tail is current.
+
+    :meth:`held` polls (``LOCK_NB``) rather than blocking a thread, so a cancelled wait
+    leaves no thread behind that would take the lock later and keep it. Closing the file
+    descriptor releases the lock, also when the process dies.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    @contextlib.asynccontextmanager
+    async def held(self, *, wait_s: float = LOCK_WAIT_S) -> AsyncIterator[HeldLock]:
+        """Hold the lock. Raises :class:`AuditUnavailable` when another writer holds it for
+        ``wait_s`` seconds."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            deadline = time.monotonic() + wait_s
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        holder = _read_token(fd) or "unknown"
+                        raise AuditUnavailable(
+                            f"{self.path}: another writer of the chain (last: {holder}) has "
+                            f"held it for {wait_s:.0f} s"
+                        ) from None
+                    await asyncio.sleep(_LOCK_POLL_S)
+            yield HeldLock(fd)
+        finally:
+            os.close(fd)
+
+
+class HeldLock:
+    """A :class:`ChainLock` while held: who had the chain's tail last, and the claim."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        #: The token of the writer that claimed the chain last ("" for none).
+        self.previous = _read_token(fd)
+
+    def claim(self, token: str) -> None:
+        """Name ``token`` as the writer whose view of the tail is current: call it once that
+        writer's tail is the topic's, before it sends."""
+        if token != self.previous:
+            os.ftruncate(self._fd, 0)
+            os.pwrite(self._fd, token.encode("utf-8"), 0)
+            self.previous = token
+
+
+def _read_token(fd: int) -> str:
+    return os.pread(fd, 256, 0).decode("utf-8", "replace").strip()
+
+
+class SharedChainWriter(AuditChainWriter):
+    """An :class:`AuditChainWriter` of a chain that more than one process may extend, one
+    batch at a time: the tools that call nodes as a city (the operator CLI, the demo's client;
+    ``services/common/peer/outbound.py``), of which an operator may run two at once.
+
+    Each batch is linked and sent holding the chain's :class:`ChainLock`. If another process
+    held it since this writer last did, the chain's tail is read again from the topic first,
+    so the batch continues the chain where the other's acknowledged batch ended: the two
+    writers' batches follow each other on one chain, never two records with one ``seq``. Only
+    writers that take the same lock file are serialised, so every writer of the chain must
+    (the lock is a file of the host: one host's tools per chain, docs/trust.md).
+    """
+
+    _name = "shared audit writer"
+
+    def __init__(
+        self,
+        settings: Settings,
+        serde: AvroSerde,
+        producer: AIOKafkaProducer,
+        *,
+        lock: ChainLock,
+        node_city: str,
+        chain: str,
+        service: str,
+        signer: AuditSigner | None = None,
+        linger_ms: int = LINGER_MS,
+        lock_wait_s: float = LOCK_WAIT_S,
+    ) -> None:
+        super().__init__(
+            settings,
+            serde,
+            producer,
+            node_city=node_city,
+            chain=chain,
+            service=service,
+            linger_ms=linger_ms,
+            signer=signer,
+        )
+        self._lock = lock
+        self._lock_wait = lock_wait_s
+        #: Names this writer in the lock file: the pid says who, the uuid tells a writer
+        #: from an earlier one of a reused pid.
+        self._token = f"pid {os.getpid()} writer {uuid.uuid4().hex[:12]}"
+
+    async def start(self) -> None:
+        async with self._lock.held(wait_s=self._lock_wait) as held:
+            await self._recover_tail()
+            held.claim(self._token)
+        self._started = True
+
+    async def _hand_on(
+        self,
+        entries: list[AuditEntry | Callable[[], AuditEntry]],
+        delivered: asyncio.Future[list[Position]],
+    ) -> None:
+        try:
+            async with self._lock.held(wait_s=self._lock_wait) as held:
+                if held.previous != self._token:
+                    await self._recover_tail()
+                    held.claim(self._token)
+                await super()._hand_on(entries, delivered)
+        except Exception as exc:
+            # The lock not had or the tail not read: nothing was linked, so no gap follows
+            # and the next batch may try again; these calls fail.
+            if not delivered.done():
+                delivered.set_exception(exc)
 
 
 def _check_hash_is_last(serde: AvroSerde) -> None:

@@ -66,7 +66,7 @@ from services.common.peer.names import (
     Handler,
     LatencySink,
 )
-from services.common.peer.outbound import OutboundEvidence
+from services.common.peer.outbound import OutboundChains, OutboundEvidence
 from services.common.peer.security import PeerSecurity
 from services.common.peer.server import PeerServer, ServiceBinding, start_peer_server
 from services.common.peer.tls import TlsFiles, secure_channel
@@ -79,6 +79,7 @@ __all__ = [
     "Denied",
     "Handler",
     "LatencySink",
+    "OutboundChains",
     "OutboundEvidence",
     "PeerCall",
     "PeerCallGuard",
