@@ -124,10 +124,14 @@ class PeerCallGuard:
                     if (refusal := enter(call, request, context)) is not None:
                         call.denial = refusal.denial
                         raise Refused(refusal)
+                    # The request as received, encoded before the servicer runs: a servicer
+                    # may fill in a field (UpdateAlertStatus records the regulator from its
+                    # certificate), and the caller digests what it sent.
+                    received = encoded_message(request) if receipts else None
                     response = await inner(request, context)
-                    if receipts:
+                    if received is not None:
                         exchange = ExchangeDigest(method)
-                        exchange.add(encoded_message(request))
+                        exchange.add(received)
                         exchange.add(encoded_message(response))
                         call.exchange = exchange
                 except Refused as made:
