@@ -71,6 +71,11 @@ def test_demo_scenario_outcomes(kafka_broker: Broker, tmp_path: Path) -> None:
     assert all(e["receipts"] > 0 and e["receipts_ok"] for e in outcomes.evidence.values()), (
         outcomes.evidence
     )
+    # The scenario's own calls, as each city's node, departments and regulators, are on that
+    # city's `scenario` chain, those answered with the callee's receipt (matched above).
+    assert all(
+        e["scenario_calls"][0] >= e["scenario_calls"][1] > 0 for e in outcomes.evidence.values()
+    ), outcomes.evidence
     assert outcomes.ok
 
     # Idle after the scenario, every consumer group of the region is at lag 0 (`region status`

@@ -66,7 +66,10 @@ class OutboundEvidence(
     grpc.aio.UnaryUnaryClientInterceptor,  # type: ignore[misc]
     grpc.aio.UnaryStreamClientInterceptor,  # type: ignore[misc]
 ):
-    """Records each call made on a channel to ``callee_city`` as an OUTBOUND audit record."""
+    """Records each call made on a channel to ``callee_city`` as an OUTBOUND audit record.
+
+    Give the channel :meth:`interceptors`, not the evidence alone: given alone, grpc.aio
+    uses it for unary calls only."""
 
     def __init__(
         self,
