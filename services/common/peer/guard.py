@@ -126,8 +126,10 @@ class PeerCallGuard:
                         raise Refused(refusal)
                     # The request as received, encoded before the servicer runs: a servicer
                     # may fill in a field (UpdateAlertStatus records the regulator from its
-                    # certificate), and the caller digests what it sent.
-                    received = encoded_message(request) if receipts else None
+                    # certificate), and the caller digests what it sent. A request that did
+                    # not decode (intake's Undecodable) is refused by the servicer: no receipt.
+                    encodes = receipts and hasattr(request, "SerializeToString")
+                    received = encoded_message(request) if encodes else None
                     response = await inner(request, context)
                     if received is not None:
                         exchange = ExchangeDigest(method)
