@@ -55,7 +55,7 @@ from services.common.audit.signing import AuditKeyring
 from services.common.audit.verify import CheckpointsHeld, check_receipts_of
 from services.common.avro import AvroSerde
 from services.common.clock import china_today
-from services.common.identifiers import org_code_check_char, uscc_check_char
+from services.common.identifiers import is_resident_id, org_code_check_char, uscc_check_char
 from services.common.peer import OutboundChains
 from services.common.pseudonym import load_region_key, pseudonym
 from services.common.region import Region
@@ -77,10 +77,15 @@ ORG_BODY_ALPHABET = "0123456789ABCDEFGHJKLMNPQRTUWXY"
 def make_code(rng: random.Random, category: str, division: str) -> str:
     """A unified social credit code (GB 32100-2015) of the given registration authority and
     category (``11`` organ of state, ``91`` enterprise) in ``division``."""
-    body = "".join(rng.choice("0123456789") for _ in range(8))
-    org = body + org_code_check_char(body)
-    first17 = category + division + org
-    return first17 + uscc_check_char(first17)
+    while True:
+        body = "".join(rng.choice("0123456789") for _ in range(8))
+        org = body + org_code_check_char(body)
+        first17 = category + division + org
+        code = first17 + uscc_check_char(first17)
+        # An all-digit code whose last digit also passes the resident-ID check has the shape
+        # of an ID number, which no certificate or record may carry: draw again.
+        if not is_resident_id(code):
+            return code
 
 
 def corrupt(code: str) -> str:
